@@ -1,0 +1,125 @@
+"""``biocnn simulate``: labelled cryo-EM particle images from atomic models and maps.
+
+Examples
+--------
+    biocnn simulate --demo maps/        # 4 shipped proteins; then `biocnn train maps/`
+    biocnn simulate out/ --structures a.pdb b.cif.gz map.mrc --n-per-class 2000 \\
+        --box 128 --apix 2 --snr 0.1 --junk --preview out.png
+    biocnn simulate out/ a.pdb b.pdb --names small,large --seed 1
+
+Writes ``out/<class>/<class>.mrcs`` stacks, ``out/particles.star`` (RELION 3.1, every
+generated parameter) and ``out/run.json``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import typer
+
+from biocnn.sim.config import DEMO_SETTINGS, SimConfig
+
+__all__ = ["simulate", "register"]
+
+_D = SimConfig()
+
+
+def _demo(name: str) -> str:
+    return f" (demo: {DEMO_SETTINGS[name]:g})" if name in DEMO_SETTINGS else ""
+
+
+def _is_default(ctx: typer.Context, name: str) -> bool:
+    """True when option ``name`` was not given on the command line (nor via the environment)."""
+    source = ctx.get_parameter_source(name)
+    return source is None or source.name in ("DEFAULT", "DEFAULT_MAP")
+
+
+def simulate(
+    ctx: typer.Context,
+    out: Path = typer.Argument(..., help="Output directory (created; must be empty)."),
+    more: list[Path] = typer.Argument(
+        None, show_default=False, help="More structure files (same as --structures)."
+    ),
+    structures: list[Path] = typer.Option(
+        None, "--structures", "-s", show_default=False,
+        help="PDB/mmCIF (.gz ok) or MRC map; one class each; class name = file stem.",
+    ),
+    demo: bool = typer.Option(False, "--demo", help="Use the 4 shipped structures, demo settings."),
+    names: str = typer.Option(None, show_default=False,
+                              help="Comma-separated class names, one per structure."),
+    n_per_class: int = typer.Option(_D.n_per_class,
+                                    help="Images per class." + _demo("n_per_class")),
+    box: int = typer.Option(_D.box, help="Image box in pixels." + _demo("box")),
+    apix: float = typer.Option(_D.apix, help="Pixel size in Å." + _demo("apix")),
+    max_shift: float = typer.Option(_D.max_shift,
+                                    help="Max in-plane shift in px." + _demo("max_shift")),
+    snr: float = typer.Option(_D.snr, help="var(signal)/var(noise) per image." + _demo("snr")),
+    defocus_min: float = typer.Option(_D.defocus_min, help="Min defocus in µm."),
+    defocus_max: float = typer.Option(_D.defocus_max, help="Max defocus in µm."),
+    astigmatism: float = typer.Option(_D.astigmatism, help="Max DefocusU - DefocusV in µm."),
+    voltage: float = typer.Option(_D.voltage, help="Acceleration voltage in kV."),
+    cs: float = typer.Option(_D.cs, help="Spherical aberration in mm."),
+    amplitude_contrast: float = typer.Option(_D.amplitude_contrast, help="Amplitude contrast."),
+    bfactor: float = typer.Option(_D.bfactor, help="CTF envelope B-factor in Å^2."),
+    invert: bool = typer.Option(_D.invert, "--invert/--no-invert",
+                                help="Dark protein, as in raw micrographs."),
+    phase_flip: bool = typer.Option(_D.phase_flip, "--phase-flip/--no-phase-flip",
+                                    help="Phase-flip the images."),
+    junk: bool = typer.Option(_D.junk, "--junk/--no-junk",
+                              help="Add a 'junk' class: noise, ice, carbon edges, overlaps."),
+    tilt_max: float = typer.Option(_D.tilt_max, help="Max tilt in degrees (preferred views)."),
+    keep_waters: bool = typer.Option(_D.keep_waters, "--keep-waters/--no-waters",
+                                     help="Keep the waters of atomic models."),
+    seed: int = typer.Option(_D.seed, help="Random seed."),
+    device: str = typer.Option(_D.device, help="auto, cpu or cuda."),
+    preview: Path = typer.Option(None, show_default=False,
+                                 help="Save a gallery of examples per class (e.g. out.png)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty OUT."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Simulate labelled particle images (folder per class + RELION STAR) for `biocnn train`."""
+    from biocnn.cli.common import cli_errors, console, err_console
+
+    def show_warning(message: Warning | str, *_: object, **__: object) -> None:
+        err_console.print(f"[bold yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+    settings = {
+        "n_per_class": n_per_class, "box": box, "apix": apix, "max_shift": max_shift,
+        "snr": snr, "defocus_min": defocus_min, "defocus_max": defocus_max,
+        "astigmatism": astigmatism, "voltage": voltage, "cs": cs,
+        "amplitude_contrast": amplitude_contrast, "bfactor": bfactor, "invert": invert,
+        "phase_flip": phase_flip, "junk": junk, "tilt_max": tilt_max,
+        "keep_waters": keep_waters, "seed": seed, "device": device,
+    }
+    with cli_errors(), warnings.catch_warnings():
+        warnings.showwarning = show_warning
+        from biocnn.errors import BiocnnError
+        from biocnn.sim.simulate import demo_structures, simulate_dataset
+
+        paths = [*(structures or []), *(more or [])]
+        if demo and paths:
+            raise BiocnnError("--demo uses the shipped structures; do not also give --structures")
+        if not demo and not paths:
+            raise BiocnnError("no structures: give --structures FILE... or --demo")
+        if demo:  # demo defaults, unless given on the command line
+            settings.update({k: v for k, v in DEMO_SETTINGS.items()
+                             if _is_default(ctx, k)})
+        cfg = SimConfig(
+            structures=[str(p) for p in (demo_structures() if demo else paths)],
+            names=[s.strip() for s in names.split(",")] if names else None,
+            **settings,
+        )
+        summary = simulate_dataset(cfg, out, overwrite=overwrite, progress=progress,
+                                   preview=preview)
+        console.print(
+            f"wrote {sum(summary.counts.values())} images of {len(summary.class_names)} classes "
+            f"({', '.join(summary.class_names)}) to {summary.out} in {summary.seconds:.1f} s; "
+            f"STAR: {summary.star}" + (f"; preview: {preview}" if preview else ""),
+            highlight=False, soft_wrap=True,
+        )
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``simulate`` to the ``biocnn`` app."""
+    app.command("simulate")(simulate)

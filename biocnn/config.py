@@ -1,0 +1,110 @@
+"""Plain dataclass configs, TOML loading and CLI overrides.
+
+Every command resolves its config as ``defaults ← --config file.toml ← explicit CLI flags``
+and saves the result beside its outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import tomllib
+
+from biocnn.errors import BiocnnError
+
+__all__ = ["TrainConfig", "load_toml", "merge", "resolve", "to_plain"]
+
+T = TypeVar("T")
+
+
+@dataclass
+class TrainConfig:
+    """Options of the one training loop (:func:`biocnn.engine.fit`)."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    optimizer: str = "adamw"  # adamw | sgd
+    momentum: float = 0.9  # sgd only
+    warmup_epochs: float = 0.3
+    label_smoothing: float = 0.0
+    patience: int = 0  # early stopping on validation accuracy; 0 = off
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    num_workers: int = 0
+    amp: bool = False  # bf16 autocast
+    compile: bool = False  # torch.compile the model
+    channels_last: bool = False
+    balance_classes: bool = False  # sample classes equally often
+    progress: bool = True
+
+
+def load_toml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a TOML config file into a dict (one-line error if missing or malformed)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise BiocnnError(f"config file {path} not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise BiocnnError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def merge(cfg: T, overrides: dict[str, Any]) -> T:
+    """Return a copy of dataclass ``cfg`` with ``overrides`` applied (``None`` values skipped).
+
+    Values are coerced to the type of the field's current value (int, float, bool, str,
+    tuple/list); unknown keys are a :class:`BiocnnError`.
+    """
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    changes: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        key = key.replace("-", "_")
+        if key not in fields:
+            raise BiocnnError(f"unknown config key {key!r} for {type(cfg).__name__}")
+        current = getattr(cfg, key)
+        try:
+            if isinstance(current, bool):
+                value = bool(value)
+            elif isinstance(current, (int, float)) and not isinstance(value, bool):
+                value = type(current)(value)
+            elif isinstance(current, tuple):
+                value = tuple(value)
+        except (TypeError, ValueError):
+            raise BiocnnError(f"config key {key!r}: cannot use {value!r}") from None
+        changes[key] = value
+    return dataclasses.replace(cfg, **changes)
+
+
+def resolve(cfg: T, config_file: str | os.PathLike | None, cli: dict[str, Any]) -> T:
+    """Defaults ← TOML file ← CLI flags (flags left at ``None`` keep the file's value).
+
+    A TOML file may hold the keys at top level or under a table named after the command;
+    nested tables are passed to :func:`merge` only when their name is a field.
+    """
+    if config_file is not None:
+        cfg = merge(cfg, load_toml(config_file))
+    return merge(cfg, cli)
+
+
+def to_plain(obj: Any) -> Any:
+    """Convert dataclasses, paths, tuples and numpy scalars into JSON/``weights_only``-safe values."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        obj = dataclasses.asdict(obj)
+    if isinstance(obj, dict):
+        return {str(k): to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 1) == 0:
+        return obj.item()
+    return obj

@@ -1,0 +1,530 @@
+"""Datasets of MRC images for training, evaluation and prediction.
+
+A dataset is an **index table** (:class:`ImageIndex`): file paths plus one row per image
+``(file id, view kind, section, pixel size)`` held in small numpy arrays. No pixels and no
+open files are held, so a dataset pickles small and forks cheaply into DataLoader
+workers; each worker memory-maps files lazily (:func:`biocnn.io.mrc.open_mrc`) and copies
+out one image per ``__getitem__``. Memory stays flat however large the stacks are.
+
+Sources (:func:`build_dataset`):
+
+* a folder with one sub-folder per class, ``root/<class>/*.mrc|*.mrcs|*.map`` (class
+  names sorted; every image of a stack and every view of a volume is one sample);
+* a RELION STAR file (3.0 or 3.1+) whose ``rlnImageName`` rows are ``index@stack.mrcs``
+  and whose ``label_column`` (default ``rlnClassNumber``) holds the label;
+* unlabelled (prediction): an MRC file, a folder of MRC files, or a STAR file.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from biocnn.data.preprocess import PreprocessConfig, preprocess_images
+from biocnn.errors import BiocnnError
+from biocnn.io.mrc import (
+    MRC_SUFFIXES,
+    MrcInfo,
+    ViewKind,
+    ViewSpec,
+    inspect_mrc,
+    read_view,
+    view_name,
+)
+from biocnn.io.star import read_star
+
+__all__ = [
+    "ImageIndex",
+    "MrcDataset",
+    "build_dataset",
+    "folder_dataset",
+    "star_dataset",
+    "files_dataset",
+    "stratified_split",
+]
+
+
+@dataclass(frozen=True, eq=False)
+class ImageIndex:
+    """Index table of 2D images in MRC files: row ``i`` is view ``(kind[i], section[i])``
+    of file ``files[file_id[i]]``.
+
+    Attributes
+    ----------
+    files
+        ``(F,)`` file paths (strings).
+    layouts
+        ``(F,)`` ``"image"``, ``"stack"`` or ``"volume"``.
+    file_id
+        ``(N,)`` int32 index into ``files``.
+    kind
+        ``(N,)`` int8 :class:`~biocnn.io.mrc.ViewKind`.
+    section
+        ``(N,)`` int32 0-based section (stack image or volume slice; 0 otherwise).
+    apix
+        ``(N,)`` float64 pixel size in Å (0 = unknown).
+    slice_axis
+        Axis of volume slices/projections.
+    permissive
+        Open files with mrcfile's permissive mode.
+    """
+
+    files: tuple[str, ...]
+    layouts: tuple[str, ...]
+    file_id: np.ndarray
+    kind: np.ndarray
+    section: np.ndarray
+    apix: np.ndarray
+    slice_axis: str = "z"
+    permissive: bool = False
+
+    @classmethod
+    def from_infos(
+        cls, infos: Sequence[MrcInfo], views: ViewSpec, permissive: bool = False
+    ) -> ImageIndex:
+        """One row per view of each file (:meth:`ViewSpec.views`), pixel size from headers."""
+        file_id, kind, section, apix = [], [], [], []
+        for f, info in enumerate(infos):
+            for k, s in views.views(info):
+                file_id.append(f)
+                kind.append(int(k))
+                section.append(s)
+                apix.append(info.apix)
+        return cls(
+            files=tuple(str(i.path) for i in infos),
+            layouts=tuple(i.layout for i in infos),
+            file_id=np.asarray(file_id, dtype=np.int32),
+            kind=np.asarray(kind, dtype=np.int8),
+            section=np.asarray(section, dtype=np.int32),
+            apix=np.asarray(apix, dtype=np.float64),
+            slice_axis=views.slice_axis,
+            permissive=permissive,
+        )
+
+    def __len__(self) -> int:
+        return len(self.file_id)
+
+    def read(self, i: int) -> np.ndarray:
+        """Copy image ``i`` out of its (memory-mapped) file: ``(H, W)`` float32."""
+        return read_view(
+            self.files[self.file_id[i]],
+            int(self.kind[i]),
+            int(self.section[i]),
+            self.slice_axis,
+            self.permissive,
+        )
+
+    def name(self, i: int) -> str:
+        """Name of image ``i``: ``000012@stack.mrcs`` (1-based), ``img.mrc``,
+        ``map.mrc:z=32`` or ``map.mrc:sum_z``."""
+        f = int(self.file_id[i])
+        return view_name(
+            self.files[f], self.layouts[f], int(self.kind[i]), int(self.section[i]), self.slice_axis
+        )
+
+    def subset(self, indices: np.ndarray | Sequence[int]) -> ImageIndex:
+        """The rows ``indices`` (files table shared)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        return ImageIndex(
+            self.files,
+            self.layouts,
+            self.file_id[idx],
+            self.kind[idx],
+            self.section[idx],
+            self.apix[idx],
+            self.slice_axis,
+            self.permissive,
+        )
+
+
+class MrcDataset(Dataset):
+    """Labelled (or unlabelled) MRC images, preprocessed on the fly.
+
+    ``dataset[i]`` is ``(image, label)``: ``image`` a ``(1, box, box)`` float32 tensor
+    and ``label`` an int (-1 when unlabelled).
+
+    Attributes
+    ----------
+    index
+        The :class:`ImageIndex`.
+    labels
+        ``(N,)`` int64 class index per image (-1 = unlabelled).
+    class_names
+        Class names; ``labels`` index into it (empty when unlabelled).
+    preprocess
+        The resolved :class:`PreprocessConfig` (store ``preprocess.to_dict()`` in checkpoints).
+    views
+        The :class:`ViewSpec` the index was built with (store ``views.to_dict()`` too).
+    """
+
+    def __init__(
+        self,
+        index: ImageIndex,
+        labels: np.ndarray,
+        class_names: Sequence[str],
+        preprocess: PreprocessConfig,
+        views: ViewSpec,
+    ) -> None:
+        if not preprocess.is_resolved:
+            raise ValueError("MrcDataset needs a resolved PreprocessConfig")
+        if len(labels) != len(index):
+            raise ValueError(f"{len(labels)} labels for {len(index)} images")
+        self.index = index
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.class_names = list(class_names)
+        self.preprocess = preprocess
+        self.views = views
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        image = torch.from_numpy(self.index.read(i))[None]
+        x = preprocess_images(image, self.preprocess, float(self.index.apix[i]))
+        return x, int(self.labels[i])
+
+    def name(self, i: int) -> str:
+        """Name of image ``i`` (see :meth:`ImageIndex.name`)."""
+        return self.index.name(i)
+
+    def subset(self, indices: np.ndarray | Sequence[int]) -> MrcDataset:
+        """A dataset of the rows ``indices`` with the same classes and preprocessing."""
+        idx = np.asarray(indices, dtype=np.int64)
+        return MrcDataset(
+            self.index.subset(idx), self.labels[idx], self.class_names, self.preprocess, self.views
+        )
+
+    @property
+    def apix_summary(self) -> dict[str, Any]:
+        """Pixel sizes: ``{"input": sorted distinct known Å values, "unknown": #images
+        without a pixel size, "output": cfg.apix, "box": cfg.box}``."""
+        apix = self.index.apix
+        known = np.unique(np.round(apix[apix > 0], 5)).tolist()
+        return {
+            "input": known,
+            "unknown": int((apix <= 0).sum()),
+            "output": self.preprocess.apix,
+            "box": self.preprocess.box,
+        }
+
+    def class_counts(self) -> dict[str, int]:
+        """Number of images per class name."""
+        counts = np.bincount(self.labels[self.labels >= 0], minlength=len(self.class_names))
+        return dict(zip(self.class_names, counts.tolist(), strict=True))
+
+
+def stratified_split(
+    labels: np.ndarray | Sequence[int], val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices into train/validation keeping class proportions.
+
+    Each class contributes ``round(n_c * val_fraction)`` images to validation, at least 1
+    and at most ``n_c - 1`` when it has two or more (a single-image class stays in train).
+
+    Returns
+    -------
+    train_idx, val_idx : np.ndarray
+        Sorted int64 index arrays, disjoint, together ``arange(len(labels))``.
+    """
+    if not 0 <= val_fraction < 1:
+        raise BiocnnError(f"--val-fraction {val_fraction}: must be in [0, 1)")
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    val: list[np.ndarray] = []
+    if val_fraction > 0:
+        for c in np.unique(labels):
+            members = np.flatnonzero(labels == c)
+            if len(members) < 2:
+                continue
+            k = min(max(round(len(members) * val_fraction), 1), len(members) - 1)
+            val.append(rng.permutation(members)[:k])
+    val_idx = np.sort(np.concatenate(val)) if val else np.zeros(0, dtype=np.int64)
+    train_mask = np.ones(len(labels), dtype=bool)
+    train_mask[val_idx] = False
+    return np.flatnonzero(train_mask).astype(np.int64), val_idx.astype(np.int64)
+
+
+def _mrc_files(folder: Path, recursive: bool) -> list[Path]:
+    pattern = "**/*" if recursive else "*"
+    return sorted(
+        p
+        for p in folder.glob(pattern)
+        if p.is_file() and p.suffix.lower() in MRC_SUFFIXES and not p.name.startswith(".")
+    )
+
+
+def _warn_unknown_apix(index: ImageIndex) -> None:
+    unknown = sorted({index.files[f] for f in index.file_id[index.apix <= 0].tolist()})
+    if unknown:
+        warnings.warn(
+            f"{len(unknown)} file(s) have no pixel size (e.g. {unknown[0]}); "
+            "their images are resampled to the box",
+            stacklevel=2,
+        )
+
+
+def _finish(
+    index: ImageIndex,
+    labels: np.ndarray,
+    class_names: Sequence[str],
+    preprocess: PreprocessConfig,
+    views: ViewSpec,
+    shapes: dict[int, tuple[int, int]],
+) -> MrcDataset:
+    """Resolve the preprocessing from per-file image shapes and build the dataset."""
+    _warn_unknown_apix(index)
+    pairs = {(shapes[int(f)], float(a)) for f, a in zip(index.file_id, index.apix, strict=True)}
+    resolved = preprocess.resolved([s for s, _ in pairs], [a for _, a in pairs])
+    return MrcDataset(index, labels, class_names, resolved, views)
+
+
+def _labels_from_names(
+    names: Sequence[str], class_names: Sequence[str] | None, where: str, min_classes: int = 2
+) -> tuple[np.ndarray, list[str]]:
+    """Map per-image class names to indices; derive sorted classes unless given."""
+    found = sorted(set(names), key=_natural_key)
+    if class_names is None:
+        if len(found) < min_classes:
+            raise BiocnnError(
+                f"{where}: training needs at least {min_classes} classes, found {len(found)}"
+                + (f" ({found[0]})" if found else "")
+            )
+        class_names = found
+    lookup = {c: i for i, c in enumerate(class_names)}
+    unknown = [c for c in found if c not in lookup]
+    if unknown:
+        raise BiocnnError(f"{where}: class {unknown[0]!r} is not one of the model's classes")
+    return np.asarray([lookup[n] for n in names], dtype=np.int64), list(class_names)
+
+
+def _natural_key(name: str) -> tuple[int, float, str]:
+    """Sort numbers numerically (1, 2, 10) before other names (alphabetically)."""
+    try:
+        return (0, float(name), name)
+    except ValueError:
+        return (1, 0.0, name)
+
+
+def folder_dataset(
+    root: str | os.PathLike,
+    *,
+    preprocess: PreprocessConfig,
+    views: ViewSpec | None = None,
+    class_names: Sequence[str] | None = None,
+    permissive: bool = False,
+) -> MrcDataset:
+    """Dataset of ``root/<class>/*.mrc|*.mrcs|*.map`` (one sub-folder per class).
+
+    Parameters
+    ----------
+    root
+        Folder of class folders (hidden folders are skipped; loose files are ignored).
+    preprocess
+        Preprocessing; ``box``/``apix`` left None are resolved from the data.
+    views
+        How 3D files are read and which views volumes yield.
+    class_names
+        The model's classes (evaluation); None derives sorted folder names and needs >= 2.
+    permissive
+        Open files with mrcfile's permissive mode.
+
+    Raises
+    ------
+    BiocnnError
+        Missing root, no class folders, a class folder without MRC files, fewer than two
+        classes (when deriving), any unreadable file.
+    """
+    views = views or ViewSpec()
+    root = Path(root)
+    if not root.is_dir():
+        raise BiocnnError(f"data folder {root} not found")
+    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not class_dirs:
+        raise BiocnnError(f"{root}: no class sub-folders (want {root}/<class>/*.mrc)")
+    infos: list[MrcInfo] = []
+    file_class: list[str] = []
+    for d in class_dirs:
+        files = _mrc_files(d, recursive=False)
+        if not files:
+            raise BiocnnError(f"class folder {d} has no .mrc/.mrcs/.map files")
+        for p in files:
+            infos.append(inspect_mrc(p, as_volume=views.as_volume, permissive=permissive))
+            file_class.append(d.name)
+    index = ImageIndex.from_infos(infos, views, permissive)
+    labels, names = _labels_from_names(
+        [file_class[f] for f in index.file_id.tolist()], class_names, str(root)
+    )
+    shapes = {f: views.image_shape(info) for f, info in enumerate(infos)}
+    return _finish(index, labels, names, preprocess, views, shapes)
+
+
+def files_dataset(
+    paths: Sequence[str | os.PathLike],
+    *,
+    preprocess: PreprocessConfig,
+    views: ViewSpec | None = None,
+    permissive: bool = False,
+) -> MrcDataset:
+    """Unlabelled dataset of every view of the given MRC files (labels -1)."""
+    views = views or ViewSpec()
+    if not paths:
+        raise BiocnnError("no MRC files given")
+    infos = [inspect_mrc(p, as_volume=views.as_volume, permissive=permissive) for p in paths]
+    index = ImageIndex.from_infos(infos, views, permissive)
+    shapes = {f: views.image_shape(info) for f, info in enumerate(infos)}
+    return _finish(index, np.full(len(index), -1, dtype=np.int64), [], preprocess, views, shapes)
+
+
+def _label_strings(column: pd.Series) -> list[str]:
+    """STAR label values as class names; integral floats print as ints (``2.0`` -> ``"2"``)."""
+    values = column.tolist()
+    return [
+        str(int(v)) if isinstance(v, float) and v.is_integer() else str(v).strip() for v in values
+    ]
+
+
+def star_dataset(
+    star: str | os.PathLike,
+    *,
+    preprocess: PreprocessConfig,
+    label_column: str | None = "rlnClassNumber",
+    class_names: Sequence[str] | None = None,
+    permissive: bool = False,
+) -> MrcDataset:
+    """Dataset of the particles of a RELION 3.0/3.1+ STAR file.
+
+    Each row's ``rlnImageName`` (``index@stack.mrcs``, 1-based; relative to the STAR
+    file's folder) is one image, always read as a stack section whatever the file's
+    header says. The pixel size comes from the STAR file (optics group, or detector pixel
+    size / magnification) and falls back to the MRC header.
+
+    Parameters
+    ----------
+    star
+        The STAR file.
+    preprocess
+        Preprocessing; ``box``/``apix`` left None are resolved from the data.
+    label_column
+        Column holding the class (any values; names are their strings, numbers sorted
+        numerically). None = unlabelled (labels -1).
+    class_names
+        The model's classes (evaluation); None derives them and needs >= 2.
+    permissive
+        Open files with mrcfile's permissive mode.
+
+    Raises
+    ------
+    BiocnnError
+        Unreadable STAR file, missing label column, no particles, missing or unreadable
+        stacks, out-of-range indices.
+    """
+    table = read_star(star)
+    if len(table) == 0:
+        raise BiocnnError(f"{table.path}: no particles")
+    names = _label_strings(table.column(label_column)) if label_column is not None else None
+    paths, sections = table.image_refs()
+    star_apix = table.pixel_sizes()
+    file_of: dict[Path, int] = {}
+    infos: list[MrcInfo] = []
+    file_id = np.empty(len(paths), dtype=np.int32)
+    for i, p in enumerate(paths):
+        if p not in file_of:
+            if not p.is_file():
+                raise BiocnnError(f"{table.path}: image file {p} not found")
+            file_of[p] = len(infos)
+            infos.append(inspect_mrc(p, as_volume=False, permissive=permissive))
+        file_id[i] = file_of[p]
+    counts = np.asarray([info.shape[0] for info in infos])[file_id]
+    bad = np.flatnonzero((sections < 0) | (sections >= counts))
+    if len(bad):
+        j = int(bad[0])
+        raise BiocnnError(
+            f"{table.path}: image {sections[j] + 1}@{paths[j]} out of range "
+            f"({counts[j]} images in the file)"
+        )
+    header_apix = np.asarray([info.apix for info in infos])[file_id]
+    index = ImageIndex(
+        files=tuple(str(i.path) for i in infos),
+        layouts=tuple(i.layout for i in infos),
+        file_id=file_id,
+        kind=np.full(len(paths), int(ViewKind.IMAGE), dtype=np.int8),
+        section=sections.astype(np.int32),
+        apix=np.where(star_apix > 0, star_apix, header_apix),
+        permissive=permissive,
+    )
+    if names is None:
+        labels, classes = np.full(len(index), -1, dtype=np.int64), []
+    else:
+        labels, classes = _labels_from_names(names, class_names, f"{table.path} [{label_column}]")
+    shapes = {f: (info.shape[1], info.shape[2]) for f, info in enumerate(infos)}
+    return _finish(index, labels, classes, preprocess, ViewSpec(), shapes)
+
+
+def build_dataset(
+    source: str | os.PathLike,
+    *,
+    preprocess: PreprocessConfig,
+    views: ViewSpec | None = None,
+    label_column: str = "rlnClassNumber",
+    labeled: bool = True,
+    class_names: Sequence[str] | None = None,
+    permissive: bool = False,
+) -> MrcDataset:
+    """Build a dataset from a folder, a STAR file or an MRC file.
+
+    * ``*.star`` -> :func:`star_dataset` (labels from ``label_column`` when ``labeled``);
+    * a folder, ``labeled`` -> :func:`folder_dataset` (one sub-folder per class);
+    * a folder, not ``labeled`` -> :func:`files_dataset` of every MRC file below it
+      (recursive, sorted);
+    * an MRC file, not ``labeled`` -> :func:`files_dataset` of that file.
+
+    Parameters
+    ----------
+    source
+        Folder, STAR file or MRC file.
+    preprocess, views, class_names, permissive
+        As in :func:`folder_dataset` / :func:`star_dataset`.
+    label_column
+        STAR column holding the class.
+    labeled
+        False for prediction: no labels are needed (all -1).
+    """
+    views = views or ViewSpec()
+    source = Path(source)
+    if source.suffix.lower() == ".star":
+        return star_dataset(
+            source,
+            preprocess=preprocess,
+            label_column=label_column if labeled else None,
+            class_names=class_names,
+            permissive=permissive,
+        )
+    if source.is_dir():
+        if labeled:
+            return folder_dataset(
+                source,
+                preprocess=preprocess,
+                views=views,
+                class_names=class_names,
+                permissive=permissive,
+            )
+        files = _mrc_files(source, recursive=True)
+        if not files:
+            raise BiocnnError(f"{source}: no .mrc/.mrcs/.map files")
+        return files_dataset(files, preprocess=preprocess, views=views, permissive=permissive)
+    if not source.exists():
+        raise BiocnnError(f"input {source} not found")
+    if labeled:
+        raise BiocnnError(
+            f"{source}: a single file has no labels; use a folder per class or a STAR file"
+        )
+    return files_dataset([source], preprocess=preprocess, views=views, permissive=permissive)

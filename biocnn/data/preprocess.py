@@ -1,0 +1,294 @@
+"""Image preprocessing shared by training and prediction, serialisable into checkpoints.
+
+For a batch ``(B, H, W)`` of images with pixel size ``a`` Å, :func:`preprocess_images`:
+
+1. pads a non-square image to square (fill: mean of its edge pixels);
+2. resamples by Fourier cropping/padding: to ``round(n * a / cfg.apix)`` px when both
+   pixel sizes are known, else straight to ``cfg.box`` px;
+3. crops/pads to ``cfg.box`` in real space (centre ``n // 2``; fill: edge mean);
+4. low-pass filters (optional, raised-cosine edge);
+5. normalises to mean 0 / std 1 **outside** a circular mask (RELION convention: the
+   background is outside the circle). If the background is flat (std below 1e-3 of the
+   whole image's, e.g. a noiseless projection) the whole image's std is used instead;
+6. inverts the contrast (optional).
+
+:meth:`PreprocessConfig.resolved` fills in ``box``/``apix`` left as None from the data; a
+checkpoint stores the resolved config so prediction repeats training exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from biocnn.errors import BiocnnError
+
+__all__ = [
+    "PreprocessConfig",
+    "preprocess_images",
+    "fourier_resize",
+    "crop_or_pad",
+    "lowpass_filter",
+    "circular_mask",
+    "normalize_background",
+    "MIN_BOX",
+]
+
+#: Smallest output box (the CNN core needs H, W >= 8).
+MIN_BOX = 8
+_FLAT_BACKGROUND = 1e-3
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Preprocessing parameters.
+
+    Attributes
+    ----------
+    box
+        Output size in pixels (square); None = resolve from the data.
+    apix
+        Output pixel size in Å; 0 = unknown (images are resized to ``box``);
+        None = resolve from the data.
+    mask_radius
+        Radius of the circle whose outside is the background for normalisation:
+        ``< 1`` is a fraction of the box (0.5 touches the edges), ``>= 1`` is pixels.
+    invert
+        Multiply by -1 at the end (e.g. to make protein white).
+    lowpass
+        0 = off; ``<= 1`` is a fraction of Nyquist; ``> 1`` is a resolution in Å (needs
+        a known ``apix``).
+    lowpass_edge
+        Width of the raised-cosine edge as a fraction of Nyquist.
+    normalize
+        Apply the background normalisation (step 5).
+    """
+
+    box: int | None = None
+    apix: float | None = None
+    mask_radius: float = 0.4
+    invert: bool = False
+    lowpass: float = 0.0
+    lowpass_edge: float = 0.05
+    normalize: bool = True
+
+    def __post_init__(self) -> None:
+        if self.box is not None and (isinstance(self.box, bool) or int(self.box) < MIN_BOX):
+            raise BiocnnError(f"--box {self.box}: must be an integer >= {MIN_BOX}")
+        if self.apix is not None and not (math.isfinite(self.apix) and self.apix >= 0):
+            raise BiocnnError(f"--apix {self.apix}: must be >= 0 (0 = unknown)")
+        if not (math.isfinite(self.mask_radius) and self.mask_radius > 0):
+            raise BiocnnError(f"--mask-radius {self.mask_radius}: must be > 0")
+        if not (math.isfinite(self.lowpass) and self.lowpass >= 0):
+            raise BiocnnError(f"--lowpass {self.lowpass}: must be >= 0 (0 = off)")
+        if not (math.isfinite(self.lowpass_edge) and self.lowpass_edge >= 0):
+            raise BiocnnError(f"--lowpass-edge {self.lowpass_edge}: must be >= 0")
+
+    @property
+    def is_resolved(self) -> bool:
+        """True when ``box`` and ``apix`` are both set."""
+        return self.box is not None and self.apix is not None
+
+    def mask_radius_px(self, box: int) -> float:
+        """The mask radius in pixels for a ``box``-pixel image."""
+        return self.mask_radius * box if self.mask_radius < 1 else self.mask_radius
+
+    def lowpass_fraction(self) -> float:
+        """Low-pass cutoff as a fraction of the output Nyquist (0 = off); needs resolved apix."""
+        if self.lowpass <= 1:
+            return self.lowpass
+        return 2.0 * float(self.apix or 0.0) / self.lowpass
+
+    def resolved(
+        self, shapes: Iterable[tuple[int, int]], apixes: Iterable[float]
+    ) -> PreprocessConfig:
+        """Fill in ``box`` and ``apix`` from the images' ``(H, W)`` shapes and pixel sizes.
+
+        ``box`` defaults to the largest ``max(H, W)``. ``apix`` defaults to the coarsest
+        sampling that fits the largest field of view into the box,
+        ``max(max(H, W) * a) / box`` over images with a known ``a``, or 0 when no pixel
+        size is known. When ``apix`` is given but ``box`` is not, the box is the largest
+        rescaled size ``round(max(H, W) * a / apix)``. Checks that the low-pass and the
+        mask make sense for the result.
+        """
+        pairs = [(max(int(h), int(w)), float(a)) for (h, w), a in zip(shapes, apixes, strict=True)]
+        if not pairs:
+            raise BiocnnError("no images to derive the preprocessing box from")
+        known = [(n, a) for n, a in pairs if a > 0]
+        box, apix = self.box, self.apix
+        if box is None:
+            if apix:
+                box = max(round(n * a / apix) if a > 0 else n for n, a in pairs)
+            else:
+                box = max(n for n, _ in pairs)
+            box = max(box, MIN_BOX)
+        if apix is None:
+            apix = max(n * a for n, a in known) / box if known else 0.0
+        out = replace(self, box=int(box), apix=float(apix))
+        if self.lowpass > 1 and not apix:
+            raise BiocnnError(f"--lowpass {self.lowpass} Å needs known pixel sizes (or --apix)")
+        if circular_mask(out.box, out.mask_radius_px(out.box)).all():
+            raise BiocnnError(
+                f"--mask-radius {self.mask_radius} leaves no background in a {out.box}-px box"
+            )
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON/checkpoint-friendly dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PreprocessConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are a :class:`BiocnnError`."""
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise BiocnnError(f"unknown preprocessing option(s): {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+
+def _edge_mean(x: torch.Tensor) -> torch.Tensor:
+    """``(B, 1, 1)`` mean of the outermost pixels of ``x`` ``(B, H, W)``."""
+    edge = torch.cat([x[:, 0, :], x[:, -1, :], x[:, 1:-1, 0], x[:, 1:-1, -1]], dim=1)
+    return edge.mean(dim=1).view(-1, 1, 1)
+
+
+def _centre_window(n: int, m: int) -> tuple[slice, slice]:
+    """Slices ``(src, dst)`` that copy the centred overlap of length ``min(n, m)``
+    from an axis of length ``n`` to one of length ``m``; centres are ``n // 2``, ``m // 2``."""
+    k = min(n, m)
+    s, d = n // 2 - k // 2, m // 2 - k // 2
+    return slice(s, s + k), slice(d, d + k)
+
+
+def _centre_copy(
+    x: torch.Tensor, size: tuple[int, int], fill: torch.Tensor | float
+) -> torch.Tensor:
+    (sy, dy), (sx, dx) = _centre_window(x.shape[-2], size[0]), _centre_window(x.shape[-1], size[1])
+    out = torch.empty((*x.shape[:-2], *size), dtype=x.dtype, device=x.device)
+    out[...] = fill
+    out[..., dy, dx] = x[..., sy, sx]
+    return out
+
+
+def crop_or_pad(
+    x: torch.Tensor, size: tuple[int, int], fill: torch.Tensor | float | None = None
+) -> torch.Tensor:
+    """Centre-crop and/or pad ``x`` ``(B, H, W)`` to ``(B, *size)`` in real space.
+
+    Pixel ``(H // 2, W // 2)`` moves to ``(size[0] // 2, size[1] // 2)``. Padding uses
+    ``fill`` (scalar or ``(B, 1, 1)``), by default the mean of each image's edge pixels.
+    """
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return _centre_copy(x, size, _edge_mean(x) if fill is None else fill)
+
+
+def fourier_resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resample ``x`` ``(B, H, W)`` to ``(B, *size)`` by cropping/zero-padding its spectrum.
+
+    The pixel values' scale (and the image mean) is preserved. An image band-limited below
+    the smaller of the two Nyquist frequencies is reproduced exactly (up to float error),
+    so down- then up-sampling it round-trips. Content exactly at an even size's Nyquist
+    frequency is not split or folded (it is a single row/column of the spectrum).
+    """
+    h, w = x.shape[-2:]
+    if (h, w) == tuple(size):
+        return x
+    spec = torch.fft.rfft2(x.to(torch.float32))  # (B, H, W // 2 + 1); rfft is much faster
+    spec = torch.fft.fftshift(spec, dim=-2)
+    spec = _centre_copy(spec, (size[0], w // 2 + 1), 0.0)
+    spec = torch.fft.ifftshift(spec, dim=-2)
+    half = size[1] // 2 + 1
+    if half <= spec.shape[-1]:
+        spec = spec[..., :half]
+    else:
+        spec = torch.nn.functional.pad(spec, (0, half - spec.shape[-1]))
+    out = torch.fft.irfft2(spec, s=size)
+    return out * (size[0] * size[1] / (h * w))
+
+
+def _radial_frequency(h: int, w: int, device: torch.device) -> torch.Tensor:
+    """``(H, W)`` spatial frequency in units of Nyquist (1 = Nyquist along an axis), FFT order.
+
+    The first ``W // 2 + 1`` columns are the non-negative ``rfft`` frequencies."""
+    fy = torch.fft.fftfreq(h, device=device).view(-1, 1) * 2
+    fx = torch.fft.fftfreq(w, device=device).view(1, -1) * 2
+    return torch.sqrt(fy**2 + fx**2)
+
+
+def lowpass_filter(x: torch.Tensor, fraction: float, edge: float = 0.05) -> torch.Tensor:
+    """Low-pass ``x`` ``(B, H, W)`` at ``fraction`` of Nyquist with a raised-cosine edge.
+
+    The filter is 1 below ``fraction - edge / 2``, 0 above ``fraction + edge / 2``.
+    """
+    r = _radial_frequency(x.shape[-2], x.shape[-1], x.device)
+    if edge > 0:
+        t = ((r - (fraction - edge / 2)) / edge).clamp(0, 1)
+        filt = 0.5 * (1 + torch.cos(math.pi * t))
+    else:
+        filt = (r <= fraction).to(x.dtype)
+    h, w = x.shape[-2:]
+    return torch.fft.irfft2(torch.fft.rfft2(x) * filt[:, : w // 2 + 1], s=(h, w))
+
+
+def circular_mask(box: int, radius: float, device: torch.device | None = None) -> torch.Tensor:
+    """``(box, box)`` bool mask, True inside the circle of ``radius`` px around ``box // 2``."""
+    c = torch.arange(box, device=device, dtype=torch.float32) - box // 2
+    return c.view(-1, 1) ** 2 + c.view(1, -1) ** 2 <= radius**2
+
+
+def normalize_background(x: torch.Tensor, radius: float) -> torch.Tensor:
+    """Shift/scale ``x`` ``(B, H, H)`` to mean 0 / std 1 outside the circle of ``radius`` px.
+
+    If an image's background std is below 1e-3 of its overall std (a flat background),
+    the overall std is used; a constant image becomes all zeros.
+    """
+    outside = ~circular_mask(x.shape[-1], radius, x.device)
+    bg = x[:, outside]
+    mean = bg.mean(dim=1)
+    std = bg.std(dim=1, correction=0)
+    std_all = x.flatten(1).std(dim=1, correction=0)
+    std = torch.where(std > _FLAT_BACKGROUND * std_all, std, std_all).clamp_min(1e-12)
+    return (x - mean.view(-1, 1, 1)) / std.view(-1, 1, 1)
+
+
+def preprocess_images(
+    images: torch.Tensor | np.ndarray, cfg: PreprocessConfig, apix: float = 0.0
+) -> torch.Tensor:
+    """Apply the preprocessing pipeline (module docstring) to a batch of images.
+
+    Parameters
+    ----------
+    images
+        ``(B, H, W)`` images (any real dtype) sharing one pixel size.
+    cfg
+        A resolved config (:meth:`PreprocessConfig.resolved`).
+    apix
+        Pixel size of ``images`` in Å; 0 = unknown.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, box, box)`` float32 on the input's device.
+    """
+    if not cfg.is_resolved:
+        raise ValueError("preprocess_images needs a resolved PreprocessConfig (box and apix set)")
+    box = int(cfg.box)  # type: ignore[arg-type]
+    x = torch.as_tensor(images).to(torch.float32)
+    if x.ndim != 3:
+        raise ValueError(f"expected (B, H, W) images, got shape {tuple(x.shape)}")
+    n = max(x.shape[-2:])
+    x = crop_or_pad(x, (n, n))
+    m = max(1, round(n * apix / cfg.apix)) if (apix > 0 and cfg.apix) else box
+    x = fourier_resize(x, (m, m))
+    x = crop_or_pad(x, (box, box))
+    if cfg.lowpass > 0:
+        x = lowpass_filter(x, cfg.lowpass_fraction(), cfg.lowpass_edge)
+    if cfg.normalize:
+        x = normalize_background(x, cfg.mask_radius_px(box))
+    return -x if cfg.invert else x

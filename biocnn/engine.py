@@ -1,0 +1,499 @@
+"""The one training loop, evaluation, prediction and checkpoints.
+
+Read :func:`fit` top to bottom: build loaders → optimiser and warm-up/cosine schedule →
+for each epoch: augment, forward, backward, step; evaluate; log a JSON line; keep the best
+checkpoint; stop early if asked. It serves every dataset (MNIST tensors in memory, lazy
+MRC stacks) on CPU or CUDA, in one process or under ``torchrun`` (DDP).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import pickle
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, WeightedRandomSampler
+
+from biocnn import __version__
+from biocnn.atomic import atomic_path
+from biocnn.config import TrainConfig, to_plain
+from biocnn.errors import BiocnnError
+from biocnn.models.registry import create_model, model_spec
+from biocnn.runtime import dist_info, is_main_process, resolve_device, seed_everything
+
+__all__ = [
+    "TrainConfig",
+    "TensorData",
+    "FitResult",
+    "fit",
+    "predict_logits",
+    "evaluate",
+    "save_checkpoint",
+    "load_checkpoint",
+    "unwrap",
+]
+
+Augmenter = Callable[[Tensor, torch.Generator], Tensor]
+
+
+class TensorData(Dataset):
+    """Images and labels held in memory: ``images (N, C, H, W)`` float, ``labels (N,)`` long.
+
+    The loop slices whole batches out of it (no per-sample Python work).
+    """
+
+    def __init__(self, images: Tensor, labels: Tensor) -> None:
+        if images.ndim != 4 or labels.ndim != 1 or len(images) != len(labels):
+            raise ValueError("TensorData needs images (N, C, H, W) and labels (N,)")
+        self.images, self.labels = images, labels.long()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        return self.images[i], int(self.labels[i])
+
+
+class _TensorBatches:
+    """Batches of a :class:`TensorData` by index slicing; this rank's shard under DDP."""
+
+    def __init__(
+        self, data: TensorData, batch_size: int, shuffle: bool, generator: torch.Generator | None,
+        weights: Tensor | None = None,
+    ) -> None:
+        self.data, self.batch_size, self.shuffle = data, batch_size, shuffle
+        self.generator, self.weights = generator, weights
+        info = dist_info()
+        self.rank, self.world = (info.rank, info.world_size) if shuffle else (0, 1)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.data) // self.world / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        n = len(self.data)
+        if self.weights is not None:
+            order = torch.multinomial(self.weights, n, replacement=True, generator=self.generator)
+        elif self.shuffle:
+            order = torch.randperm(n, generator=self.generator)
+        else:
+            order = torch.arange(n)
+        per_rank = n // self.world  # equal shard sizes keep DDP ranks in step
+        order = order[self.rank * per_rank : (self.rank + 1) * per_rank]
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            yield self.data.images[idx], self.data.labels[idx]
+
+
+def _loader(
+    data: Dataset, cfg: TrainConfig, shuffle: bool, generator: torch.Generator | None,
+    labels: Tensor | None = None,
+) -> Any:
+    """A batch iterator for ``data``: slicing for tensors, a DataLoader for lazy datasets."""
+    weights = None
+    if shuffle and cfg.balance_classes:
+        if labels is None:
+            raise BiocnnError("--balance-classes needs a dataset that exposes its labels")
+        counts = torch.bincount(labels)
+        weights = (1.0 / counts.clamp(min=1).double())[labels]
+    if isinstance(data, TensorData):
+        return _TensorBatches(data, cfg.batch_size, shuffle, generator, weights)
+    info = dist_info()
+    sampler = None
+    if weights is not None:
+        sampler = WeightedRandomSampler(weights, len(weights), generator=generator)
+    elif shuffle and info.distributed:
+        sampler = DistributedSampler(data, info.world_size, info.rank, shuffle=True, seed=cfg.seed)
+    return DataLoader(
+        data,
+        batch_size=cfg.batch_size,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
+        num_workers=cfg.num_workers,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=cfg.num_workers > 0,
+        generator=generator,
+        drop_last=False,
+    )
+
+
+def _dataset_labels(data: Dataset) -> Tensor | None:
+    labels = getattr(data, "labels", None)
+    return None if labels is None else torch.as_tensor(labels).long()
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside DDP and/or ``torch.compile`` wrappers."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns; the model itself is left holding the best weights."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_acc: float = float("nan")
+    train_seconds: float = 0.0
+
+
+def _lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up to 1, then cosine decay to 0."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    # no weight decay on norms and biases (1-D parameters)
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    raise BiocnnError(f"unknown optimizer {cfg.optimizer!r}: use adamw or sgd")
+
+
+def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def _progress(enabled: bool) -> Any:
+    """A rich progress bar (or a silent stand-in) with loss / accuracy / throughput fields."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[stats]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),  # keeps stdout clean for --json
+        disable=not enabled,
+        transient=False,
+    )
+
+
+def _setup_distributed(device: torch.device) -> None:
+    info = dist_info()
+    if info.distributed and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+
+def _all_reduce_sum(t: Tensor) -> Tensor:
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def fit(
+    model: nn.Module,
+    train_data: Dataset,
+    val_data: Dataset | None,
+    cfg: TrainConfig,
+    *,
+    augment: Augmenter | None = None,
+    out_dir: Path | None = None,
+    checkpoint_meta: dict[str, Any] | None = None,
+    desc: str = "train",
+) -> FitResult:
+    """Train ``model`` on ``train_data``; evaluate on ``val_data`` after every epoch.
+
+    Parameters
+    ----------
+    model
+        Built by :func:`biocnn.create_model`; maps ``(B, C, H, W)`` to ``(B, K)``.
+    train_data, val_data
+        Datasets of ``(image (C, H, W) float32, label int)`` or :class:`TensorData`.
+    cfg
+        Loop options (epochs, optimiser, schedule, device, seed, ...).
+    augment
+        ``augment(x, generator)`` applied to every training batch ``(B, C, H, W)`` on the device.
+    out_dir
+        If given, rank 0 writes ``best.pt``, ``last.pt`` and ``metrics.jsonl`` there.
+    checkpoint_meta
+        Extra entries stored in each checkpoint (class names, preprocessing, config, ...).
+    desc
+        Label of the progress bar.
+
+    Returns
+    -------
+    FitResult
+        Per-epoch history, best epoch and accuracy, training time. ``model`` holds the
+        weights of the best validation epoch (the last epoch without validation data).
+    """
+    device = resolve_device(cfg.device)
+    _setup_distributed(device)
+    info = dist_info()
+    main = is_main_process()
+    generator = seed_everything(cfg.seed + info.rank)
+
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    net: nn.Module = model
+    if info.distributed:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if cfg.compile:
+        net = torch.compile(net)
+
+    train_loader = _loader(train_data, cfg, True, generator, _dataset_labels(train_data))
+    steps_per_epoch = len(train_loader)
+    if steps_per_epoch == 0:
+        raise BiocnnError("the training set is empty")
+    total_steps = cfg.epochs * steps_per_epoch
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    optimizer = _optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: _lr_factor(s, warmup, total_steps)
+    )
+    meta = {**(checkpoint_meta or {}), "train_config": to_plain(cfg)}
+    metrics_path = out_dir / "metrics.jsonl" if out_dir is not None and main else None
+
+    result = FitResult()
+    best_state: dict[str, Tensor] | None = None
+    epochs_without_gain = 0
+    t_start = time.perf_counter()
+    with _progress(cfg.progress and main) as bar:
+        for epoch in range(1, cfg.epochs + 1):
+            if isinstance(getattr(train_loader, "sampler", None), DistributedSampler):
+                train_loader.sampler.set_epoch(epoch)
+            net.train()
+            task = bar.add_task(f"{desc} {epoch}/{cfg.epochs}", total=steps_per_epoch, stats="")
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device, dtype=torch.long)
+            seen = 0
+            t_epoch = time.perf_counter()
+            for step, (x, y) in enumerate(train_loader, start=1):
+                x = x.to(device, non_blocking=True).float()
+                y = y.to(device, non_blocking=True)
+                if cfg.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                if augment is not None:
+                    x = augment(x, generator)
+                with _autocast(device, cfg.amp):
+                    logits = net(x)
+                    loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                loss_sum += loss.detach() * len(y)
+                correct += (logits.detach().argmax(1) == y).sum()
+                seen += len(y)
+                if main and (step % 20 == 0 or step == steps_per_epoch):
+                    rate = seen / (time.perf_counter() - t_epoch)  # syncs only here, for display
+                    bar.update(task, completed=step, stats=(
+                        f"loss {loss_sum.item() / seen:.4f}  acc {correct.item() / seen:.4f}  "
+                        f"{rate:,.0f} img/s"
+                    ))
+            totals = _all_reduce_sum(torch.stack([loss_sum, correct.double(),
+                                                  torch.tensor(seen, device=device).double()]))
+            epoch_seconds = time.perf_counter() - t_epoch
+            row: dict[str, float] = {
+                "epoch": epoch,
+                "train_loss": float(totals[0] / totals[2]),
+                "train_acc": float(totals[1] / totals[2]),
+                "lr": optimizer.param_groups[0]["lr"],
+                "images_per_s": float(totals[2]) / epoch_seconds,
+                "seconds": epoch_seconds,
+            }
+            if val_data is not None:
+                ev = evaluate(model, val_data, batch_size=max(256, cfg.batch_size), device=device,
+                              num_workers=cfg.num_workers, amp=cfg.amp)
+                row.update(val_loss=ev["loss"], val_acc=ev["accuracy"])
+            result.history.append(row)
+            score = row.get("val_acc", row["train_acc"])
+            improved = epoch == 1 or score > result.best_val_acc
+            if improved:
+                result.best_epoch, result.best_val_acc = epoch, score
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                epochs_without_gain = 0
+            else:
+                epochs_without_gain += 1
+            if main:
+                if "val_acc" in row:
+                    bar.update(task, stats=bar.tasks[task].fields["stats"]
+                               + f"  val {row['val_acc']:.4f}")
+                if metrics_path is not None:
+                    with open(metrics_path, "a") as fh:
+                        fh.write(json.dumps(row) + "\n")
+                if out_dir is not None:
+                    save_checkpoint(out_dir / "last.pt", model, {**meta, "epoch": epoch, **row})
+                    if improved:
+                        save_checkpoint(out_dir / "best.pt", model, {**meta, "epoch": epoch, **row})
+            if cfg.patience and epochs_without_gain >= cfg.patience:
+                break
+    result.train_seconds = time.perf_counter() - t_start
+    if best_state is not None and val_data is not None:
+        model.load_state_dict(best_state)
+    return result
+
+
+def _tta_views(x: Tensor) -> list[Tensor]:
+    """The 8 rotations/flips of ``(B, C, H, W)`` (dihedral group D4 on square images)."""
+    views = [torch.rot90(x, k, (2, 3)) for k in range(4)]
+    return views + [v.flip(-1) for v in views]
+
+
+@torch.no_grad()
+def _forward_all(
+    model: nn.Module, loader: Any, device: torch.device, *, amp: bool = False,
+    tta: bool = False, progress: bool = False, total: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Logits ``(N, K)`` and labels ``(N,)`` of every batch of ``loader`` (CPU, float32)."""
+    model.eval()
+    logits, labels = [], []
+    with _progress(progress) as bar:
+        task = bar.add_task("predict", total=total, stats="")
+        for x, y in loader:
+            x = x.to(device, non_blocking=True).float()
+            with _autocast(device, amp):
+                if tta:
+                    probs = torch.stack([model(v).float().softmax(1) for v in _tta_views(x)])
+                    out = probs.mean(0).clamp_min(1e-12).log()
+                else:
+                    out = model(x).float()
+            logits.append(out.cpu())
+            labels.append(torch.as_tensor(y).long().cpu())
+            bar.advance(task, len(x))
+    if not logits:
+        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
+    return torch.cat(logits), torch.cat(labels)
+
+
+def _eval_loader(data: Dataset | Tensor, batch_size: int, num_workers: int) -> Any:
+    if isinstance(data, Tensor):
+        data = TensorData(data, torch.full((len(data),), -1, dtype=torch.long))
+    cfg = TrainConfig(batch_size=batch_size, num_workers=num_workers)
+    return _loader(data, cfg, shuffle=False, generator=None)
+
+
+def predict_logits(
+    model: nn.Module,
+    data: Dataset | Tensor,
+    *,
+    batch_size: int = 256,
+    device: str | torch.device = "auto",
+    num_workers: int = 0,
+    amp: bool = False,
+    tta: bool = False,
+    progress: bool = False,
+) -> Tensor:
+    """Class logits for every image.
+
+    Parameters
+    ----------
+    data
+        A tensor ``(N, C, H, W)`` or a dataset of ``(image (C, H, W), label)``.
+    tta
+        Test-time symmetrisation: average the class probabilities over the 8 rotations
+        and flips of each image (returned as log-probabilities).
+
+    Returns
+    -------
+    Tensor
+        ``(N, K)`` float32 on the CPU.
+    """
+    device = device if isinstance(device, torch.device) else resolve_device(device)
+    model.to(device)
+    loader = _eval_loader(data, batch_size, num_workers)
+    logits, _ = _forward_all(model, loader, device, amp=amp, tta=tta, progress=progress,
+                             total=len(data))
+    return logits
+
+
+def evaluate(
+    model: nn.Module,
+    data: Dataset,
+    *,
+    batch_size: int = 256,
+    device: str | torch.device = "auto",
+    num_workers: int = 0,
+    amp: bool = False,
+) -> dict[str, Any]:
+    """Loss and accuracy on a labelled dataset; also returns ``logits (N, K)`` and ``labels (N,)``."""
+    device = device if isinstance(device, torch.device) else resolve_device(device)
+    model.to(device)
+    loader = _eval_loader(data, batch_size, num_workers)
+    logits, labels = _forward_all(model, loader, device, amp=amp)
+    loss = F.cross_entropy(logits, labels).item() if len(labels) else float("nan")
+    acc = (logits.argmax(1) == labels).float().mean().item() if len(labels) else float("nan")
+    return {"loss": loss, "accuracy": acc, "logits": logits, "labels": labels}
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> Path:
+    """Atomically save ``meta`` + model spec + ``state_dict`` as a plain dict (``weights_only``-safe).
+
+    The dict holds ``model_name``, ``model_kwargs``, ``state_dict``, ``biocnn_version`` and
+    everything in ``meta`` (class names, preprocessing, resolved config, metrics).
+    """
+    plain = unwrap(model)
+    spec = model_spec(plain)
+    ckpt = {
+        **to_plain(meta),
+        "model_name": spec["name"],
+        "model_kwargs": to_plain(spec["kwargs"]),
+        "state_dict": {k: v.detach().cpu() for k, v in plain.state_dict().items()},
+        "biocnn_version": __version__,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(ckpt, tmp)
+    return Path(path)
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Load a checkpoint written by :func:`save_checkpoint` and rebuild its model (eval mode).
+
+    Raises :class:`BiocnnError` for a missing, corrupt or foreign file, or weights that do
+    not fit the recorded model.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BiocnnError(f"checkpoint {path} not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BiocnnError(f"{path}: not a readable biocnn checkpoint ({first[:120]})") from None
+    if not isinstance(ckpt, dict) or not {"model_name", "model_kwargs", "state_dict"} <= set(ckpt):
+        raise BiocnnError(f"{path}: not a biocnn checkpoint (no model_name/state_dict)")
+    kwargs = dict(ckpt["model_kwargs"])
+    model = create_model(ckpt["model_name"], **kwargs)
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise BiocnnError(f"{path}: weights do not fit model {ckpt['model_name']!r} ({first})") from None
+    device = device if isinstance(device, torch.device) else resolve_device(device)
+    return model.to(device).eval(), ckpt

@@ -1,0 +1,1 @@
+"""File formats: MRC images/stacks/volumes and RELION STAR tables."""

@@ -1,0 +1,127 @@
+"""Classification and shift-robustness metrics.
+
+Shift robustness is summarised from a boolean matrix ``correct (N, P)``: image ``n``
+classified correctly at placement ``p``. From it: accuracy per placement, mean accuracy
+over placements, and worst-case accuracy (the fraction of images classified correctly at
+*every* placement). Consistency follows Zhang (ICML 2019): how often two random shifts
+of the same image receive the same prediction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "accuracy",
+    "confusion_matrix",
+    "precision_recall",
+    "placement_summary",
+    "agreement",
+    "consistency",
+    "circular_consistency",
+]
+
+PredictFn = Callable[[Tensor], Tensor]
+
+
+def _as_preds(logits_or_preds: Tensor | np.ndarray) -> np.ndarray:
+    arr = np.asarray(logits_or_preds.detach().cpu() if isinstance(logits_or_preds, Tensor)
+                     else logits_or_preds)
+    return arr.argmax(1) if arr.ndim == 2 else arr
+
+
+def accuracy(logits_or_preds: Tensor | np.ndarray, labels: Tensor | np.ndarray) -> float:
+    """Fraction correct; accepts logits ``(N, K)`` or predicted labels ``(N,)``."""
+    preds, labels = _as_preds(logits_or_preds), np.asarray(labels)
+    return float((preds == labels).mean()) if len(labels) else float("nan")
+
+
+def confusion_matrix(
+    logits_or_preds: Tensor | np.ndarray, labels: Tensor | np.ndarray, num_classes: int
+) -> np.ndarray:
+    """Counts ``(K, K)``: row = true class, column = predicted class."""
+    preds, labels = _as_preds(logits_or_preds), np.asarray(labels)
+    conf = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(conf, (labels, preds), 1)
+    return conf
+
+
+def precision_recall(conf: np.ndarray, class_names: Sequence[str] | None = None) -> dict:
+    """Per-class precision, recall, F1 and support from a confusion matrix ``(K, K)``."""
+    names = list(class_names) if class_names is not None else [str(i) for i in range(len(conf))]
+    tp = np.diag(conf).astype(float)
+    predicted, actual = conf.sum(0), conf.sum(1)
+    out = {}
+    for i, name in enumerate(names):
+        p = tp[i] / predicted[i] if predicted[i] else 0.0
+        r = tp[i] / actual[i] if actual[i] else 0.0
+        f1 = 2 * p * r / (p + r) if p + r else 0.0
+        out[name] = {"precision": p, "recall": r, "f1": f1, "support": int(actual[i])}
+    return out
+
+
+def placement_summary(correct: np.ndarray) -> dict[str, float]:
+    """Summarise ``correct (N, P)`` booleans over ``P`` placements of ``N`` images.
+
+    Returns ``mean`` (accuracy averaged over all placements), ``worst_case`` (fraction of
+    images correct at every placement) and ``worst_placement`` (accuracy of the worst single
+    placement).
+    """
+    correct = np.asarray(correct, dtype=bool)
+    return {
+        "mean": float(correct.mean()),
+        "worst_case": float(correct.all(axis=1).mean()),
+        "worst_placement": float(correct.mean(axis=0).min()),
+    }
+
+
+def agreement(preds_a: Tensor | np.ndarray, preds_b: Tensor | np.ndarray) -> float:
+    """Fraction of images given the same label in two views (logits or labels ``(N,)``)."""
+    return float((_as_preds(preds_a) == _as_preds(preds_b)).mean())
+
+
+@torch.no_grad()
+def consistency(
+    predict: PredictFn,
+    images: Tensor,
+    max_shift: int,
+    generator: torch.Generator,
+    fill: str = "zeros",
+    batch_size: int = 512,
+) -> float:
+    """Zhang (2019) consistency: P(same prediction for two random shifts of one image).
+
+    Parameters
+    ----------
+    predict
+        Maps a batch ``(B, C, H, W)`` to predicted labels ``(B,)`` (or logits ``(B, K)``).
+    images
+        ``(N, C, H, W)``.
+    max_shift
+        Shifts are integers drawn uniformly in ``[-max_shift, max_shift]`` per axis.
+    fill
+        ``zeros`` (content may leave the frame) or ``circular``.
+    """
+    from biocnn.augment import shift_images
+
+    views = []
+    for _ in range(2):
+        preds = []
+        for start in range(0, len(images), batch_size):
+            x = images[start : start + batch_size]
+            shift = torch.randint(-max_shift, max_shift + 1, (len(x), 2), generator=generator)
+            preds.append(_as_preds(predict(shift_images(x, shift.float(), fill))))
+        views.append(np.concatenate(preds))
+    return agreement(*views)
+
+
+def circular_consistency(
+    predict: PredictFn, images: Tensor, generator: torch.Generator, batch_size: int = 512
+) -> float:
+    """Consistency under random *circular* shifts over the whole frame (1.0 for an exact model)."""
+    h, w = images.shape[-2:]
+    return consistency(predict, images, max(h, w) // 2, generator, "circular", batch_size)

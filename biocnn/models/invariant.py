@@ -1,0 +1,148 @@
+"""The global-pooled CNN core shared by the MNIST baseline and the cryo-EM classifier.
+
+Stages of stride-1 conv blocks separated by stride-2 downsampling, then a global pool and
+a linear head. The head sees only pooled features, so no absolute position is left to
+learn. With ``padding="circular"`` and ``downsample="aps"`` every layer is equivariant to
+circular shifts and the pooled output is *exactly* invariant to them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from biocnn.models.layers import (
+    DOWNSAMPLE_MODES,
+    PADDING_MODES,
+    ConvBlock,
+    GlobalPool2d,
+    make_downsample,
+)
+from biocnn.models.registry import register_model
+
+__all__ = [
+    "InvariantCNN",
+    "invariant",
+    "invariant_blurpool",
+    "invariant_m",
+    "gap_zero_pad",
+]
+
+
+class InvariantCNN(nn.Module):
+    """Conv stages + global pooling + linear head; works for any input size and channels.
+
+    Parameters
+    ----------
+    num_classes
+        Output logits ``K``.
+    in_chans
+        Input channels ``C``.
+    widths
+        Channels of each stage; a downsampling layer sits between consecutive stages.
+    depths
+        Conv blocks per stage (an int applies to every stage).
+    padding
+        ``zeros|circular|reflect`` for every conv, max and blur filter.
+    downsample
+        ``maxpool|blurpool|aps|none`` between stages.
+    pool
+        Global pooling ``avg|max|avgmax``.
+    norm, act
+        Normalisation (``batch|group|none``) and activation (``relu|gelu|silu|tanh``).
+    blur
+        Binomial filter size used by ``blurpool`` / ``aps`` (1 = none).
+    max_filter
+        Dense 2x2 max filter before ``aps`` subsampling.
+    dropout
+        Dropout on the pooled features.
+
+    Shapes: ``(B, C, H, W)`` → ``(B, K)`` for any ``H, W``.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_chans: int = 1,
+        widths: Sequence[int] = (32, 64, 128),
+        depths: int | Sequence[int] = 1,
+        padding: str = "circular",
+        downsample: str = "aps",
+        pool: str = "avgmax",
+        norm: str = "batch",
+        act: str = "relu",
+        blur: int = 1,
+        max_filter: bool = False,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if padding not in PADDING_MODES:
+            raise ValueError(f"padding must be one of {PADDING_MODES}, got {padding!r}")
+        if downsample not in DOWNSAMPLE_MODES:
+            raise ValueError(f"downsample must be one of {DOWNSAMPLE_MODES}, got {downsample!r}")
+        widths = list(widths)
+        depths = [depths] * len(widths) if isinstance(depths, int) else list(depths)
+        if len(depths) != len(widths):
+            raise ValueError("widths and depths must have the same length")
+        layers: list[nn.Module] = []
+        prev = in_chans
+        for i, (width, depth) in enumerate(zip(widths, depths, strict=True)):
+            if i > 0:
+                layers.append(make_downsample(downsample, prev, padding, blur, max_filter))
+            for _ in range(depth):
+                layers.append(ConvBlock(prev, width, 3, padding, norm, act))
+                prev = width
+        self.features = nn.Sequential(*layers)
+        self.pool = GlobalPool2d(pool)
+        self.head = nn.Sequential(
+            nn.Dropout(dropout), nn.Linear(prev * self.pool.expansion, num_classes)
+        )
+        self.num_features = prev
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Feature maps before pooling: ``(B, C, H, W)`` → ``(B, F, h, w)``."""
+        return self.features(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.pool(self.features(x)))
+
+    def class_activation_map(self, x: Tensor) -> Tensor:
+        """Class activation maps (Zhou et al. 2016) for every class.
+
+        ``(B, C, H, W)`` → ``(B, K, h, w)``: the head's weights applied at each position of
+        the last feature map (exact for ``pool="avg"``; the averaged half for ``avgmax``).
+        """
+        feats = self.features(x)
+        weight = self.head[-1].weight[:, : self.num_features]
+        return feats.permute(0, 2, 3, 1).matmul(weight.t()).permute(0, 3, 1, 2)
+
+
+@register_model
+def invariant(num_classes: int = 10, in_chans: int = 1, **kw) -> InvariantCNN:
+    """Exactly circular-shift-invariant core: circular padding + APS + global average pool."""
+    return InvariantCNN(num_classes, in_chans, **{"padding": "circular", "downsample": "aps", **kw})
+
+
+@register_model
+def invariant_blurpool(num_classes: int = 10, in_chans: int = 1, **kw) -> InvariantCNN:
+    """Anti-aliased variant (Zhang 2019): circular padding + BlurPool; nearly invariant."""
+    return InvariantCNN(
+        num_classes, in_chans, **{"padding": "circular", "downsample": "blurpool", "blur": 3, **kw}
+    )
+
+
+@register_model
+def invariant_m(num_classes: int = 10, in_chans: int = 1, **kw) -> InvariantCNN:
+    """Deeper exact core for cryo-EM images (64-256 px): 4 stages of 2 blocks."""
+    defaults = {
+        "widths": (32, 64, 128, 256), "depths": 2, "padding": "circular",
+        "downsample": "aps", "pool": "avg", "dropout": 0.1,
+    }
+    return InvariantCNN(num_classes, in_chans, **{**defaults, **kw})
+
+
+@register_model
+def gap_zero_pad(num_classes: int = 10, in_chans: int = 1, **kw) -> InvariantCNN:
+    """Global-pooled head with ordinary zero padding and max-pool: no FC position, not exact."""
+    return InvariantCNN(num_classes, in_chans, **{"padding": "zeros", "downsample": "maxpool", **kw})

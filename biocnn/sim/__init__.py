@@ -1,0 +1,11 @@
+"""Simulated cryo-EM particle images from atomic models and maps (``biocnn simulate``).
+
+Modules: :mod:`~biocnn.sim.structure` (volumes from PDB/mmCIF/MRC),
+:mod:`~biocnn.sim.project` (orientations, Fourier-slice projection),
+:mod:`~biocnn.sim.ctf` (contrast transfer function), :mod:`~biocnn.sim.imaging`
+(shifts, noise, phase flips), :mod:`~biocnn.sim.junk` (non-particle images) and
+:mod:`~biocnn.sim.simulate` (writing a labelled data set). Import them directly; this
+package stays light so that ``import biocnn`` does not pull in gemmi.
+"""
+
+__all__: list[str] = []

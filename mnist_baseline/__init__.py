@@ -1,0 +1,1 @@
+"""The MNIST corner-shift baseline: data, shifted test sets and the experiment."""

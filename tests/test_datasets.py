@@ -1,0 +1,276 @@
+"""Datasets: folder-per-class and STAR sources, lazy per-worker reading, flat memory, bad input."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.utils.data import DataLoader
+
+from biocnn.data import (
+    PreprocessConfig,
+    build_dataset,
+    files_dataset,
+    stratified_split,
+)
+from biocnn.errors import BiocnnError
+from biocnn.io import mrc as mrc_mod
+from biocnn.io.mrc import ViewSpec, write_mrc
+from biocnn.io.star import format_image_name, optics_block, write_star
+
+AUTO = PreprocessConfig()
+
+
+def _stack(path: Path, n: int, size: int = 16, apix: float = 1.0, seed: int = 0) -> np.ndarray:
+    data = np.random.default_rng(seed).standard_normal((n, size, size)).astype(np.float32)
+    write_mrc(path, data, apix=apix, is_stack=True)
+    return data
+
+
+# --- folder per class ----------------------------------------------------------------------
+
+
+def test_folder_dataset(cryo_class_folder: Path) -> None:
+    ds = build_dataset(cryo_class_folder, preprocess=AUTO)
+    assert len(ds) == 12 and ds.class_names == ["alpha", "beta"]
+    assert ds.class_counts() == {"alpha": 7, "beta": 5}
+    # box: largest input (32 px); apix: largest field of view (24 px * 1.5 Å = 36 Å) / 32 px
+    assert (ds.preprocess.box, ds.preprocess.apix) == (32, pytest.approx(1.125))
+    assert ds.apix_summary == {"input": [1.0, 1.5, 1.8], "unknown": 0, "output": 1.125, "box": 32}
+    for i in range(len(ds)):
+        x, y = ds[i]
+        assert x.shape == (1, 32, 32) and x.dtype == torch.float32 and y == ds.labels[i]
+    names = [ds.name(i) for i in range(len(ds))]
+    assert names[0].endswith("alpha/single.mrc") and names[1].endswith(
+        "000001@" + str(cryo_class_folder / "alpha" / "stack.mrcs")
+    )
+    assert names[-1].endswith("beta/volume.map:z=10")
+
+
+def test_folder_dataset_volume_views(cryo_class_folder: Path) -> None:
+    views = ViewSpec(slice_axis="y", slices="all", project=True)
+    ds = build_dataset(cryo_class_folder, preprocess=AUTO, views=views)
+    assert ds.class_counts() == {"alpha": 7, "beta": 4 + 20 + 1}
+    assert ds.name(len(ds) - 1).endswith("volume.map:sum_y") and ds.views == views
+    ds3 = build_dataset(cryo_class_folder, preprocess=AUTO, views=ViewSpec(slices=3))
+    assert ds3.class_counts()["beta"] == 4 + 3
+
+
+def test_evaluation_maps_folders_to_given_class_names(cryo_class_folder: Path) -> None:
+    ds = build_dataset(cryo_class_folder, preprocess=AUTO, class_names=["beta", "alpha", "gamma"])
+    assert ds.class_names == ["beta", "alpha", "gamma"]
+    assert ds.class_counts() == {"beta": 5, "alpha": 7, "gamma": 0}
+    with pytest.raises(BiocnnError, match="class 'beta' is not one of the model's classes"):
+        build_dataset(cryo_class_folder, preprocess=AUTO, class_names=["alpha", "gamma"])
+
+
+def test_unlabelled_sources(cryo_class_folder: Path) -> None:
+    ds = build_dataset(cryo_class_folder, preprocess=AUTO, labeled=False)
+    assert len(ds) == 12 and ds.class_names == [] and (ds.labels == -1).all()
+    one = build_dataset(cryo_class_folder / "beta" / "stack.mrcs", preprocess=AUTO, labeled=False)
+    assert len(one) == 4 and one[3][1] == -1
+
+
+# --- STAR files ---------------------------------------------------------------------------
+
+
+def test_star_relion31_dataset(tmp_path: Path) -> None:
+    a = _stack(tmp_path / "Particles" / "a.mrcs", 3, apix=0.0, seed=1)
+    b = _stack(tmp_path / "Particles" / "b.mrcs", 2, apix=0.0, seed=2)
+    parts = pd.DataFrame(
+        {
+            "rlnImageName": [
+                format_image_name(2, "Particles/a.mrcs"),
+                format_image_name(0, "Particles/b.mrcs"),
+                format_image_name(0, "Particles/a.mrcs"),
+                format_image_name(1, "Particles/b.mrcs"),
+            ],
+            "rlnClassNumber": [10, 2, 1, 2],
+            "rlnGroupName": ["x", "y", "x", "y"],
+        }
+    )
+    star = write_star(tmp_path / "run_data.star", parts, apix=2.0, image_size=16)
+    ds = build_dataset(star, preprocess=AUTO)  # pixel size from the optics block: no warning
+    assert ds.class_names == ["1", "2", "10"]  # numbers sort numerically
+    np.testing.assert_array_equal(ds.labels, [2, 1, 0, 1])
+    np.testing.assert_array_equal(ds.index.read(0), a[2])
+    np.testing.assert_array_equal(ds.index.read(3), b[1])
+    assert ds.name(0) == format_image_name(2, tmp_path / "Particles" / "a.mrcs")
+    assert ds.apix_summary["input"] == [2.0] and ds.preprocess.box == 16
+    by_group = build_dataset(star, preprocess=AUTO, label_column="rlnGroupName")
+    assert by_group.class_names == ["x", "y"]
+    np.testing.assert_array_equal(by_group.labels, [0, 1, 0, 1])
+    unlabelled = build_dataset(star, preprocess=AUTO, labeled=False)
+    assert (unlabelled.labels == -1).all() and len(unlabelled) == 4
+
+
+def test_star_relion30_dataset_with_header_pixel_size(tmp_path: Path) -> None:
+    data = _stack(tmp_path / "stacks" / "s.mrcs", 4, size=20, apix=1.4)
+    (tmp_path / "meta").mkdir()
+    star = tmp_path / "meta" / "p.star"
+    star.write_text(
+        "\ndata_\n\nloop_\n_rlnImageName #1\n_rlnClassNumber #2\n"
+        + "".join(f"{i + 1}@../stacks/s.mrcs {1 + i % 2}\n" for i in range(4))
+    )
+    ds = build_dataset(star, preprocess=PreprocessConfig(box=16))
+    assert len(ds) == 4 and ds.class_names == ["1", "2"]
+    np.testing.assert_array_equal(ds.labels, [0, 1, 0, 1])
+    np.testing.assert_array_equal(ds.index.read(2), data[2])
+    assert ds.preprocess.apix == pytest.approx(20 * 1.4 / 16)
+    assert ds[1][0].shape == (1, 16, 16)
+
+
+# --- lazy reading, workers, memory ----------------------------------------------------------
+
+
+def test_dataloader_with_two_workers_matches_serial(cryo_class_folder: Path) -> None:
+    ds = build_dataset(cryo_class_folder, preprocess=AUTO)
+    serial = torch.stack([ds[i][0] for i in range(len(ds))])  # parent's handle cache is warm
+    loader = DataLoader(ds, batch_size=5, num_workers=2, shuffle=False)
+    xs, ys = zip(*loader, strict=True)
+    torch.testing.assert_close(torch.cat(xs), serial)
+    np.testing.assert_array_equal(torch.cat(ys).numpy(), ds.labels)
+
+
+def test_dataset_holds_no_pixels(cryo_class_folder: Path) -> None:
+    ds = build_dataset(cryo_class_folder, preprocess=AUTO, views=ViewSpec(slices="all"))
+    before = len(pickle.dumps(ds))
+    for i in range(len(ds)):
+        ds[i]
+    assert len(pickle.dumps(ds)) == before  # reading caches nothing on the object
+    pixels = sum(p.stat().st_size for p in cryo_class_folder.rglob("*.m*"))
+    assert before < pixels / 10
+    assert pickle.loads(pickle.dumps(ds))[5][0].shape == (1, 32, 32)
+
+
+def _rss_file_kb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1])
+    pytest.skip("no RssFile in /proc/self/status")
+
+
+def test_reading_a_few_images_maps_a_small_part_of_the_stack(tmp_path: Path) -> None:
+    stack = tmp_path / "big" / "stack.mrcs"
+    write_mrc(stack, np.zeros((512, 128, 128), np.float32), apix=1.0, is_stack=True)  # 32 MiB
+    ds = files_dataset([stack], preprocess=AUTO)
+    ds[0]  # warm up torch's code paths (shared-library pages are file-backed too)
+    mrc_mod._CACHE.clear()
+    r0 = _rss_file_kb()
+    for i in (100, 400):
+        ds[i]
+    few = _rss_file_kb() - r0
+    mrc_mod._CACHE.clear()
+    r1 = _rss_file_kb()
+    for i in range(len(ds)):
+        ds.index.read(i)
+    whole = _rss_file_kb() - r1
+    if whole < 0.9 * 32 * 1024:
+        pytest.skip(f"RssFile does not track mapped file pages here ({whole} kB)")
+    assert few < whole / 3, (few, whole)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    labels=st.lists(st.integers(0, 4), min_size=1, max_size=80),
+    frac=st.floats(0.0, 0.9),
+    seed=st.integers(0, 2**31),
+)
+def test_stratified_split_properties(labels: list[int], frac: float, seed: int) -> None:
+    y = np.asarray(labels)
+    train, val = stratified_split(y, frac, seed)
+    np.testing.assert_array_equal(np.sort(np.concatenate([train, val])), np.arange(len(y)))
+    for c in np.unique(y):
+        n_c, v_c = (y == c).sum(), (y[val] == c).sum()
+        assert (y[train] == c).sum() >= 1
+        if frac > 0 and n_c >= 2:
+            assert v_c >= 1 and abs(v_c - n_c * frac) <= max(1, 0.5 + 1e-9)
+    again = stratified_split(y, frac, seed)
+    np.testing.assert_array_equal(again[1], val)
+
+
+def test_subset_keeps_classes_and_preprocessing(cryo_class_folder: Path) -> None:
+    ds = build_dataset(cryo_class_folder, preprocess=AUTO)
+    train, val = stratified_split(ds.labels, 0.3, seed=0)
+    sub = ds.subset(val)
+    assert len(sub) == len(val) and sub.class_names == ds.class_names
+    assert sub.preprocess == ds.preprocess
+    torch.testing.assert_close(sub[0][0], ds[int(val[0])][0])
+    with pytest.raises(BiocnnError, match="--val-fraction"):
+        stratified_split(ds.labels, 1.0, 0)
+
+
+# --- bad input ---------------------------------------------------------------------------
+
+
+def test_folder_errors(tmp_path: Path) -> None:
+    with pytest.raises(BiocnnError, match="input .*nowhere not found"):
+        build_dataset(tmp_path / "nowhere", preprocess=AUTO)
+    flat = tmp_path / "flat"
+    _stack(flat / "s.mrcs", 2)
+    with pytest.raises(BiocnnError, match="no class sub-folders"):
+        build_dataset(flat, preprocess=AUTO)
+    with pytest.raises(BiocnnError, match="a single file has no labels"):
+        build_dataset(flat / "s.mrcs", preprocess=AUTO)
+    one = tmp_path / "one"
+    _stack(one / "only" / "s.mrcs", 3)
+    with pytest.raises(BiocnnError, match=r"at least 2 classes, found 1 \(only\)"):
+        build_dataset(one, preprocess=AUTO)
+    (one / "empty").mkdir()
+    with pytest.raises(BiocnnError, match="class folder .*empty has no .mrc"):
+        build_dataset(one, preprocess=AUTO)
+
+
+def test_bad_file_in_class_folder_is_named(cryo_class_folder: Path) -> None:
+    (cryo_class_folder / "beta" / "broken.mrc").write_bytes(b"not an MRC" * 200)
+    with pytest.raises(BiocnnError, match="broken.mrc: not a readable MRC file"):
+        build_dataset(cryo_class_folder, preprocess=AUTO)
+
+
+def test_unknown_pixel_size_warns(tmp_path: Path) -> None:
+    _stack(tmp_path / "d" / "a" / "s.mrcs", 2, apix=0.0)
+    _stack(tmp_path / "d" / "b" / "s.mrcs", 2, apix=0.0)
+    with pytest.warns(UserWarning, match="2 file\\(s\\) have no pixel size"):
+        ds = build_dataset(tmp_path / "d", preprocess=AUTO)
+    assert ds.preprocess.apix == 0.0 and ds.apix_summary["unknown"] == 4
+
+
+def test_star_errors(tmp_path: Path) -> None:
+    _stack(tmp_path / "s.mrcs", 3, apix=1.0)
+
+    def star(names: list[str], **cols: list) -> Path:
+        parts = pd.DataFrame({"rlnImageName": names, **cols})
+        return write_star(tmp_path / "p.star", parts, optics_block(1.0, 16))
+
+    ok = star(["1@s.mrcs", "2@s.mrcs"], rlnClassNumber=[1, 2])
+    with pytest.raises(BiocnnError, match="p.star: no column 'rlnDefocusU'"):
+        build_dataset(ok, preprocess=AUTO, label_column="rlnDefocusU")
+    missing = star(["1@s.mrcs", "1@gone.mrcs"], rlnClassNumber=[1, 2])
+    with pytest.raises(BiocnnError, match="p.star: image file .*gone.mrcs not found"):
+        build_dataset(missing, preprocess=AUTO)
+    out_of_range = star(["1@s.mrcs", "4@s.mrcs"], rlnClassNumber=[1, 2])
+    with pytest.raises(BiocnnError, match=r"p.star: image 4@.*s.mrcs out of range \(3 images"):
+        build_dataset(out_of_range, preprocess=AUTO)
+    single = star(["1@s.mrcs", "2@s.mrcs"], rlnClassNumber=[1, 1])
+    with pytest.raises(BiocnnError, match="at least 2 classes, found 1"):
+        build_dataset(single, preprocess=AUTO)
+    with pytest.raises(BiocnnError, match="STAR file .*absent.star not found"):
+        build_dataset(tmp_path / "absent.star", preprocess=AUTO)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # mrcfile's header statistics on NaN
+def test_nan_image_reported_when_read(tmp_path: Path) -> None:
+    data = np.zeros((3, 16, 16), np.float32)
+    data[1, 0, 0] = np.nan
+    write_mrc(tmp_path / "d" / "a" / "s.mrcs", data, apix=1.0, is_stack=True)
+    _stack(tmp_path / "d" / "b" / "s.mrcs", 2)
+    ds = build_dataset(tmp_path / "d", preprocess=AUTO)  # headers only: builds fine
+    ds[0]
+    with pytest.raises(BiocnnError, match="s.mrcs: image 2 contains NaN or Inf"):
+        ds[1]
