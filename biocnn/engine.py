@@ -11,9 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import pickle
 import time
-import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,7 +64,12 @@ class TensorData(Dataset):
 
 
 class _TensorBatches:
-    """Batches of a :class:`TensorData` by index slicing; this rank's shard under DDP."""
+    """Batches of a :class:`TensorData` by index slicing.
+
+    Under DDP every rank draws the same permutation and takes its own ``batch_size`` slice
+    of each global batch of ``batch_size * world_size`` samples, so N ranks with batch B
+    see exactly the samples one process with batch N * B would.
+    """
 
     def __init__(
         self, data: TensorData, batch_size: int, shuffle: bool, generator: torch.Generator | None,
@@ -78,7 +81,9 @@ class _TensorBatches:
         self.rank, self.world = (info.rank, info.world_size) if shuffle else (0, 1)
 
     def __len__(self) -> int:
-        return math.ceil(len(self.data) // self.world / self.batch_size)
+        return len(self.data) // self.world // self.batch_size + (
+            1 if (len(self.data) // self.world) % self.batch_size else 0
+        )
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         n = len(self.data)
@@ -88,10 +93,12 @@ class _TensorBatches:
             order = torch.randperm(n, generator=self.generator)
         else:
             order = torch.arange(n)
-        per_rank = n // self.world  # equal shard sizes keep DDP ranks in step
-        order = order[self.rank * per_rank : (self.rank + 1) * per_rank]
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
+        order = order[: n // self.world * self.world]  # equal shares keep DDP ranks in step
+        step = self.batch_size * self.world
+        for start in range(0, len(order), step):
+            chunk = order[start : start + step]
+            share = len(chunk) // self.world
+            idx = chunk[self.rank * share : (self.rank + 1) * share]
             yield self.data.images[idx], self.data.labels[idx]
 
 
@@ -254,7 +261,8 @@ def fit(
     _setup_distributed(device)
     info = dist_info()
     main = is_main_process()
-    generator = seed_everything(cfg.seed + info.rank)
+    aug_generator = seed_everything(cfg.seed + info.rank)  # augmentation differs per rank
+    order_generator = torch.Generator().manual_seed(cfg.seed)  # data order is shared
 
     model.to(device)
     if cfg.channels_last:
@@ -267,7 +275,7 @@ def fit(
     if cfg.compile:
         net = torch.compile(net)
 
-    train_loader = _loader(train_data, cfg, True, generator, _dataset_labels(train_data))
+    train_loader = _loader(train_data, cfg, True, order_generator, _dataset_labels(train_data))
     steps_per_epoch = len(train_loader)
     if steps_per_epoch == 0:
         raise BiocnnError("the training set is empty")
@@ -300,7 +308,7 @@ def fit(
                 if cfg.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 if augment is not None:
-                    x = augment(x, generator)
+                    x = augment(x, aug_generator)
                 with _autocast(device, cfg.amp):
                     logits = net(x)
                     loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
@@ -483,7 +491,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         raise BiocnnError(f"checkpoint {path} not found")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001  a corrupt file can fail anywhere in the unpickler
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BiocnnError(f"{path}: not a readable biocnn checkpoint ({first[:120]})") from None
     if not isinstance(ckpt, dict) or not {"model_name", "model_kwargs", "state_dict"} <= set(ckpt):

@@ -34,7 +34,7 @@ class LeNetFC(nn.Module):
         super().__init__()
         side = ((img_size - 4) // 2 - 4) // 2
         if side < 1:
-            raise ValueError(f"lenet_fc needs img_size >= 12, got {img_size}")
+            raise ValueError(f"lenet_fc needs img_size >= 16, got {img_size}")
         self.features = nn.Sequential(
             nn.Conv2d(in_chans, 20, 5), nn.Tanh(), nn.MaxPool2d(2),
             nn.Conv2d(20, 50, 5), nn.Tanh(), nn.MaxPool2d(2),

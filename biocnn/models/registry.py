@@ -54,7 +54,7 @@ def create_model(name: str, num_classes: int = 10, in_chans: int = 1, **kwargs: 
     kwargs = {"num_classes": int(num_classes), "in_chans": int(in_chans), **kwargs}
     try:
         model = _REGISTRY[name](**kwargs)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise BiocnnError(f"bad options for model {name!r}: {exc}") from exc
     model.spec = {"name": name, "kwargs": kwargs}
     return model

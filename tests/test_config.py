@@ -1,0 +1,35 @@
+"""Config resolution: defaults ← TOML ← CLI flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from biocnn import BiocnnError
+from biocnn.config import TrainConfig, merge, resolve, to_plain
+
+
+def test_resolve_order(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text("epochs = 7\nlr = 0.01\namp = true\n")
+    cfg = resolve(TrainConfig(), f, {"lr": 0.5, "epochs": None})
+    assert (cfg.epochs, cfg.lr, cfg.amp) == (7, 0.5, True)
+
+
+def test_merge_rejects_unknown_and_bad_values(tmp_path: Path) -> None:
+    with pytest.raises(BiocnnError, match="unknown config key 'epoch'"):
+        merge(TrainConfig(), {"epoch": 3})
+    with pytest.raises(BiocnnError, match="cannot use"):
+        merge(TrainConfig(), {"epochs": "many"})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("epochs = = 3")
+    with pytest.raises(BiocnnError, match="not valid TOML"):
+        resolve(TrainConfig(), bad, {})
+    with pytest.raises(BiocnnError, match="not found"):
+        resolve(TrainConfig(), tmp_path / "none.toml", {})
+
+
+def test_to_plain_is_json_safe() -> None:
+    plain = to_plain({"p": Path("/x"), "t": (1, 2), "cfg": TrainConfig()})
+    assert plain["p"] == "/x" and plain["t"] == [1, 2] and plain["cfg"]["epochs"] == 10

@@ -1,0 +1,116 @@
+"""The training loop, prediction and checkpoints on tiny synthetic problems."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from biocnn import BiocnnError, create_model
+from biocnn.config import TrainConfig
+from biocnn.engine import TensorData, evaluate, fit, load_checkpoint, predict_logits, save_checkpoint
+
+
+def _bars(n: int = 96, size: int = 12, seed: int = 0) -> TensorData:
+    """Two classes: a horizontal or a vertical bar at a random place."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.zeros(n, 1, size, size)
+    y = torch.arange(n) % 2
+    pos = torch.randint(0, size, (n,), generator=g)
+    for i in range(n):
+        if y[i] == 0:
+            x[i, 0, pos[i], :] = 1
+        else:
+            x[i, 0, :, pos[i]] = 1
+    return TensorData(x + 0.05 * torch.randn(x.shape, generator=g), y)
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = {"epochs": 4, "batch_size": 16, "lr": 1e-2, "progress": False, "device": "cpu"}
+    return TrainConfig(**{**base, **kw})
+
+
+def test_fit_learns_and_writes_checkpoints(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = create_model("invariant", num_classes=2, widths=(8, 16))
+    result = fit(model, _bars(), _bars(seed=1), _cfg(), out_dir=tmp_path,
+                 checkpoint_meta={"class_names": ["h", "v"]})
+    assert result.best_val_acc >= 0.9
+    assert len(result.history) == 4 and result.history[0]["train_loss"] > result.history[-1]["train_loss"]
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4]
+    assert {p.name for p in tmp_path.iterdir()} == {"best.pt", "last.pt", "metrics.jsonl"}
+
+    loaded, ckpt = load_checkpoint(tmp_path / "best.pt")
+    assert ckpt["class_names"] == ["h", "v"] and ckpt["model_name"] == "invariant"
+    assert ckpt["epoch"] == result.best_epoch
+    data = _bars(seed=2)
+    assert torch.allclose(predict_logits(loaded, data.images, device="cpu"),
+                          predict_logits(model, data.images, device="cpu"), atol=1e-5)
+
+
+def test_fit_is_reproducible_with_a_seed() -> None:
+    outs = []
+    for _ in range(2):
+        torch.manual_seed(123)  # fit reseeds; model init is the caller's
+        model = create_model("invariant", num_classes=2, widths=(4, 8))
+        fit(model, _bars(), None, _cfg(epochs=1, seed=7))
+        outs.append(torch.cat([p.flatten() for p in model.parameters()]))
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_early_stopping_and_balanced_sampling() -> None:
+    torch.manual_seed(0)
+    model = create_model("invariant", num_classes=2, widths=(4, 8), norm="none")
+    result = fit(model, _bars(), _bars(seed=1), _cfg(epochs=30, patience=1, balance_classes=True, lr=0.0))
+    assert len(result.history) == 2  # lr 0 and no norm statistics: nothing changes after epoch 1
+
+
+def test_augment_hook_runs_on_every_batch() -> None:
+    calls = []
+
+    def aug(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        calls.append(x.shape[0])
+        return x
+
+    model = create_model("lenet_fc", num_classes=2, img_size=16)
+    fit(model, _bars(n=40, size=16), None, _cfg(epochs=1), augment=aug)
+    assert sum(calls) == 40
+
+
+def test_tta_returns_log_probabilities() -> None:
+    model = create_model("invariant", num_classes=3, widths=(4, 8)).eval()
+    out = predict_logits(model, torch.randn(5, 1, 16, 16), tta=True, device="cpu")
+    assert out.shape == (5, 3)
+    assert torch.allclose(out.exp().sum(1), torch.ones(5), atol=1e-5)
+
+
+def test_evaluate_reports_loss_and_accuracy() -> None:
+    model = create_model("invariant", num_classes=2, widths=(4, 8))
+    ev = evaluate(model, _bars(n=10), device="cpu")
+    assert 0 <= ev["accuracy"] <= 1 and ev["logits"].shape == (10, 2) and ev["labels"].shape == (10,)
+
+
+def test_checkpoint_errors(tmp_path: Path) -> None:
+    with pytest.raises(BiocnnError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"this is not a checkpoint")
+    with pytest.raises(BiocnnError, match="not a readable biocnn checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
+    with pytest.raises(BiocnnError, match="not a biocnn checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
+    model = create_model("invariant", num_classes=2, widths=(4, 8))
+    path = save_checkpoint(tmp_path / "m.pt", model, {})
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["model_kwargs"]["widths"] = [4, 16]  # a checkpoint whose weights fit another model
+    torch.save(ckpt, tmp_path / "other.pt")
+    with pytest.raises(BiocnnError, match="weights do not fit"):
+        load_checkpoint(tmp_path / "other.pt")
+    truncated = tmp_path / "trunc.pt"
+    truncated.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(BiocnnError):
+        load_checkpoint(truncated)
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temp files

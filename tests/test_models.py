@@ -1,0 +1,111 @@
+"""Every registered model: shapes, registry behaviour, and exact shift invariance."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from biocnn import BiocnnError, create_model, list_models
+from biocnn.models import model_spec
+
+
+def _build(name: str, size: int, chans: int, classes: int = 5) -> torch.nn.Module:
+    kw = {"img_size": size} if name == "lenet_fc" else {"widths": (8, 16, 16)}
+    if name == "invariant_m":
+        kw = {"widths": (8, 8, 16, 16)}
+    return create_model(name, num_classes=classes, in_chans=chans, **kw).eval()
+
+
+@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("size", [28, 96])
+@pytest.mark.parametrize("chans", [1, 3])
+def test_forward_shapes(name: str, size: int, chans: int) -> None:
+    model = _build(name, size, chans)
+    with torch.no_grad():
+        out = model(torch.randn(2, chans, size, size))
+    assert out.shape == (2, 5)
+    assert torch.isfinite(out).all()
+    assert model_spec(model)["name"] == name
+
+
+def test_lenet_matches_mxnet_parameter_count() -> None:
+    model = create_model("lenet_fc", num_classes=10, in_chans=1, img_size=28)
+    assert sum(p.numel() for p in model.parameters()) == 431_080
+
+
+def test_registry_lists_the_zoo() -> None:
+    names = list_models()
+    assert {"lenet_fc", "invariant", "gap_zero_pad", "invariant_blurpool", "invariant_m"} <= set(names)
+    assert names == sorted(names)
+    assert list_models("invariant*") == [n for n in names if n.startswith("invariant")]
+
+
+def test_unknown_model_is_a_clear_error() -> None:
+    with pytest.raises(BiocnnError, match="unknown model 'resnet9000'"):
+        create_model("resnet9000")
+    with pytest.raises(BiocnnError, match="bad options"):
+        create_model("invariant", no_such_option=1)
+    with pytest.raises(BiocnnError, match="img_size >= 16"):
+        create_model("lenet_fc", img_size=12)
+
+
+def test_invariant_head_sees_no_position() -> None:
+    model = create_model("invariant", widths=(8, 16))
+    assert isinstance(model.head[-1], torch.nn.Linear)
+    assert model.head[-1].in_features == 16 * 2  # avg + max pooled channels, nothing spatial
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    size=st.sampled_from([8, 12, 16, 20, 28, 32]),
+    width=st.integers(8, 36),
+    chans=st.integers(1, 3),
+    dy=st.integers(-40, 40),
+    dx=st.integers(-40, 40),
+    pool=st.sampled_from(["avg", "max", "avgmax"]),
+)
+def test_exact_circular_shift_invariance(
+    seed: int, size: int, width: int, chans: int, dy: int, dx: int, pool: str
+) -> None:
+    """circular padding + APS + global pooling: logits equal for every circular shift."""
+    torch.manual_seed(seed)
+    model = create_model("invariant", num_classes=7, in_chans=chans, widths=(8, 16, 16), pool=pool)
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, chans, size, width, generator=gen)
+    with torch.no_grad():
+        a = model(x)
+        b = model(torch.roll(x, shifts=(dy, dx), dims=(2, 3)))
+    assert torch.allclose(a, b, atol=1e-4, rtol=0), (a - b).abs().max()
+
+
+def test_invariance_holds_in_training_mode_too() -> None:
+    torch.manual_seed(0)
+    model = create_model("invariant", widths=(8, 16, 16)).train()
+    x = torch.randn(4, 1, 28, 28)
+    a, b = model(x), model(torch.roll(x, (5, -11), (2, 3)))
+    assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_zero_padding_model_is_not_exactly_invariant() -> None:
+    """The control: the same core with zero padding and max-pool changes its logits."""
+    torch.manual_seed(0)
+    model = create_model("gap_zero_pad", widths=(8, 16, 16)).eval()
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        diff = (model(x) - model(torch.roll(x, (5, -11), (2, 3)))).abs().max()
+    assert diff > 1e-3
+
+
+def test_class_activation_map_pools_to_logits() -> None:
+    torch.manual_seed(0)
+    model = create_model("invariant", widths=(8, 16), pool="avg").eval()
+    x = torch.randn(3, 1, 24, 24)
+    with torch.no_grad():
+        cam = model.class_activation_map(x)
+        logits = model(x)
+    assert cam.shape[:2] == (3, 10)
+    assert torch.allclose(cam.mean((2, 3)) + model.head[-1].bias, logits, atol=1e-5)
