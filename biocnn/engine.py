@@ -382,8 +382,8 @@ def _forward_all(
     """Logits ``(N, K)`` and labels ``(N,)`` of every batch of ``loader`` (CPU, float32)."""
     model.eval()
     logits, labels = [], []
-    with _progress(progress) as bar:
-        task = bar.add_task("predict", total=total, stats="")
+    with _progress(progress) if progress else contextlib.nullcontext() as bar:
+        task = bar.add_task("predict", total=total, stats="") if bar else None
         for x, y in loader:
             x = x.to(device, non_blocking=True).float()
             with _autocast(device, amp):
@@ -394,7 +394,8 @@ def _forward_all(
                     out = model(x).float()
             logits.append(out.cpu())
             labels.append(torch.as_tensor(y).long().cpu())
-            bar.advance(task, len(x))
+            if bar:
+                bar.advance(task, len(x))
     if not logits:
         return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
     return torch.cat(logits), torch.cat(labels)

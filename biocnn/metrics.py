@@ -23,6 +23,8 @@ __all__ = [
     "agreement",
     "consistency",
     "circular_consistency",
+    "classification_summary",
+    "shifted_correct",
 ]
 
 PredictFn = Callable[[Tensor], Tensor]
@@ -125,3 +127,78 @@ def circular_consistency(
     """Consistency under random *circular* shifts over the whole frame (1.0 for an exact model)."""
     h, w = images.shape[-2:]
     return consistency(predict, images, max(h, w) // 2, generator, "circular", batch_size)
+
+
+def classification_summary(
+    logits_or_preds: Tensor | np.ndarray, labels: Tensor | np.ndarray, class_names: Sequence[str]
+) -> dict:
+    """Accuracy, per-class precision/recall/F1/support and the confusion matrix.
+
+    Parameters
+    ----------
+    logits_or_preds
+        Logits ``(N, K)`` or predicted labels ``(N,)``.
+    labels
+        True labels ``(N,)`` in ``[0, K)``.
+    class_names
+        ``K`` names (keys of ``per_class``, order of the confusion matrix).
+
+    Returns
+    -------
+    dict
+        ``{"images": N, "accuracy", "per_class": {name: {...}}, "confusion": (K, K) nested list}``.
+    """
+    conf = confusion_matrix(logits_or_preds, labels, len(class_names))
+    return {
+        "images": int(len(np.asarray(labels))),
+        "accuracy": accuracy(logits_or_preds, labels),
+        "per_class": precision_recall(conf, class_names),
+        "confusion": conf.tolist(),
+    }
+
+
+@torch.no_grad()
+def shifted_correct(
+    predict: PredictFn,
+    images: Tensor,
+    labels: Tensor | np.ndarray,
+    magnitudes: Sequence[float],
+    generator: torch.Generator,
+    fill: str = "zeros",
+) -> np.ndarray:
+    """Which images stay correctly classified when moved ``r`` pixels in a random direction.
+
+    Each image gets its own direction ``theta ~ U(0, 2 pi)`` per magnitude; the shift
+    ``(r sin theta, r cos theta)`` is rounded to whole pixels, so the translation is exact
+    (no interpolation) and its length is ``r`` to within half a pixel per axis.
+
+    Parameters
+    ----------
+    predict
+        Maps a batch ``(B, C, H, W)`` to predicted labels ``(B,)`` or logits ``(B, K)``.
+    images
+        ``(N, C, H, W)``.
+    labels
+        ``(N,)`` true labels.
+    magnitudes
+        ``P`` shift lengths in pixels (0 = the image as it is).
+    generator
+        Draws the directions (CPU).
+    fill
+        ``zeros`` (content leaving the frame is lost) or ``circular``.
+
+    Returns
+    -------
+    np.ndarray
+        ``(N, P)`` bool.
+    """
+    from biocnn.augment import shift_images
+
+    labels = np.asarray(labels.cpu() if isinstance(labels, Tensor) else labels)
+    out = np.zeros((len(images), len(magnitudes)), dtype=bool)
+    for p, r in enumerate(magnitudes):
+        theta = torch.rand(len(images), generator=generator) * 2 * torch.pi
+        shift = torch.round(float(r) * torch.stack([torch.sin(theta), torch.cos(theta)], 1))
+        moved = shift_images(images, shift, fill) if r else images
+        out[:, p] = _as_preds(predict(moved)) == labels
+    return out

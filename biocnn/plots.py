@@ -15,7 +15,14 @@ import numpy as np  # noqa: E402
 
 from biocnn.atomic import atomic_path  # noqa: E402
 
-__all__ = ["save_figure", "plot_curves", "plot_confusion", "show_image"]
+__all__ = [
+    "save_figure",
+    "plot_curves",
+    "plot_confusion",
+    "show_image",
+    "plot_heatmap_gallery",
+    "plot_accuracy_vs_shift",
+]
 
 
 def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 110) -> Path:
@@ -69,4 +76,44 @@ def plot_confusion(
                     color="white" if norm[i, j] > 0.5 else "black")
     if title:
         ax.set_title(title)
+    return save_figure(fig, path)
+
+
+def plot_heatmap_gallery(
+    images: np.ndarray,
+    heatmaps: np.ndarray,
+    titles: Sequence[str],
+    path: str | os.PathLike,
+    cols: int = 8,
+    alpha: float = 0.45,
+) -> Path:
+    """A grid of grey images ``(n, H, W)`` with heat maps ``(n, H, W)`` in [0, 1] overlaid.
+
+    Used for class-activation maps; each panel is titled by ``titles[i]``.
+    """
+    n = len(images)
+    cols = max(1, min(cols, n))
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.7 * cols, 1.9 * rows), squeeze=False)
+    for ax in axes.ravel()[n:]:
+        ax.axis("off")
+    for ax, image, heat, title in zip(axes.ravel(), images, heatmaps, titles, strict=False):
+        show_image(ax, image, title)
+        ax.imshow(heat, cmap="jet", alpha=alpha, vmin=0.0, vmax=1.0, interpolation="bilinear")
+    return save_figure(fig, path)
+
+
+def plot_accuracy_vs_shift(
+    shifts: Sequence[float], accuracy: Sequence[float], path: str | os.PathLike, box: int = 0
+) -> Path:
+    """Accuracy against shift length in pixels (top axis: fraction of the ``box`` if given)."""
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    ax.plot(list(shifts), list(accuracy), "o-")
+    ax.set_xlabel("shift (px)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    if box:
+        top = ax.secondary_xaxis("top", functions=(lambda s: s / box, lambda f: f * box))
+        top.set_xlabel("shift / box")
     return save_figure(fig, path)

@@ -96,7 +96,8 @@ def load_volume(
     """
     path = Path(path)
     if not path.is_file():
-        raise BiocnnError(f"structure file {path} does not exist")
+        problem = "is not a file" if path.exists() else "does not exist"
+        raise BiocnnError(f"structure file {path} {problem}")
     kind = _suffix(path)
     if kind in ATOMIC_SUFFIXES:
         return atomic_model_volume(read_atomic_model(path, keep_waters=keep_waters), apix, box,
