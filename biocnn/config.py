@@ -8,15 +8,21 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import platform
+import sys
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-import tomllib
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 from biocnn.errors import BiocnnError
 
-__all__ = ["TrainConfig", "load_toml", "merge", "resolve", "to_plain"]
+__all__ = ["TrainConfig", "load_toml", "merge", "resolve", "to_plain", "run_metadata"]
 
 T = TypeVar("T")
 
@@ -108,3 +114,21 @@ def to_plain(obj: Any) -> Any:
     if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 1) == 0:
         return obj.item()
     return obj
+
+
+def run_metadata(config: Any = None) -> dict[str, Any]:
+    """What every run saves beside its outputs: version, command line, resolved config."""
+    import torch
+
+    from biocnn import __version__
+
+    cfg = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config
+    return {
+        "biocnn_version": __version__,
+        "command": sys.argv,
+        "time": datetime.now().isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "config": cfg,
+    }

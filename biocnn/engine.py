@@ -9,6 +9,7 @@ MRC stacks) on CPU or CUDA, in one process or under ``torchrun`` (DDP).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import time
@@ -172,10 +173,18 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
         {"params": no_decay, "weight_decay": 0.0},
     ]
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-    raise BiocnnError(f"unknown optimizer {cfg.optimizer!r}: use adamw or sgd")
+        make = functools.partial(torch.optim.AdamW, groups, lr=cfg.lr)
+    elif cfg.optimizer == "sgd":
+        make = functools.partial(torch.optim.SGD, groups, lr=cfg.lr, momentum=cfg.momentum,
+                                 nesterov=True)
+    else:
+        raise BiocnnError(f"unknown optimizer {cfg.optimizer!r}: use adamw or sgd")
+    # the fused kernel updates all parameters in one pass (AdamW steps 3-6x faster on CPU);
+    # devices or torch versions without it (CPU before torch 2.4) refuse it in the constructor
+    try:
+        return make(fused=True)
+    except RuntimeError:
+        return make()
 
 
 def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
@@ -213,6 +222,18 @@ def _setup_distributed(device: torch.device) -> None:
     info = dist_info()
     if info.distributed and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+
+def _sync_buffers(model: nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank.
+
+    DDP keeps the parameters equal but each rank updates its running statistics on its own
+    batches; without this, ranks would evaluate different models and could disagree on the
+    best epoch or on early stopping (and then deadlock in the next collective).
+    """
+    if dist.is_available() and dist.is_initialized():
+        for buf in model.buffers():
+            dist.broadcast(buf, src=0)
 
 
 def _all_reduce_sum(t: Tensor) -> Tensor:
@@ -325,6 +346,7 @@ def fit(
                         f"loss {loss_sum.item() / seen:.4f}  acc {correct.item() / seen:.4f}  "
                         f"{rate:,.0f} img/s"
                     ))
+            _sync_buffers(model)
             totals = _all_reduce_sum(torch.stack([loss_sum, correct.double(),
                                                   torch.tensor(seen, device=device).double()]))
             epoch_seconds = time.perf_counter() - t_epoch

@@ -10,7 +10,7 @@ random circular shifts.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,15 +68,14 @@ class BaselineConfig:
     device: str = "auto"
     data_dir: str | None = None
     num_threads: int = 0  # 0 = torch default
+    channels_last: bool = True
     progress: bool = True
-    train: TrainConfig = field(default_factory=TrainConfig)
 
     def train_config(self) -> TrainConfig:
-        from dataclasses import replace
-
-        return replace(
-            self.train, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-            seed=self.seed, device=self.device, progress=self.progress,
+        """The training-loop options every model of the experiment shares."""
+        return TrainConfig(
+            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, seed=self.seed,
+            device=self.device, progress=self.progress, channels_last=self.channels_last,
         )
 
 

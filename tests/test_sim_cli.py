@@ -96,3 +96,7 @@ def test_cli_needs_structures_and_refuses_a_non_empty_output(tmp_path: Path) -> 
     (tmp_path / "full" / "x").write_text("x")
     result = runner.invoke(app, ["simulate", str(tmp_path / "full"), str(DATA / "1ubi.pdb")])
     assert result.exit_code == 1 and "--overwrite" in result.stderr
+    result = runner.invoke(app, ["simulate", "--structures", str(DATA / "1ubi.pdb"),
+                                 str(DATA / "3mht.pdb"), str(tmp_path / "o")])
+    assert result.exit_code == 1 and "give the output folder first" in result.stderr
+    assert (DATA / "3mht.pdb").is_file()

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import platform
-import sys
+import re
 import warnings
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Any
 
 import typer
 from rich.console import Console
 
+from biocnn.config import run_metadata
 from biocnn.errors import BiocnnError
 
 __all__ = ["console", "err_console", "cli_errors", "run_metadata", "timestamp"]
@@ -21,19 +20,42 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def _one_line(message: str) -> str:
+    """The user-facing line of an error message.
+
+    An error raised in a DataLoader worker comes back wrapped in the worker's traceback
+    ("Caught BiocnnError in DataLoader worker ... biocnn.errors.BiocnnError: <msg>"); keep
+    only the original message.
+    """
+    lines = [line for line in message.strip().splitlines() if line.strip()]
+    if not lines:
+        return message
+    if len(lines) > 1 and "Traceback" in message:
+        return re.sub(r"^[\w.]*Error: ", "", lines[-1].strip())
+    return " ".join(line.strip() for line in lines)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    err_console.print(f"[yellow]warning:[/] {_one_line(str(message))}", highlight=False,
+                      soft_wrap=True)
+
+
 @contextlib.contextmanager
 def cli_errors() -> Iterator[None]:
     """Turn user-input errors into one line on stderr and exit code 1 (no traceback).
 
     ``BiocnnError`` is the project's own input error; ``OSError`` covers unreadable
-    paths. Anything else is a bug and keeps its traceback.
+    paths. Anything else is a bug and keeps its traceback. Warnings print as one
+    ``warning: ...`` line each.
     """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
+            warnings.showwarning = _show_warning
             yield
     except BiocnnError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {_one_line(str(exc))}", highlight=False,
+                          soft_wrap=True)
         raise typer.Exit(1) from None
     except OSError as exc:
         where = f" {exc.filename}" if exc.filename else ""
@@ -46,23 +68,3 @@ def cli_errors() -> Iterator[None]:
 def timestamp() -> str:
     """Local time as ``YYYYmmdd-HHMMSS`` for default run directory names."""
     return datetime.now().strftime("%Y%m%d-%H%M%S")
-
-
-def run_metadata(config: Any = None) -> dict[str, Any]:
-    """What every run saves beside its outputs: version, command line, resolved config."""
-    import dataclasses
-
-    import torch
-
-    from biocnn import __version__
-
-    cfg = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config
-    return {
-        "biocnn_version": __version__,
-        "command": sys.argv,
-        "time": datetime.now().isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-        "config": cfg,
-    }

@@ -96,7 +96,11 @@ def simulate(
         warnings.showwarning = show_warning
         from biocnn.errors import BiocnnError
         from biocnn.sim.simulate import demo_structures, simulate_dataset
+        from biocnn.sim.structure import ATOMIC_SUFFIXES, MAP_SUFFIXES
 
+        if any(s.lower() in ATOMIC_SUFFIXES + MAP_SUFFIXES for s in out.suffixes):
+            raise BiocnnError(f"OUT {out} looks like a structure file; give the output folder "
+                              "first: biocnn simulate OUT --structures FILE...")
         paths = [*(structures or []), *(more or [])]
         if demo and paths:
             raise BiocnnError("--demo uses the shipped structures; do not also give --structures")

@@ -60,8 +60,9 @@ def train(
     project: bool = typer.Option(None, "--project/--no-project",
                                  help="Volumes: also use the projection along the axis."),
     model: str = typer.Option(None, help="Registered model (default: invariant_m)."),
-    model_kwargs: str = typer.Option(None, help="JSON object of model options, "
-                                     "e.g. '{\"widths\": [16, 32, 64, 128]}'."),
+    model_kwargs: str = typer.Option(None, help="JSON object of model options over the "
+                                     "defaults (invariant_m: '{\"widths\": [16, 32, 64, 128]}'; "
+                                     "registered widths: [32, 64, 128, 256])."),
     val_fraction: float = typer.Option(None, help="Validation fraction per class "
                                        "(default: 0.15)."),
     balance_classes: bool = typer.Option(None, "--balance-classes/--no-balance-classes",

@@ -1,7 +1,9 @@
 """Non-particle ("junk") images for good/bad curation: noise, ice, carbon edges, overlaps.
 
-Each generator returns noise-free signals that then go through the same CTF and noise
-model as the particles, so the junk class differs in content, not in image statistics.
+Each generator returns noise-free signals on a canvas twice the box, which then go through
+the same CTF and noise model as the particles (cropped to the box after the CTF, so that
+edges and fringes continue across the box border as in a micrograph): the junk class
+differs in content, not in image statistics.
 """
 
 from __future__ import annotations
@@ -37,9 +39,9 @@ def _smooth_field(b: int, size: int, corr: float, g: torch.Generator) -> torch.T
 
 
 def _ice(b: int, size: int, g: torch.Generator) -> torch.Tensor:
-    """Soft-edged discs of contamination, 2-6 per image, partly outside the box."""
-    x, y = _coords(size)
-    out = torch.zeros(b, size, size)
+    """Soft-edged discs of contamination, 2-6 per box, partly outside it."""
+    x, y = _coords(2 * size)
+    out = torch.zeros(b, 2 * size, 2 * size)
     for k in range(6):
         on = (torch.rand(b, generator=g) < (1.0 if k < 2 else 0.5)).float()
         cx, cy = _uniform((2, b), -0.6 * size, 0.6 * size, g)
@@ -52,12 +54,12 @@ def _ice(b: int, size: int, g: torch.Generator) -> torch.Tensor:
 
 def _carbon(b: int, size: int, g: torch.Generator) -> torch.Tensor:
     """A straight carbon edge at a random angle and offset, with a textured carbon side."""
-    x, y = _coords(size)
+    x, y = _coords(2 * size)
     theta = _uniform((b,), 0.0, 2 * math.pi, g)[:, None, None]
     offset = _uniform((b,), -0.35 * size, 0.35 * size, g)[:, None, None]
     width = _uniform((b,), 0.5, 2.5, g)[:, None, None]
     side = torch.sigmoid((x * torch.cos(theta) + y * torch.sin(theta) - offset) / width)
-    return side * (1.0 + 0.3 * _smooth_field(b, size, 0.05 * size, g))
+    return side * (1.0 + 0.3 * _smooth_field(b, 2 * size, 0.05 * size, g))
 
 
 def _overlap(b: int, size: int, particles: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -75,20 +77,20 @@ def _overlap(b: int, size: int, particles: torch.Tensor, g: torch.Generator) -> 
         shift = torch.stack([dist * torch.cos(angle), dist * torch.sin(angle)], dim=1)
         on = 1.0 if k < 2 else (torch.rand(b, generator=g) < 0.5).float()[:, None, None]
         spectra += on * shift_spectra(pool[pick], shift)
-    return spectra_to_images(spectra, 2 * size, size)
+    return spectra_to_images(spectra, 2 * size)
 
 
 def junk_signals(
     n: int, size: int, particles: torch.Tensor, generator: torch.Generator
 ) -> tuple[torch.Tensor, list[str]]:
-    """Noise-free junk images, the four kinds in equal shares.
+    """Noise-free junk images on a ``2 size`` canvas, the four kinds in equal shares.
 
     Parameters
     ----------
     n
         Number of images.
     size
-        Image edge in pixels.
+        Box edge in pixels (the junk image is the central ``size`` crop of the canvas).
     particles
         ``(M, size, size)`` clean, centred particle projections to build overlaps from.
     generator
@@ -97,10 +99,11 @@ def junk_signals(
     Returns
     -------
     signals, kinds
-        ``(n, size, size)`` float32 and the kind of each image (one of :data:`JUNK_KINDS`).
+        ``(n, 2 size, 2 size)`` float32 canvases centred on the box, and the kind of each
+        image (one of :data:`JUNK_KINDS`).
     """
     kinds = [JUNK_KINDS[i % len(JUNK_KINDS)] for i in range(n)]
-    out = torch.zeros(n, size, size)
+    out = torch.zeros(n, 2 * size, 2 * size)
     for kind in JUNK_KINDS:
         idx = torch.tensor([i for i, k in enumerate(kinds) if k == kind], dtype=torch.long)
         if kind == "noise" or len(idx) == 0:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -31,7 +32,7 @@ from biocnn.atomic import atomic_dir, atomic_path, write_json
 from biocnn.errors import BiocnnError
 from biocnn.io.mrc import write_mrc
 from biocnn.runtime import resolve_device, seed_everything
-from biocnn.sim.config import JUNK_CLASS, SimConfig, class_names, validate_config
+from biocnn.sim.config import SimConfig, class_names, validate_config
 from biocnn.sim.ctf import ctf_2d
 from biocnn.sim.imaging import add_noise, noise_sigma, phase_flip, shift_spectra
 from biocnn.sim.junk import junk_signals
@@ -237,8 +238,10 @@ def simulate_dataset(
     validate_config(cfg)
     names = class_names(cfg)
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise BiocnnError(f"output {out} exists and is not an empty directory (use --overwrite)")
+    if out.exists() and not out.is_dir():
+        raise BiocnnError(f"output {out} is a file, not a directory")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise BiocnnError(f"output directory {out} is not empty (use --overwrite)")
     if preview is not None:
         _check_figure_format(Path(preview))
     device = resolve_device(cfg.device)
@@ -253,36 +256,34 @@ def simulate_dataset(
     bar = Progress(*columns, disable=not progress)
     with atomic_dir(out, overwrite=overwrite) as tmp, bar:
         task = bar.add_task("simulating", total=n * len(names))
-        for label, (name, volume) in enumerate(zip(names, volumes, strict=False), start=1):
+
+        def emit(label: int, params: ImageParams,
+                 spectra_of: Callable[[ImageParams], torch.Tensor]) -> None:
+            """Render class ``label`` (1-based) batch by batch; write its stack and rows."""
+            name = names[label - 1]
             bar.update(task, description=name)
-            params = draw_params(n, cfg, generator)
-            projector = FourierProjector(torch.from_numpy(volume.data).to(device))
             stack = torch.empty(n, cfg.box, cfg.box)
             for i in range(0, n, _BATCH):
                 batch = params[i : i + _BATCH]
-                spectra = projector.slices(euler_to_matrix(batch.angles).to(device))
-                stack[i : i + _BATCH] = _form(spectra, batch, cfg, generator)
+                stack[i : i + _BATCH] = _form(spectra_of(batch), batch, cfg, generator)
                 bar.advance(task, len(batch))
-            if cfg.junk:
-                rot = euler_to_matrix(random_orientations(min(n, 32), generator)).to(device)
-                pool.append(spectra_to_images(projector.slices(rot), projector.size, cfg.box).cpu())
-            del projector
             write_mrc(tmp / name / f"{name}.mrcs", stack.numpy(), apix=cfg.apix, is_stack=True)
             tables.append(_star_table(name, label, params, cfg.apix, cfg.bfactor))
             examples[name] = stack[:_GALLERY_COLUMNS].numpy()
+
+        for label, volume in enumerate(volumes, start=1):
+            projector = FourierProjector(torch.from_numpy(volume.data).to(device))
+            emit(label, draw_params(n, cfg, generator),
+                 lambda b, p=projector: p.slices(euler_to_matrix(b.angles).to(device)))
+            if cfg.junk:  # clean projections to build overlapping-particle junk from
+                rot = euler_to_matrix(random_orientations(min(n, 32), generator)).to(device)
+                pool.append(spectra_to_images(projector.slices(rot), projector.size, cfg.box).cpu())
+            del projector
         if cfg.junk:
-            bar.update(task, description=JUNK_CLASS)
-            params = draw_params(n, cfg, generator, particle=False)
-            signals, _ = junk_signals(n, cfg.box, torch.cat(pool), generator)
-            stack = torch.empty(n, cfg.box, cfg.box)
-            for i in range(0, n, _BATCH):
-                spectra = images_to_spectra(signals[i : i + _BATCH].to(device))
-                stack[i : i + _BATCH] = _form(spectra, params[i : i + _BATCH], cfg, generator)
-                bar.advance(task, len(spectra))
-            write_mrc(tmp / JUNK_CLASS / f"{JUNK_CLASS}.mrcs", stack.numpy(), apix=cfg.apix,
-                      is_stack=True)
-            tables.append(_star_table(JUNK_CLASS, len(names), params, cfg.apix, cfg.bfactor))
-            examples[JUNK_CLASS] = stack[:_GALLERY_COLUMNS].numpy()
+            particles = torch.cat(pool)
+            emit(len(names), draw_params(n, cfg, generator, particle=False),
+                 lambda b: images_to_spectra(
+                     junk_signals(len(b), cfg.box, particles, generator)[0].to(device)))
         _write_star(tmp / STAR_NAME, cfg, pd.concat(tables, ignore_index=True))
         summary = SimSummary(
             out=out, class_names=names, counts=dict.fromkeys(names, n),

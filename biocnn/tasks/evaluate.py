@@ -34,8 +34,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from biocnn.atomic import atomic_dir, write_json
-from biocnn.cli.common import run_metadata
-from biocnn.config import to_plain
+from biocnn.config import run_metadata, to_plain
 from biocnn.data import build_dataset
 from biocnn.engine import predict_logits
 from biocnn.errors import BiocnnError

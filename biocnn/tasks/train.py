@@ -39,8 +39,7 @@ from torch.utils.data import DataLoader
 
 from biocnn.atomic import atomic_dir, write_json, write_text
 from biocnn.augment import Augment
-from biocnn.cli.common import run_metadata
-from biocnn.config import TrainConfig, to_plain
+from biocnn.config import TrainConfig, run_metadata, to_plain
 from biocnn.data import MrcDataset, PreprocessConfig, ViewSpec, build_dataset, stratified_split
 from biocnn.engine import FitResult, TensorData, evaluate, fit
 from biocnn.errors import BiocnnError
@@ -52,6 +51,7 @@ from biocnn.tasks.evaluate import class_table
 
 __all__ = [
     "CryoTrainConfig",
+    "MODEL_DEFAULTS",
     "TrainResult",
     "run_train",
     "build_classifier",
@@ -61,6 +61,10 @@ __all__ = [
 
 #: Default largest training shift as a fraction of the box.
 DEFAULT_SHIFT_FRACTION = 0.08
+#: Per-model option defaults under ``--model-kwargs`` (whose keys override them):
+#: ``invariant_m`` at half its registered widths trains ~3.5x faster on a CPU (about
+#: 140 vs 38 images/s at 64 px on one core) and keeps its 4 exact stages of 2 blocks.
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {"invariant_m": {"widths": [16, 32, 64, 128]}}
 
 
 @dataclass
@@ -68,8 +72,9 @@ class CryoTrainConfig(TrainConfig):
     """Options of ``biocnn train`` (also its TOML keys): the loop options of
     :class:`~biocnn.config.TrainConfig` plus data, preprocessing, model and augmentation.
 
-    ``box``, ``apix`` and ``max_shift`` left None are resolved from the data; the saved
-    config holds the resolved values.
+    ``box``, ``apix`` and ``max_shift`` left None are resolved from the data and
+    ``model_kwargs`` is laid over :data:`MODEL_DEFAULTS`; the saved config holds the
+    resolved values.
     """
 
     data: str = ""  # folder of class folders, or a STAR file
@@ -83,13 +88,13 @@ class CryoTrainConfig(TrainConfig):
     slices: str | int = "central"
     project: bool = False
     model: str = "invariant_m"
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # over MODEL_DEFAULTS[model]
     val_fraction: float = 0.15
     augment: bool = True  # random shift + in-plane rotation + flips
     max_shift: float | None = None  # px; None = 8 % of the box
     preload_gb: float = 2.0  # hold preprocessed images in memory up to this size (0 = never)
     out: str = ""
-    # loop defaults for cryo-EM data (see the report in the README)
+    # loop defaults sized for ~2000 images of 64 px on a 2-core CPU
     epochs: int = 15
     patience: int = 5
     batch_size: int = 64
@@ -126,11 +131,7 @@ def build_classifier(
     BiocnnError
         Unknown model, bad ``kwargs``, or a model that cannot take the box size.
     """
-    kwargs = dict(kwargs or {})
-    try:
-        model = create_model(name, num_classes=num_classes, in_chans=1, **kwargs)
-    except ValueError as exc:
-        raise BiocnnError(f"--model-kwargs for {name!r}: {exc}") from None
+    model = create_model(name, num_classes=num_classes, in_chans=1, **dict(kwargs or {}))
     model.eval()
     try:
         with torch.no_grad():
@@ -163,7 +164,7 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
-        return json.dumps(value)
+        return _toml_string(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
@@ -171,8 +172,13 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {type(value).__name__} to TOML")
 
 
+def _toml_string(text: str) -> str:
+    # JSON escapes quotes, backslashes and C0 controls as TOML does; TOML also bans a raw DEL
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
 def _toml_key(key: str) -> str:
-    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_string(key)
 
 
 def config_toml(cfg: CryoTrainConfig) -> str:
@@ -243,11 +249,12 @@ def run_train(cfg: CryoTrainConfig, log: Callable[[str], None] = print) -> Train
         )
         if max_shift < 0:
             raise BiocnnError(f"--max-shift {max_shift}: must be >= 0")
-        cfg = replace(cfg, box=box, apix=pre.apix, max_shift=max_shift)
+        cfg = replace(cfg, box=box, apix=pre.apix, max_shift=max_shift,
+                      model_kwargs={**MODEL_DEFAULTS.get(cfg.model, {}), **cfg.model_kwargs})
         names = data.class_names
         log(f"{len(data)} images, {len(names)} classes "
             f"({', '.join(f'{k}: {v}' for k, v in data.class_counts().items())}); "
-            f"box {box} px at {pre.apix:g} Å/px")
+            f"box {box} px at " + (f"{pre.apix:g} Å/px" if pre.apix else "unknown pixel size"))
         seed_everything(cfg.seed)
         model = build_classifier(cfg.model, len(names), box, cfg.model_kwargs)
         n_params = sum(p.numel() for p in model.parameters())

@@ -1,0 +1,211 @@
+"""Prediction memory: peak RSS of predicting MRC stacks larger than a memory budget.
+
+Float32 stacks of increasing size (up to ``--stack-gb``) are written with
+``mrcfile.new_mmap`` (never held in memory), and a small invariant classifier is saved as
+a ``biocnn train``-style checkpoint. Each prediction runs in a child process whose memory
+is sampled from ``/proc/<pid>/status`` every few milliseconds; the peak resident set
+(``ru_maxrss`` from ``wait4``, the same as ``VmHWM``) is split into
+
+* ``RssAnon``: anonymous memory (heap, tensors, batches) — what prediction allocates;
+* ``RssFile``: file-backed pages mapped into the process: shared libraries and the pages
+  of the memory-mapped stack touched so far. These are clean page-cache pages the kernel
+  can drop at any time; they count in RSS only while they stay mapped and resident.
+
+Two runners:
+
+* ``cli``: ``python -m biocnn predict STACK --model CKPT --json`` (MrcDataset + DataLoader);
+* ``api``: :func:`biocnn.io.mrc.iter_images` blocks → :func:`biocnn.data.preprocess_images`
+  → :func:`biocnn.engine.predict_logits`, keeping only per-class counts.
+
+Memory is flat if the peak ``RssAnon`` does not grow with the stack size.
+
+Usage
+-----
+    python bench/predict_memory.py                           # stacks 0.25 and 2 GB, budget 1 GB
+    python bench/predict_memory.py --quick                   # smoke run, < 30 s
+    python bench/predict_memory.py --stack-gb 4 --budget-gb 1 --batch-size 128 --runners cli
+
+Writes ``bench/results/predict_memory.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from _common import console, make_stack, print_table, save_results
+
+__all__ = ["write_checkpoint", "run_child", "main"]
+
+_STATUS_FIELDS = ("VmRSS", "RssAnon", "RssFile", "RssShmem", "VmHWM")
+_REPO = Path(__file__).resolve().parent.parent
+
+
+def write_checkpoint(path: Path, box: int) -> Path:
+    """Save an untrained two-class ``invariant`` model (one 8-channel stage) with the
+    preprocessing and view records that ``biocnn predict`` reads."""
+    import torch
+
+    from biocnn.data import PreprocessConfig, ViewSpec
+    from biocnn.engine import save_checkpoint
+    from biocnn.models.registry import create_model
+
+    torch.manual_seed(0)
+    model = create_model("invariant", num_classes=2, widths=(8,))
+    meta = {
+        "class_names": ["a", "b"],
+        "preprocess": PreprocessConfig(box=box, apix=1.0).to_dict(),
+        "views": ViewSpec().to_dict(),
+    }
+    return save_checkpoint(path, model, meta)
+
+
+def _status(pid: int) -> dict[str, int] | None:
+    """Memory fields of ``/proc/<pid>/status`` in kB (None once the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return None
+    out = {}
+    for line in lines:
+        key, _, value = line.partition(":")
+        if key in _STATUS_FIELDS:
+            out[key] = int(value.split()[0])
+    return out or None
+
+
+def run_child(cmd: list[str], interval: float = 0.005) -> dict[str, Any]:
+    """Run ``cmd``, sampling its memory; returns peaks in MB (1e6 bytes), wall seconds and
+    its stdout.
+
+    ``peak_rss_mb`` is ``ru_maxrss`` of the child from ``wait4`` (exact); the
+    ``peak_*_mb`` of the sampled fields may miss spikes shorter than ``interval``.
+    """
+    peaks = dict.fromkeys(_STATUS_FIELDS, 0)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=_REPO)
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            sample = _status(proc.pid)
+            for key, value in (sample or {}).items():
+                peaks[key] = max(peaks[key], value)
+            time.sleep(interval)
+        seconds = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(), err.read().decode()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{stderr[-2000:]}")
+    return {
+        "seconds": seconds,
+        "peak_rss_mb": _kb_to_mb(usage.ru_maxrss),  # kB on Linux
+        **{f"peak_{k}_mb": _kb_to_mb(v) for k, v in peaks.items()},
+        "stdout": stdout,
+    }
+
+
+def _child_api(stack: str, checkpoint: str, batch_size: int) -> None:
+    """The ``api`` runner (in the child): stream, preprocess and classify; print a JSON count."""
+    from biocnn.data import PreprocessConfig, iter_images, preprocess_images
+    from biocnn.engine import load_checkpoint, predict_logits
+    from biocnn.io.mrc import inspect_mrc
+
+    model, ckpt = load_checkpoint(checkpoint, "cpu")
+    cfg = PreprocessConfig.from_dict(ckpt["preprocess"])
+    apix = inspect_mrc(stack).apix
+    counts = np.zeros(len(ckpt["class_names"]), dtype=np.int64)
+    for _, block in iter_images(stack, chunk=batch_size):
+        x = preprocess_images(block, cfg, apix)[:, None]
+        logits = predict_logits(model, x, batch_size=batch_size, device="cpu")
+        counts += np.bincount(logits.argmax(1).numpy(), minlength=len(counts))
+    print(json.dumps({"images": int(counts.sum())}))
+
+
+def _command(runner: str, stack: Path, checkpoint: Path, batch_size: int) -> list[str]:
+    if runner == "cli":
+        return [sys.executable, "-m", "biocnn", "predict", str(stack), "--model", str(checkpoint),
+                "--device", "cpu", "--batch-size", str(batch_size), "--no-progress", "--json"]
+    return [sys.executable, __file__, "--child-api", str(stack), str(checkpoint), str(batch_size)]
+
+
+def _kb_to_mb(kb: float) -> float:
+    """``/proc`` and ``ru_maxrss`` kB (1024 bytes) to decimal MB."""
+    return kb * 1024 / 1e6
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--stack-gb", type=float, default=None, help="largest stack in GB (default 2)")
+    p.add_argument("--budget-gb", type=float, default=None, help="memory budget in GB (default 1)")
+    p.add_argument("--size", type=int, default=128, help="image size in px (default 128)")
+    p.add_argument("--batch-size", type=int, default=256, help="prediction batch (default 256)")
+    p.add_argument("--runners", default="cli,api", help="cli, api or both (default cli,api)")
+    p.add_argument("--quick", action="store_true", help="smoke run: 0.05 and 0.2 GB stacks")
+    p.add_argument("--child-api", nargs=3, metavar=("STACK", "CKPT", "BATCH"),
+                   help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.stack_gb = args.stack_gb or (0.2 if args.quick else 2.0)
+    args.budget_gb = args.budget_gb or 1.0
+    args.runners = args.runners.split(",")
+    bad = [r for r in args.runners if r not in ("cli", "api")]
+    if bad:
+        p.error(f"unknown runner {bad[0]!r}: use cli and/or api")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    """Run the benchmark, print the table, write the JSON; returns the results."""
+    args = _parse(argv)
+    if args.child_api:
+        stack, checkpoint, batch = args.child_api
+        _child_api(stack, checkpoint, int(batch))
+        return None
+    image_bytes = args.size * args.size * 4
+    sizes_gb = [args.stack_gb / 8, args.stack_gb]
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="biocnn-bench-") as tmp:
+        checkpoint = write_checkpoint(Path(tmp) / "model.pt", args.size)
+        for gb in sizes_gb:
+            n = int(gb * 1e9 // image_bytes)
+            stack = make_stack(Path(tmp) / f"stack-{n}.mrcs", n, args.size)
+            console.print(f"{stack.name}: {n} x {args.size}^2 float32 = {n * image_bytes / 1e9:.2f} GB")
+            for runner in args.runners:
+                r = run_child(_command(runner, stack, checkpoint, args.batch_size))
+                predicted = int(json.loads(r.pop("stdout"))["images"])
+                if predicted != n:
+                    raise RuntimeError(f"{runner} predicted {predicted} of {n} images")
+                runs.append({"runner": runner, "stack_gb": n * image_bytes / 1e9, "images": n, **r})
+            stack.unlink()
+    budget_mb = args.budget_gb * 1e3
+    rows = [
+        (r["runner"], f"{r['stack_gb']:.2f}", f"{r['images']:,}", f"{r['seconds']:.1f}",
+         f"{r['peak_rss_mb']:,.0f}", f"{r['peak_RssAnon_mb']:,.0f}", f"{r['peak_RssFile_mb']:,.0f}",
+         "yes" if r["peak_rss_mb"] <= budget_mb else "no",
+         "yes" if r["peak_RssAnon_mb"] <= budget_mb else "no")
+        for r in runs
+    ]
+    print_table(f"peak memory of prediction in a child process (budget {args.budget_gb:g} GB "
+                f"= {budget_mb:,.0f} MB; memory in MB)",
+                ["runner", "stack GB", "images", "seconds", "peak RSS", "peak RssAnon",
+                 "peak RssFile", "RSS in budget", "anon in budget"], rows)
+    payload = {"budget_gb": args.budget_gb, "size": args.size, "batch_size": args.batch_size,
+               "runs": runs}
+    save_results("predict_memory", payload)
+    return payload
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""CLI plumbing: one-line errors and warnings, --help and --version."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from biocnn import __version__
+from biocnn.cli import app
+from biocnn.cli.common import _one_line, cli_errors
+from biocnn.errors import BiocnnError
+
+
+def test_worker_traceback_is_reduced_to_the_original_message() -> None:
+    wrapped = ("Caught BiocnnError in DataLoader worker process 0.\nOriginal Traceback (most recent "
+               "call last):\n  File \"x.py\", line 1\nbiocnn.errors.BiocnnError: a.mrc: NaN pixels")
+    assert _one_line(wrapped) == "a.mrc: NaN pixels"
+    assert _one_line("two\nlines") == "two lines"
+
+
+def test_cli_errors_exit_1_and_warnings_are_one_line(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(typer.Exit) as info, cli_errors():
+        warnings.warn("pixel size unknown\nin b.mrc", stacklevel=1)
+        raise BiocnnError("bad.mrc: not an MRC file")
+    assert info.value.exit_code == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["warning: pixel size unknown in b.mrc", "error: bad.mrc: not an MRC file"]
+
+
+def test_help_and_version() -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("baseline", "simulate", "train", "predict", "evaluate"):
+        assert command in result.stdout
+    assert runner.invoke(app, ["--version"]).stdout.strip() == __version__
