@@ -18,7 +18,7 @@ Ratios are images/s over the ``raw image`` read of the same round.
 Usage
 -----
     python bench/data_throughput.py                # 2000 x 128 x 128, workers 0, 1, 2
-    python bench/data_throughput.py --quick        # smoke run, < 30 s
+    python bench/data_throughput.py --quick        # smoke run, ~30 s
     python bench/data_throughput.py --n 8000 --size 256 --workers 0,2
 
 Writes ``bench/results/data_throughput.json``.

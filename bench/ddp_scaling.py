@@ -12,7 +12,7 @@ rounds. Speed-ups are relative to the first configuration (``1x1`` by default).
 Usage
 -----
     python bench/ddp_scaling.py                         # 1x1, 1x2, 2x1 on invariant @ 64 px
-    python bench/ddp_scaling.py --quick                 # smoke run, < 30 s
+    python bench/ddp_scaling.py --quick                 # smoke run, ~30 s
     python bench/ddp_scaling.py --configs 1x2,2x1,2x2 --model lenet_fc --size 28 --global-batch 256
 
 Writes ``bench/results/ddp_scaling.json``.
@@ -52,8 +52,8 @@ def free_port() -> int:
 def _worker(rank: int, world: int, threads: int, port: int, spec: dict[str, Any], out: str) -> None:
     """One rank: set the torchrun variables, train, and (rank 0) write the history as JSON."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
-    torch.set_num_threads(threads)
+                      LOCAL_RANK=str(rank), WORLD_SIZE=str(world), OMP_NUM_THREADS=str(threads))
+    torch.set_num_threads(threads)  # torch read OMP_NUM_THREADS at import; fit keeps this count
     torch.manual_seed(0)
     kwargs = {"img_size": spec["size"]} if spec["model"] == "lenet_fc" else {}
     model = create_model(spec["model"], num_classes=10, **kwargs)
@@ -65,6 +65,8 @@ def _worker(rank: int, world: int, threads: int, port: int, spec: dict[str, Any]
                       device="cpu", progress=False)
     try:
         result = fit(model, data, None, cfg)
+        if dist.is_initialized():
+            dist.barrier()  # no rank tears the group down while another still uses it
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -86,19 +88,22 @@ def run_config(procs: int, threads: int, spec: dict[str, Any]) -> dict[str, floa
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--configs", default="1x1,1x2,2x1",
-                   help="PxT = processes x threads each, comma-separated (default 1x1,1x2,2x1)")
+    p.add_argument("--configs", default=None,
+                   help="PxT = processes x threads each, comma-separated "
+                        "(default 1x1,1x2,2x1; --quick 1x1,2x1)")
     p.add_argument("--model", default="invariant", help="registered model (default invariant)")
     p.add_argument("--size", type=int, default=None, help="image size (default 64; --quick 32)")
     p.add_argument("--global-batch", type=int, default=64, help="images per step, all ranks (64)")
     p.add_argument("--steps", type=int, default=None, help="steps per epoch (default 8; --quick 3)")
     p.add_argument("--epochs", type=int, default=2, help="epochs; the last one is timed (2)")
     p.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 2; --quick 1)")
-    p.add_argument("--quick", action="store_true", help="smoke run: small images, one round")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: small images, two configurations, one round")
     args = p.parse_args(argv)
     args.size = args.size or (32 if args.quick else 64)
     args.steps = args.steps or (3 if args.quick else 8)
     args.rounds = args.rounds or (1 if args.quick else 2)
+    args.configs = args.configs or ("1x1,2x1" if args.quick else "1x1,1x2,2x1")
     try:
         args.configs = [tuple(int(v) for v in c.split("x")) for c in args.configs.split(",")]
     except ValueError:

@@ -22,8 +22,8 @@ Memory is flat if the peak ``RssAnon`` does not grow with the stack size.
 Usage
 -----
     python bench/predict_memory.py                           # stacks 0.25 and 2 GB, budget 1 GB
-    python bench/predict_memory.py --quick                   # smoke run, < 30 s
-    python bench/predict_memory.py --stack-gb 4 --budget-gb 1 --batch-size 128 --runners cli
+    python bench/predict_memory.py --quick                   # smoke run, ~30 s
+    python bench/predict_memory.py --stack-gb 4 --budget-gb 1 --batch-size 128 --runners cli,api
 
 Writes ``bench/results/predict_memory.json``.
 """
@@ -83,7 +83,9 @@ def _status(pid: int) -> dict[str, int] | None:
     return out or None
 
 
-def run_child(cmd: list[str], interval: float = 0.005) -> dict[str, Any]:
+def run_child(
+    cmd: list[str], env: dict[str, str] | None = None, interval: float = 0.005
+) -> dict[str, Any]:
     """Run ``cmd``, sampling its memory; returns peaks in MB (1e6 bytes), wall seconds and
     its stdout.
 
@@ -93,7 +95,7 @@ def run_child(cmd: list[str], interval: float = 0.005) -> dict[str, Any]:
     peaks = dict.fromkeys(_STATUS_FIELDS, 0)
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=_REPO)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=_REPO, env=env)
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
@@ -151,13 +153,19 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--stack-gb", type=float, default=None, help="largest stack in GB (default 2)")
     p.add_argument("--budget-gb", type=float, default=None, help="memory budget in GB (default 1)")
     p.add_argument("--size", type=int, default=128, help="image size in px (default 128)")
-    p.add_argument("--batch-size", type=int, default=256, help="prediction batch (default 256)")
-    p.add_argument("--runners", default="cli,api", help="cli, api or both (default cli,api)")
-    p.add_argument("--quick", action="store_true", help="smoke run: 0.05 and 0.2 GB stacks")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="prediction batch (default 256, biocnn predict's; --quick 64)")
+    p.add_argument("--runners", default="cli", help="cli, api or cli,api (default cli)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="OMP_NUM_THREADS of the child (default: inherited; --quick 1)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: 0.0125 and 0.1 GB stacks, batch 64, one thread")
     p.add_argument("--child-api", nargs=3, metavar=("STACK", "CKPT", "BATCH"),
                    help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    args.stack_gb = args.stack_gb or (0.2 if args.quick else 2.0)
+    args.stack_gb = args.stack_gb or (0.1 if args.quick else 2.0)
+    args.batch_size = args.batch_size or (64 if args.quick else 256)
+    args.threads = args.threads or (1 if args.quick else None)
     args.budget_gb = args.budget_gb or 1.0
     args.runners = args.runners.split(",")
     bad = [r for r in args.runners if r not in ("cli", "api")]
@@ -174,6 +182,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         _child_api(stack, checkpoint, int(batch))
         return None
     image_bytes = args.size * args.size * 4
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
     sizes_gb = [args.stack_gb / 8, args.stack_gb]
     runs = []
     with tempfile.TemporaryDirectory(prefix="biocnn-bench-") as tmp:
@@ -183,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             stack = make_stack(Path(tmp) / f"stack-{n}.mrcs", n, args.size)
             console.print(f"{stack.name}: {n} x {args.size}^2 float32 = {n * image_bytes / 1e9:.2f} GB")
             for runner in args.runners:
-                r = run_child(_command(runner, stack, checkpoint, args.batch_size))
+                r = run_child(_command(runner, stack, checkpoint, args.batch_size), env)
                 predicted = int(json.loads(r.pop("stdout"))["images"])
                 if predicted != n:
                     raise RuntimeError(f"{runner} predicted {predicted} of {n} images")
@@ -202,7 +211,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                 ["runner", "stack GB", "images", "seconds", "peak RSS", "peak RssAnon",
                  "peak RssFile", "RSS in budget", "anon in budget"], rows)
     payload = {"budget_gb": args.budget_gb, "size": args.size, "batch_size": args.batch_size,
-               "runs": runs}
+               "child_threads": args.threads, "runs": runs}
     save_results("predict_memory", payload)
     return payload
 

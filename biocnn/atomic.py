@@ -52,9 +52,16 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     """Build a directory under a temporary name; move it to ``path`` only on success.
 
     On any exception the temporary directory is removed, so no partial output
-    directory is left behind.
+    directory is left behind. Under ``torchrun`` only rank 0 publishes ``path``; other
+    ranks get a scratch directory that is deleted afterwards.
     """
+    from biocnn.runtime import is_main_process
+
     path = Path(path)
+    if not is_main_process():  # under torchrun only rank 0 publishes; the others write scratch
+        with tempfile.TemporaryDirectory(prefix="biocnn-rank-") as scratch:
+            yield Path(scratch)
+        return
     if path.exists() and any(path.iterdir()) and not overwrite:
         raise BiocnnError(f"output directory {path} exists and is not empty")
     try:

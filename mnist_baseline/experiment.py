@@ -259,9 +259,12 @@ def run_experiment(
             epochs=cfg.epochs, train_seconds=round(fitted.train_seconds, 2), augment=aug,
             model=arch, parameters=sum(p.numel() for p in model.parameters()),
         )
+        eval_seconds = time.perf_counter() - t0
+        log(f"  {name}: centred {100 * row.centered:.2f}%, worst corner {100 * row.worst_corner:.2f}%"
+            f" (train {fitted.train_seconds:.0f} s, evaluate {eval_seconds:.0f} s)")
         results["models"][name] = {
             **to_plain(row),
-            "eval_seconds": round(time.perf_counter() - t0, 2),
+            "eval_seconds": round(eval_seconds, 2),
             **({"random": metrics["random"]} if "random" in metrics else {}),
         }
         examples["predictions"][name] = metrics["example_predictions"]

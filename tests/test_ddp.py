@@ -69,11 +69,14 @@ def _rank(rank: int, world: int, port: int, tmp: str) -> None:
     """One DDP rank: train both models, save their states for the test to compare."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
     out_dir = Path(tmp) / f"out{rank}"
     out_dir.mkdir()
     try:
-        runs = {"none": _train("none", _BATCH, out_dir), "batch": _train("batch", _BATCH)}
+        runs = {"none": _train("none", _BATCH, out_dir), "batch": _train("batch", _BATCH),
+                "threads": [threads, torch.get_num_threads()]}
+        if dist.is_initialized():
+            dist.barrier()  # no rank tears the group down while another still uses it
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -123,6 +126,13 @@ def test_two_ranks_match_one_process_with_double_batch(
         assert ddp_row["train_loss"] == pytest.approx(ref_row["train_loss"], rel=1e-5)
         assert ddp_row["train_acc"] == pytest.approx(ref_row["train_acc"])
         assert ddp_row["lr"] == pytest.approx(ref_row["lr"])
+
+
+def test_ranks_share_the_cores(ddp_runs: tuple[Path, list[dict]]) -> None:
+    """Without OMP_NUM_THREADS, each of the 2 local ranks keeps half of torch's threads."""
+    for run in ddp_runs[1]:
+        before, after = run["threads"]
+        assert after == (before if "OMP_NUM_THREADS" in os.environ else max(1, before // 2))
 
 
 def test_only_rank_zero_writes(ddp_runs: tuple[Path, list[dict]]) -> None:

@@ -171,3 +171,22 @@ def test_optics_group_missing_from_optics_table(tmp_path: Path) -> None:
     p.write_text(STAR_31.replace("000001@a.mrcs 2 3", "000001@a.mrcs 9 3"))
     with pytest.raises(BiocnnError, match="optics group 9 not in data_optics"):
         read_star(p).pixel_sizes()
+
+
+def test_relion_project_relative_stack_names(tmp_path, monkeypatch) -> None:
+    """Stacks named relative to the RELION project folder, STAR file two levels down."""
+    import numpy as np
+    import pandas as pd
+
+    from biocnn.io.mrc import write_mrc
+    from biocnn.io.star import read_star, write_star
+
+    project = tmp_path / "project"
+    write_mrc(project / "Extract" / "job007" / "p.mrcs", np.zeros((3, 8, 8)), apix=1.0, is_stack=True)
+    star = project / "Class2D" / "job012" / "run_data.star"
+    particles = pd.DataFrame({"rlnImageName": ["000002@Extract/job007/p.mrcs"], "rlnClassNumber": [1]})
+    write_star(star, particles, apix=1.0, image_size=8)
+    monkeypatch.chdir(tmp_path)
+    paths, sections = read_star(star).image_refs()
+    assert paths[0].resolve() == (project / "Extract" / "job007" / "p.mrcs").resolve()
+    assert sections.tolist() == [1]

@@ -13,10 +13,12 @@ from rich.console import Console
 
 from biocnn.config import run_metadata
 from biocnn.errors import BiocnnError
+from biocnn.runtime import is_main_process
 
 __all__ = ["console", "err_console", "cli_errors", "run_metadata", "timestamp"]
 
-console = Console()
+# under torchrun only rank 0 talks; errors are printed by every rank
+console = Console(quiet=not is_main_process())
 err_console = Console(stderr=True)
 
 

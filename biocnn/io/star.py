@@ -86,20 +86,33 @@ class StarTable:
         Returns
         -------
         paths : list[Path]
-            ``(N,)`` image files, relative names resolved against the STAR file's folder.
+            ``(N,)`` image files; relative names are looked up next to the STAR file,
+            then in its parent folders (a RELION project) and the working directory.
         sections : np.ndarray
             ``(N,)`` int64 0-based section in each file.
         """
-        root = self.path.parent
         paths: list[Path] = []
         sections = np.empty(len(self.particles), dtype=np.int64)
         resolved: dict[str, Path] = {}
         for i, name in enumerate(self.column(IMAGE_COLUMN).tolist()):
             sections[i], rel = parse_image_name(name, self.path)
             if rel not in resolved:
-                resolved[rel] = root / rel
+                resolved[rel] = self._locate(rel)
             paths.append(resolved[rel])
         return paths, sections
+
+    def _locate(self, rel: str | Path) -> Path:
+        """Find a relative image path: next to the STAR file first, then (RELION projects
+        name stacks relative to the project folder, e.g. ``Extract/job007/...`` from
+        ``Class2D/job012/run_data.star``) in each parent folder and the working directory.
+        Falls back to the STAR file's folder, so a missing stack is reported there."""
+        rel = Path(rel)
+        if rel.is_absolute():
+            return rel
+        for base in (self.path.parent, *self.path.parent.resolve().parents, Path.cwd()):
+            if (base / rel).exists():
+                return base / rel
+        return self.path.parent / rel
 
     def pixel_sizes(self) -> np.ndarray:
         """``(N,)`` float64 pixel size per particle in Å (0 = not in the STAR file).

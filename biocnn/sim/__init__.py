@@ -4,7 +4,8 @@ Modules: :mod:`~biocnn.sim.structure` (volumes from PDB/mmCIF/MRC),
 :mod:`~biocnn.sim.project` (orientations, Fourier-slice projection),
 :mod:`~biocnn.sim.ctf` (contrast transfer function), :mod:`~biocnn.sim.imaging`
 (shifts, noise, phase flips), :mod:`~biocnn.sim.junk` (non-particle images) and
-:mod:`~biocnn.sim.simulate` (writing a labelled data set). Import them directly; this
+:mod:`~biocnn.sim.simulate` (writing a labelled data set) with its settings in
+:mod:`~biocnn.sim.config`. Import them directly; this
 package stays light so that ``import biocnn`` does not pull in gemmi.
 """
 
