@@ -26,9 +26,11 @@ def results_table(results: dict[str, Any]) -> Table:
         f"{results.get('all_shift_digits', '?')} digits, {results.get('all_shift_placements', '?'):,}"
         " placements)",
     )
-    for col in ("model", "centred", *(c.replace("_", " ") for c in CORNERS), "worst corner",
-                "all-shift mean", "all-shift worst", "consist.", "circ. consist.", "train s"):
+    for col in ("model", "centred", "TL", "TR", "BL", "BR", "worst corner", "all-shift mean",
+                "all-shift worst", "consist.", "circ. consist.", "train s"):
         table.add_column(col, justify="left" if col == "model" else "right")
+    table.caption = ("accuracy in %; TL/TR/BL/BR: bounding box moved to each corner; all-shift worst: "
+                     "digits right at every placement; consist.: same label for two random placements")
     for name, r in results["models"].items():
         table.add_row(
             name + (" (aug)" if r["augment"] and not name.endswith("_aug") else ""),
@@ -78,13 +80,14 @@ def plot_report(
     ax.set_xticks(range(len(models)), models, rotation=20, ha="right")
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 105)
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=len(metrics))
     ax.set_title("trained on centred digits")
     for r in range(n):
         for c, corner in enumerate(CORNERS):
             preds = " ".join(str(int(predictions[m][corner][r])) for m in models)
             ok = all(predictions[m][corner][r] == labels[r] for m in models)
+            title = f"{corner.replace('_', ' ')}\n{preds}" if r == 0 else preds
             show_image(fig.add_subplot(grid[r, 1 + c]), digits[corner][r],
-                       preds, "green" if ok else "red")
+                       title, "green" if ok else "red")
     fig.suptitle(f"predictions per corner, models in order: {', '.join(models)}", fontsize=8)
     return save_figure(fig, path)

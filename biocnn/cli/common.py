@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import sys
 import warnings
 from collections.abc import Iterator
 from datetime import datetime
@@ -18,8 +19,10 @@ from biocnn.runtime import is_main_process
 __all__ = ["console", "err_console", "cli_errors", "run_metadata", "timestamp"]
 
 # under torchrun only rank 0 talks; errors are printed by every rank
-console = Console(quiet=not is_main_process())
-err_console = Console(stderr=True)
+# wide tables stay readable when output goes to a file or a pipe
+_WIDTH = None if sys.stdout.isatty() else 160
+console = Console(quiet=not is_main_process(), width=_WIDTH)
+err_console = Console(stderr=True, width=_WIDTH)
 
 
 def _one_line(message: str) -> str:
