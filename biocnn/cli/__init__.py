@@ -27,15 +27,8 @@ app = typer.Typer(
 
 # Each sub-command module defines ``register(app)``; importing is cheap (torch is
 # imported lazily inside the commands) so `biocnn --help` stays fast.
-_COMMANDS = ("baseline", "simulate", "train", "predict", "evaluate")
-for _name in _COMMANDS:
-    try:
-        _mod = importlib.import_module(f"biocnn.cli.{_name}")
-    except ModuleNotFoundError as _exc:  # a command still being written
-        if _exc.name != f"biocnn.cli.{_name}":
-            raise
-        continue
-    _mod.register(app)
+for _name in ("baseline", "simulate", "train", "predict", "evaluate"):
+    importlib.import_module(f"biocnn.cli.{_name}").register(app)
 
 
 def _print_version(value: bool) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import typer
 
-from biocnn.cli.common import cli_errors, console, err_console, run_metadata, timestamp
+from biocnn.cli.common import cli_errors, console, err_console, timestamp
 
 __all__ = ["register", "mnist"]
 
@@ -53,7 +53,7 @@ def mnist(
     """Train on centred MNIST, test on shifted digits; write results.json, report.png, checkpoints."""
     with cli_errors():
         from biocnn.atomic import atomic_dir, write_json
-        from biocnn.config import resolve, to_plain
+        from biocnn.config import resolve, run_metadata, to_plain
         from mnist_baseline.experiment import BaselineConfig, run_experiment
         from mnist_baseline.report import plot_report, results_table
 

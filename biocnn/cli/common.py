@@ -12,11 +12,10 @@ from datetime import datetime
 import typer
 from rich.console import Console
 
-from biocnn.config import run_metadata
 from biocnn.errors import BiocnnError
 from biocnn.runtime import is_main_process
 
-__all__ = ["console", "err_console", "cli_errors", "run_metadata", "timestamp"]
+__all__ = ["console", "err_console", "cli_errors", "timestamp"]
 
 # under torchrun only rank 0 talks; errors are printed by every rank
 # wide tables stay readable when output goes to a file or a pipe

@@ -25,6 +25,7 @@ along it. Volume stacks (4D data) and complex or packed modes are rejected.
 
 from __future__ import annotations
 
+import mmap
 import os
 import warnings
 from collections import OrderedDict
@@ -326,6 +327,25 @@ def _first_nonfinite(images: np.ndarray) -> int | None:
     return int(np.flatnonzero(~finite.reshape(images.shape[0], -1).all(axis=1))[0])
 
 
+def _release_pages(data: np.ndarray, first: int, count: int) -> None:
+    """Drop the mapped pages of stack sections ``first .. first + count - 1`` from this
+    process's resident set once they have been copied out.
+
+    They are clean file pages (the kernel keeps them in its page cache), but while mapped
+    they count towards RSS; releasing them keeps RSS flat over a stack larger than RAM.
+    A no-op where ``madvise`` is not available.
+    """
+    mm = getattr(data, "_mmap", None)
+    if mm is None or not hasattr(mmap, "MADV_DONTNEED") or data.ndim != 3:
+        return
+    section = data.strides[0]
+    start = data.offset % mmap.ALLOCATIONGRANULARITY + first * section
+    lo = start - start % mmap.PAGESIZE
+    hi = min(len(mm), start + count * section)
+    if hi > lo:
+        mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+
+
 def read_view(
     path: str | os.PathLike,
     kind: int,
@@ -359,6 +379,10 @@ def read_view(
             raise BiocnnError(f"{path}: image index {section + 1} out of range ({n} images)")
         image = data if data.ndim == 2 else data[section]
         what = f"image {section + 1}"
+        if data.ndim == 3:
+            out = np.array(image, dtype=np.float32)
+            _release_pages(data, section, 1)
+            image = out
     else:
         if data.ndim != 3:
             raise BiocnnError(f"{path}: a 2D image has no volume slices or projections")
@@ -422,6 +446,7 @@ def iter_images(
         if info.layout == "stack":
             data = open_mrc(spath, permissive).data
             block = np.array(data[part[0][1] : part[-1][1] + 1], dtype=np.float32)
+            _release_pages(data, part[0][1], len(part))
             bad = _first_nonfinite(block)
             if bad is not None:
                 raise BiocnnError(f"{spath}: image {part[bad][1] + 1} contains NaN or Inf pixels")

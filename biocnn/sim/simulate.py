@@ -232,7 +232,7 @@ def simulate_dataset(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from biocnn.cli.common import run_metadata
+    from biocnn.config import run_metadata
 
     start = time.perf_counter()
     validate_config(cfg)
