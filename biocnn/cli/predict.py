@@ -56,6 +56,9 @@ def predict(
     """Predict the class of every image; print a table (or JSON) and write the outputs asked for."""
     with cli_errors():
         from biocnn.config import resolve
+        from biocnn.runtime import cap_malloc_cache
+
+        cap_malloc_cache()  # flat memory over stacks larger than RAM
         from biocnn.tasks.predict import (
             PredictConfig,
             prediction_json,
