@@ -15,7 +15,7 @@ from rich.console import Console
 from biocnn.errors import BiocnnError
 from biocnn.runtime import is_main_process
 
-__all__ = ["console", "err_console", "cli_errors", "timestamp"]
+__all__ = ["console", "err_console", "cli_errors", "timestamp", "data_source"]
 
 # under torchrun only rank 0 talks; errors are printed by every rank
 # wide tables stay readable when output goes to a file or a pipe
@@ -72,3 +72,11 @@ def cli_errors() -> Iterator[None]:
 def timestamp() -> str:
     """Local time as ``YYYYmmdd-HHMMSS`` for default run directory names."""
     return datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def data_source(data: object | None, star: object | None) -> str | None:
+    """The labelled data a command reads: a DATA folder or ``--star FILE``, not both."""
+    if data is not None and star is not None:
+        raise BiocnnError("give DATA or --star, not both")
+    source = star if star is not None else data
+    return str(source) if source is not None else None

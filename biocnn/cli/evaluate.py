@@ -14,7 +14,7 @@ from pathlib import Path
 
 import typer
 
-from biocnn.cli.common import cli_errors, console, err_console, timestamp
+from biocnn.cli.common import cli_errors, console, data_source, err_console, timestamp
 
 __all__ = ["evaluate", "register", "parse_shifts"]
 
@@ -56,14 +56,10 @@ def evaluate(
     """Evaluate a checkpoint; write evaluation.json, confusion.png, shift_accuracy.png, run.json."""
     with cli_errors():
         from biocnn.config import resolve
-        from biocnn.errors import BiocnnError
         from biocnn.tasks.evaluate import EvaluateConfig, evaluate_tables, run_evaluate
 
-        if data is not None and star is not None:
-            raise BiocnnError("give DATA or --star, not both")
-        source = star if star is not None else data
         cli = {
-            "data": str(source) if source is not None else None,
+            "data": data_source(data, star),
             "model": str(model) if model is not None else None, "label_column": label_column,
             "shifts": parse_shifts(shifts), "consistency_shift": consistency_shift, "tta": tta,
             "batch_size": batch_size, "device": device, "num_workers": num_workers, "amp": amp,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import typer
 
-from biocnn.cli.common import cli_errors, console, timestamp
+from biocnn.cli.common import cli_errors, console, data_source, timestamp
 
 __all__ = ["train", "register", "parse_model_kwargs"]
 
@@ -88,14 +88,10 @@ def train(
     """Train a classifier; write checkpoints, metrics, curves, confusion matrix and run.json."""
     with cli_errors():
         from biocnn.config import resolve
-        from biocnn.errors import BiocnnError
         from biocnn.tasks.train import CryoTrainConfig, run_train, train_tables
 
-        if data is not None and star is not None:
-            raise BiocnnError("give DATA or --star, not both")
-        source = star if star is not None else data
         cli = {
-            "data": str(source) if source is not None else None, "label_column": label_column,
+            "data": data_source(data, star), "label_column": label_column,
             "box": box, "apix": apix, "mask_radius": mask_radius, "invert": invert,
             "lowpass": lowpass, "slice_axis": slice_axis, "slices": slices, "project": project,
             "model": model, "model_kwargs": parse_model_kwargs(model_kwargs),
