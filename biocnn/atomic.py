@@ -16,7 +16,7 @@ from typing import Any
 
 from biocnn.errors import BiocnnError
 
-__all__ = ["atomic_path", "atomic_dir", "write_json", "write_text", "ensure_writable_dir"]
+__all__ = ["atomic_path", "atomic_dir", "write_json", "write_text"]
 
 
 @contextlib.contextmanager
@@ -77,18 +77,6 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def ensure_writable_dir(path: str | os.PathLike) -> Path:
-    """Create ``path`` (and parents) or raise :class:`BiocnnError` with a one-line reason."""
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise BiocnnError(f"cannot create directory {path}: {exc.strerror}") from exc
-    if not os.access(path, os.W_OK):
-        raise BiocnnError(f"directory {path} is not writable")
-    return path
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

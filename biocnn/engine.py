@@ -83,9 +83,7 @@ class _TensorBatches:
         self.rank, self.world = (info.rank, info.world_size) if shuffle else (0, 1)
 
     def __len__(self) -> int:
-        return len(self.data) // self.world // self.batch_size + (
-            1 if (len(self.data) // self.world) % self.batch_size else 0
-        )
+        return math.ceil(len(self.data) // self.world / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         n = len(self.data)

@@ -187,7 +187,7 @@ def _evaluate(
     view_b, _ = random_placements(xte, cfg.canvas, seed=cfg.seed + 2)
     out["consistency"] = agreement(predict(view_a), predict(view_b))
     out["circular_consistency"] = circular_consistency(
-        lambda x: predict(x), _to_tensor(centered(xte, cfg.canvas)),
+        predict, _to_tensor(centered(xte, cfg.canvas)),
         torch.Generator().manual_seed(cfg.seed + 3),
     )
     if cfg.shift == "random":
@@ -244,7 +244,8 @@ def run_experiment(
         seed_everything(cfg.seed)
         kwargs = {**extra, **({"img_size": cfg.canvas} if arch == "lenet_fc" else {})}
         model = create_model(arch, num_classes=num_classes, in_chans=1, **kwargs)
-        log(f"training {name} ({arch}, {sum(p.numel() for p in model.parameters()):,} parameters, "
+        n_params = sum(p.numel() for p in model.parameters())
+        log(f"training {name} ({arch}, {n_params:,} parameters, "
             f"augment={aug})")
         fitted = fit(model, train_set, None, cfg.train_config(),
                      augment=random_placement_augment if aug else None, desc=name)
@@ -257,7 +258,7 @@ def run_experiment(
             consistency=metrics["consistency"],
             circular_consistency=metrics["circular_consistency"],
             epochs=cfg.epochs, train_seconds=round(fitted.train_seconds, 2), augment=aug,
-            model=arch, parameters=sum(p.numel() for p in model.parameters()),
+            model=arch, parameters=n_params,
         )
         eval_seconds = time.perf_counter() - t0
         log(f"  {name}: centred {100 * row.centered:.2f}%, worst corner {100 * row.worst_corner:.2f}%"

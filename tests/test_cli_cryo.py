@@ -450,6 +450,8 @@ def test_bad_options(run: dict[str, Path], tmp_path: Path) -> None:
                               "--device", "cpu"), "lenet_fc", "24x24")
     assert_clean_error(invoke("evaluate", run["maps"], "--model", run["ckpt"], "--shifts", "0,a",
                               "--out", tmp_path / "e"), "--shifts")
+    assert_clean_error(invoke("evaluate", run["maps"], "--model", run["ckpt"], "--consistency-shift",
+                              "-1", "--out", tmp_path / "e"), "--consistency-shift")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lenet.pt"]
 
 

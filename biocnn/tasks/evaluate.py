@@ -114,6 +114,8 @@ def run_evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = print) -> Eva
             raise BiocnnError(f"evaluate: {option} is required")
     if any(not math.isfinite(s) or s < 0 for s in cfg.shifts):
         raise BiocnnError(f"--shifts {','.join(map(str, cfg.shifts))}: must be >= 0")
+    if cfg.consistency_shift is not None and cfg.consistency_shift < 0:
+        raise BiocnnError(f"--consistency-shift {cfg.consistency_shift}: must be >= 0")
     clf = load_classifier(cfg.model, cfg.device)
     out = Path(cfg.out)
     with atomic_dir(out) as tmp:
@@ -126,8 +128,6 @@ def run_evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = print) -> Eva
         c_shift = (
             max(1, round(0.08 * box)) if cfg.consistency_shift is None else int(cfg.consistency_shift)
         )
-        if c_shift < 0:
-            raise BiocnnError(f"--consistency-shift {c_shift}: must be >= 0")
         log(f"evaluating {clf.path} on {len(data)} images "
             f"({', '.join(f'{k}: {v}' for k, v in data.class_counts().items())})"
             + (" with 8-fold test-time symmetrisation" if cfg.tta else ""))
