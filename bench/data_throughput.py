@@ -8,10 +8,11 @@ in each round:
 * ``raw chunk``: the same in blocks of 256 images;
 * ``iter_images``: :func:`biocnn.io.mrc.iter_images` (256-image blocks, NaN check) plus
   :func:`biocnn.data.preprocess_images` per block: the streaming prediction path;
-* ``dataset read``: :class:`biocnn.data.MrcDataset` through a DataLoader with every
-  preprocessing step off (the per-image I/O path alone);
-* ``dataset wN``: the dataset with its preprocessing (background normalisation), through a
-  DataLoader with N workers, batch 64, as :func:`biocnn.engine.fit` builds it.
+* ``dataset read``: :class:`biocnn.data.MrcDataset` with every preprocessing step off
+  (copy and NaN check only), through :func:`biocnn.loader.make_loader`;
+* ``dataset wN``: the dataset with its preprocessing (background normalisation) in a
+  random order, through :func:`biocnn.loader.make_loader` with N workers, batch 64, as
+  :func:`biocnn.engine.fit` builds it.
 
 Ratios are images/s over the ``raw image`` read of the same round.
 
@@ -35,6 +36,7 @@ from typing import Any
 
 import mrcfile
 import numpy as np
+import torch
 from _common import (
     console,
     interleaved,
@@ -46,9 +48,9 @@ from _common import (
     spread,
     warm_page_cache,
 )
-from torch.utils.data import DataLoader
 
 from biocnn.data import PreprocessConfig, build_dataset, iter_images, preprocess_images
+from biocnn.loader import make_loader
 
 __all__ = ["seconds_per_pass", "main"]
 
@@ -130,11 +132,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         full = build_dataset(path, preprocess=cfg, labeled=False)
         read_only = build_dataset(path, preprocess=PreprocessConfig(box=size, apix=1.0,
                                                                     normalize=False), labeled=False)
+        shuffled = torch.Generator().manual_seed(0)
         loaders = {
-            "dataset read": DataLoader(read_only, batch_size=args.batch_size),
+            "dataset read": make_loader(read_only, args.batch_size, shuffle=True,
+                                        generator=shuffled),
             **{
-                f"dataset w{w}": DataLoader(full, batch_size=args.batch_size, num_workers=w,
-                                            persistent_workers=w > 0)
+                f"dataset w{w}": make_loader(full, args.batch_size, shuffle=True,
+                                             generator=shuffled, num_workers=w)
                 for w in args.workers
             },
         }

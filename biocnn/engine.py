@@ -23,12 +23,13 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, WeightedRandomSampler
+from torch.utils.data import Dataset, DistributedSampler, WeightedRandomSampler
 
 from biocnn import __version__
 from biocnn.atomic import atomic_path
 from biocnn.config import TrainConfig, to_plain
 from biocnn.errors import BiocnnError
+from biocnn.loader import make_loader, set_epoch
 from biocnn.models.registry import create_model, model_spec
 from biocnn.runtime import dist_info, is_main_process, resolve_device, seed_everything
 
@@ -121,17 +122,8 @@ def _loader(
         sampler = WeightedRandomSampler(weights, len(weights), generator=generator)
     elif shuffle and info.distributed:
         sampler = DistributedSampler(data, info.world_size, info.rank, shuffle=True, seed=cfg.seed)
-    return DataLoader(
-        data,
-        batch_size=cfg.batch_size,
-        shuffle=shuffle and sampler is None,
-        sampler=sampler,
-        num_workers=cfg.num_workers,
-        pin_memory=torch.cuda.is_available(),
-        persistent_workers=cfg.num_workers > 0,
-        generator=generator,
-        drop_last=False,
-    )
+    return make_loader(data, cfg.batch_size, shuffle=shuffle, sampler=sampler, generator=generator,
+                       num_workers=cfg.num_workers, pin_memory=torch.cuda.is_available())
 
 
 def _dataset_labels(data: Dataset) -> Tensor | None:
@@ -320,8 +312,8 @@ def fit(
     t_start = time.perf_counter()
     with _progress(cfg.progress and main) as bar:
         for epoch in range(1, cfg.epochs + 1):
-            if isinstance(getattr(train_loader, "sampler", None), DistributedSampler):
-                train_loader.sampler.set_epoch(epoch)
+            if not isinstance(train_loader, _TensorBatches):
+                set_epoch(train_loader, epoch)
             net.train()
             task = bar.add_task(f"{desc} {epoch}/{cfg.epochs}", total=steps_per_epoch, stats="")
             loss_sum = torch.zeros((), device=device)
@@ -429,10 +421,13 @@ def _forward_all(
 
 
 def _eval_loader(data: Dataset | Tensor, batch_size: int, num_workers: int) -> Any:
+    """Batches of ``data`` in order: slices of tensors, a batched loader for datasets."""
     if isinstance(data, Tensor):
         data = TensorData(data, torch.full((len(data),), -1, dtype=torch.long))
-    cfg = TrainConfig(batch_size=batch_size, num_workers=num_workers)
-    return _loader(data, cfg, shuffle=False, generator=None)
+    if isinstance(data, TensorData):
+        return _TensorBatches(data, batch_size, shuffle=False, generator=None)
+    return make_loader(data, batch_size, num_workers=num_workers,
+                       pin_memory=torch.cuda.is_available())
 
 
 def predict_logits(

@@ -237,7 +237,7 @@ def test_predict_globs_and_several_files(run: dict[str, Path], tmp_path: Path) -
 
 
 def test_predict_memory_stays_flat(run: dict[str, Path], tmp_path: Path) -> None:
-    """Python/numpy allocations stay far below the stack size (pixels are streamed)."""
+    """Python/numpy allocations stay at a few batches, far below the stack size."""
     stack = tmp_path / "big.mrcs"
     data = np.random.default_rng(0).standard_normal((1000, 64, 64)).astype(np.float32)
     write_mrc(stack, data, apix=2.0, is_stack=True)
@@ -251,7 +251,8 @@ def test_predict_memory_stays_flat(run: dict[str, Path], tmp_path: Path) -> None
     finally:
         tracemalloc.stop()
     assert result.exit_code == 0, result.output
-    assert peak < nbytes / 8, (peak, nbytes)  # never a copy of the whole stack
+    batch_bytes = 128 * 64 * 64 * 4
+    assert peak < min(3 * batch_bytes, nbytes / 2), (peak, nbytes)  # never the whole stack
 
 
 def test_evaluate_report(run: dict[str, Path], tmp_path: Path) -> None:

@@ -3,8 +3,13 @@
 A dataset is an **index table** (:class:`ImageIndex`): file paths plus one row per image
 ``(file id, view kind, section, pixel size)`` held in small numpy arrays. No pixels and no
 open files are held, so a dataset pickles small and forks cheaply into DataLoader
-workers; each worker memory-maps files lazily (:func:`biocnn.io.mrc.open_mrc`) and copies
-out one image per ``__getitem__``. Memory stays flat however large the stacks are.
+workers; each worker memory-maps files lazily (:func:`biocnn.io.mrc.open_mrc`).
+Memory stays flat however large the stacks are.
+
+Reading is batched (:meth:`MrcDataset.batch`, used by :func:`biocnn.data.make_loader`):
+the images of a batch are grouped by file, and where the preprocessing has nothing to
+resample (the usual case: one box and pixel size) one fused pass copies, checks and
+normalises them straight out of the memory map.
 
 Sources (:func:`build_dataset`):
 
@@ -29,7 +34,13 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from biocnn.data.preprocess import PreprocessConfig, preprocess_images
+from biocnn.data.kernels import normalize_rows
+from biocnn.data.preprocess import (
+    NonFiniteImages,
+    PreprocessConfig,
+    background_weight,
+    preprocess_images,
+)
 from biocnn.errors import BiocnnError
 from biocnn.io.mrc import (
     MRC_SUFFIXES,
@@ -37,6 +48,9 @@ from biocnn.io.mrc import (
     ViewKind,
     ViewSpec,
     inspect_mrc,
+    note_mapped_read,
+    open_mrc,
+    read_sections,
     read_view,
     view_name,
 )
@@ -188,9 +202,77 @@ class MrcDataset(Dataset):
         return len(self.index)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        image = torch.from_numpy(self.index.read(i))[None]
-        x = preprocess_images(image, self.preprocess, float(self.index.apix[i]))
-        return x, int(self.labels[i])
+        images, labels = self.batch([i])
+        return images[0], int(labels[0])
+
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, int]]:
+        """Samples ``indices`` read as one batch (PyTorch's batched-fetch protocol)."""
+        images, labels = self.batch(indices)
+        return list(zip(images.unbind(0), labels.tolist(), strict=True))
+
+    def batch(self, indices: Sequence[int] | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Read and preprocess images ``indices`` together.
+
+        Returns
+        -------
+        images : torch.Tensor
+            ``(B, 1, box, box)`` float32.
+        labels : torch.Tensor
+            ``(B,)`` int64 (-1 when unlabelled).
+        """
+        rows = np.asarray(indices, dtype=np.int64).reshape(-1)
+        box = int(self.preprocess.box)  # type: ignore[arg-type]
+        out = np.empty((len(rows), box, box), dtype=np.float32)
+        idx = self.index
+        fid, kind, sec, apix = idx.file_id[rows], idx.kind[rows], idx.section[rows], idx.apix[rows]
+        order = np.lexsort((sec, apix, kind, fid))  # by file, view kind, pixel size; then section
+        f, k, a = fid[order], kind[order], apix[order]
+        cuts = np.flatnonzero((f[1:] != f[:-1]) | (k[1:] != k[:-1]) | (a[1:] != a[:-1])) + 1
+        for group in np.split(order, cuts):
+            self._read_group(int(fid[group[0]]), int(kind[group[0]]), sec[group],
+                             float(apix[group[0]]), out, group)
+        return torch.from_numpy(out)[:, None], torch.from_numpy(self.labels[rows])
+
+    def _read_group(
+        self, file: int, kind: int, sections: np.ndarray, apix: float, out: np.ndarray,
+        dest: np.ndarray,
+    ) -> None:
+        """Write views ``(kind, sections)`` of one file into ``out[dest]``."""
+        idx, cfg = self.index, self.preprocess
+        path = idx.files[file]
+        try:
+            data = open_mrc(path, idx.permissive).data if kind == ViewKind.IMAGE else None
+            if data is not None and data.dtype.isnative and cfg.is_passthrough(data.shape[-2:], apix):
+                self._fused_read(path, data if data.ndim == 3 else data[None], sections, out, dest)
+                return
+            if kind == ViewKind.IMAGE:
+                images = read_sections(path, sections, idx.permissive)
+            else:
+                images = np.stack([read_view(path, kind, int(s), idx.slice_axis, idx.permissive)
+                                   for s in sections])
+            out[dest] = preprocess_images(images, cfg, apix).numpy()
+        except NonFiniteImages as exc:
+            section = int(sections[exc.index[0]])
+            name = (f"{path}: image {section + 1}" if kind == ViewKind.IMAGE
+                    else view_name(path, idx.layouts[file], kind, section, idx.slice_axis))
+            raise BiocnnError(f"{name} contains NaN or Inf pixels") from None
+
+    def _fused_read(
+        self, path: str, src: np.ndarray, sections: np.ndarray, out: np.ndarray, dest: np.ndarray
+    ) -> None:
+        """Copy, check and normalise stack images ``src[sections]`` into ``out[dest]`` in
+        one pass over the memory map (no resampling needed)."""
+        if sections.min() < 0 or sections.max() >= len(src):
+            raise BiocnnError(
+                f"{path}: image index {int(sections.max()) + 1} out of range ({len(src)} images)"
+            )
+        cfg = self.preprocess
+        box = int(cfg.box)  # type: ignore[arg-type]
+        bad = normalize_rows(src, sections, out, background_weight(box, cfg.mask_radius_px(box)),
+                             dest=dest, normalize=cfg.normalize, invert=cfg.invert)
+        note_mapped_read(len(sections) * src[0].nbytes)
+        if bad.any():
+            raise NonFiniteImages(np.flatnonzero(bad))
 
     def name(self, i: int) -> str:
         """Name of image ``i`` (see :meth:`ImageIndex.name`)."""

@@ -12,12 +12,17 @@ For a batch ``(B, H, W)`` of images with pixel size ``a`` Å, :func:`preprocess_
    whole image's, e.g. a noiseless projection) the whole image's std is used instead;
 6. inverts the contrast (optional).
 
+Steps 5-6 and the NaN/Inf check run as one fused pass (:mod:`biocnn.data.kernels`); when
+steps 1-4 have nothing to do (:meth:`PreprocessConfig.is_passthrough`) a dataset runs
+that pass straight on the memory-mapped pixels.
+
 :meth:`PreprocessConfig.resolved` fills in ``box``/``apix`` left as None from the data; a
 checkpoint stores the resolved config so prediction repeats training exactly.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
@@ -26,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from biocnn.data.kernels import normalize_rows
 from biocnn.errors import BiocnnError
 
 __all__ = [
@@ -36,12 +42,13 @@ __all__ = [
     "lowpass_filter",
     "circular_mask",
     "normalize_background",
+    "background_weight",
+    "NonFiniteImages",
     "MIN_BOX",
 ]
 
 #: Smallest output box (the CNN core needs H, W >= 8).
 MIN_BOX = 8
-_FLAT_BACKGROUND = 1e-3
 
 
 @dataclass(frozen=True)
@@ -137,6 +144,14 @@ class PreprocessConfig:
                 f"--mask-radius {self.mask_radius} leaves no background in a {out.box}-px box"
             )
         return out
+
+    def is_passthrough(self, shape: tuple[int, int], apix: float) -> bool:
+        """True when ``(H, W)`` images of pixel size ``apix`` need no padding, resampling
+        or filtering (steps 1-4), only the fused normalisation pass; needs a resolved config."""
+        h, w = int(shape[0]), int(shape[1])
+        if h != w or h != self.box or self.lowpass > 0:
+            return False
+        return not (apix > 0 and self.apix) or round(h * apix / self.apix) == h
 
     def to_dict(self) -> dict[str, Any]:
         """JSON/checkpoint-friendly dict."""
@@ -242,20 +257,42 @@ def circular_mask(box: int, radius: float, device: torch.device | None = None) -
     return c.view(-1, 1) ** 2 + c.view(1, -1) ** 2 <= radius**2
 
 
+class NonFiniteImages(BiocnnError):
+    """Images with NaN or Inf pixels; ``index`` holds their positions in the batch."""
+
+    def __init__(self, index: np.ndarray) -> None:
+        self.index = np.asarray(index, dtype=np.int64)
+        super().__init__(f"image {int(self.index[0]) + 1} of the batch contains NaN or Inf pixels")
+
+
+@functools.lru_cache(maxsize=16)
+def background_weight(box: int, radius: float) -> np.ndarray:
+    """``(box, box)`` float32, 1 outside the circle of ``radius`` px around ``box // 2``
+    (the background) and 0 inside; read-only and cached."""
+    weight = (~circular_mask(box, radius)).numpy().astype(np.float32)
+    weight.flags.writeable = False
+    return weight
+
+
+def _fused_pass(x: torch.Tensor, radius: float, normalize: bool, invert: bool) -> torch.Tensor:
+    """Check, normalise and/or invert ``x (B, H, H)`` in one pass; a new CPU float32 tensor."""
+    src = x.detach().to("cpu", torch.float32).contiguous().numpy()
+    out = np.empty_like(src)
+    bad = normalize_rows(src, np.arange(len(src)), out, background_weight(src.shape[-1], radius),
+                         normalize=normalize, invert=invert)
+    if bad.any():
+        raise NonFiniteImages(np.flatnonzero(bad))
+    return torch.from_numpy(out)
+
+
 def normalize_background(x: torch.Tensor, radius: float) -> torch.Tensor:
     """Shift/scale ``x`` ``(B, H, H)`` to mean 0 / std 1 outside the circle of ``radius`` px.
 
     If an image's background std is below 1e-3 of its overall std (a flat background),
-    the overall std is used; a constant image becomes all zeros.
+    the overall std is used; a constant image becomes all zeros. Returns a new float32
+    tensor on ``x``'s device; raises :class:`NonFiniteImages` for NaN/Inf pixels.
     """
-    # dense weighted sums: boolean-mask gathers are several times slower on CPU
-    weight = (~circular_mask(x.shape[-1], radius, x.device)).to(x.dtype)
-    count = weight.sum().clamp_min(1)
-    mean = (x * weight).sum(dim=(1, 2)) / count
-    std = (((x - mean.view(-1, 1, 1)) ** 2) * weight).sum(dim=(1, 2)).div(count).sqrt()
-    std_all = x.flatten(1).std(dim=1, correction=0)
-    std = torch.where(std > _FLAT_BACKGROUND * std_all, std, std_all).clamp_min(1e-12)
-    return (x - mean.view(-1, 1, 1)) / std.view(-1, 1, 1)
+    return _fused_pass(x, radius, normalize=True, invert=False).to(x.device)
 
 
 def preprocess_images(
@@ -276,6 +313,11 @@ def preprocess_images(
     -------
     torch.Tensor
         ``(B, box, box)`` float32 on the input's device.
+
+    Raises
+    ------
+    NonFiniteImages
+        Images with NaN or Inf pixels (their batch positions in ``.index``).
     """
     if not cfg.is_resolved:
         raise ValueError("preprocess_images needs a resolved PreprocessConfig (box and apix set)")
@@ -290,6 +332,5 @@ def preprocess_images(
     x = crop_or_pad(x, (box, box))
     if cfg.lowpass > 0:
         x = lowpass_filter(x, cfg.lowpass_fraction(), cfg.lowpass_edge)
-    if cfg.normalize:
-        x = normalize_background(x, cfg.mask_radius_px(box))
-    return -x if cfg.invert else x
+    device = x.device
+    return _fused_pass(x, cfg.mask_radius_px(box), cfg.normalize, cfg.invert).to(device)

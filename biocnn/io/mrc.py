@@ -1,10 +1,11 @@
 """MRC files: memory-mapped readers for images, stacks and volumes; atomic writer.
 
 Files are opened with ``mrcfile.mmap(..., mode="r")`` and pixels are copied out one
-image (or one prediction chunk) at a time, so a stack larger than RAM is read with flat
-memory. Open handles live in a small per-process LRU cache that is rebuilt after a
-``fork`` (each DataLoader worker opens its own maps) and that notices a file replaced
-on disk.
+image (or one batch) at a time, so a stack larger than RAM is read with flat memory:
+after every 64 MiB copied out of the maps, this process drops the mapped pages it holds
+when its maps add up to more than 256 MiB (:func:`note_mapped_read`). Open handles live
+in a small per-process LRU cache that is rebuilt after a ``fork`` (each DataLoader
+worker opens its own maps) and that notices a file replaced on disk.
 
 Layout rule
 -----------
@@ -50,6 +51,8 @@ __all__ = [
     "inspect_mrc",
     "open_mrc",
     "read_view",
+    "read_sections",
+    "note_mapped_read",
     "view_name",
     "iter_images",
     "write_mrc",
@@ -62,6 +65,10 @@ MRC_SUFFIXES: tuple[str, ...] = (".mrc", ".mrcs", ".map")
 _SUPPORTED_MODES = (0, 1, 2, 6, 12)
 _AXES = ("z", "y", "x")
 _CACHE_SIZE = 32
+#: Bytes copied out of memory maps after which this process releases their mapped pages ...
+_RELEASE_BYTES = 64 << 20
+#: ... unless all its open maps together are no larger than this (they bound RSS already).
+_MAPPED_LIMIT = 256 << 20
 
 Layout = Literal["image", "stack", "volume"]
 
@@ -210,6 +217,22 @@ class _HandleCache:
         self.handles: OrderedDict[tuple[str, bool], tuple[tuple[int, int, int], MrcMemmap]] = (
             OrderedDict()
         )
+        self.unreleased = 0
+
+    def note_read(self, nbytes: int) -> None:
+        """Count ``nbytes`` copied out of the maps; past :data:`_RELEASE_BYTES`, drop the
+        mapped pages of every open map from this process's resident set, unless the maps
+        together are smaller than :data:`_MAPPED_LIMIT`."""
+        self.unreleased += nbytes
+        if self.unreleased < _RELEASE_BYTES:
+            return
+        self.unreleased = 0
+        maps = [getattr(h.data, "_mmap", None) for _, h in self.handles.values()]
+        maps = [m for m in maps if m is not None and not m.closed]
+        if not hasattr(mmap, "MADV_DONTNEED") or sum(len(m) for m in maps) <= _MAPPED_LIMIT:
+            return
+        for m in maps:
+            m.madvise(mmap.MADV_DONTNEED)
 
     def clear(self) -> None:
         for _, handle in self.handles.values():
@@ -327,23 +350,46 @@ def _first_nonfinite(images: np.ndarray) -> int | None:
     return int(np.flatnonzero(~finite.reshape(images.shape[0], -1).all(axis=1))[0])
 
 
-def _release_pages(data: np.ndarray, first: int, count: int) -> None:
-    """Drop the mapped pages of stack sections ``first .. first + count - 1`` from this
-    process's resident set once they have been copied out.
+def note_mapped_read(nbytes: int) -> None:
+    """Record that ``nbytes`` of pixels were copied out of this process's memory maps.
 
     They are clean file pages (the kernel keeps them in its page cache), but while mapped
-    they count towards RSS; releasing them keeps RSS flat over a stack larger than RAM.
-    A no-op where ``madvise`` is not available.
+    they count towards RSS. Every 64 MiB read, the pages of all open maps are released
+    (re-reading them then costs a page fault per ~64 KiB) -- unless the open maps add up
+    to 256 MiB or less, which bounds their RSS anyway. So RSS stays flat over stacks
+    larger than RAM. Readers that copy straight out of :func:`open_mrc` maps call this.
     """
-    mm = getattr(data, "_mmap", None)
-    if mm is None or not hasattr(mmap, "MADV_DONTNEED") or data.ndim != 3:
-        return
-    section = data.strides[0]
-    start = data.offset % mmap.ALLOCATIONGRANULARITY + first * section
-    lo = start - start % mmap.PAGESIZE
-    hi = min(len(mm), start + count * section)
-    if hi > lo:
-        mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+    _CACHE.note_read(int(nbytes))
+
+
+def read_sections(
+    path: str | os.PathLike, sections: np.ndarray | list[int], permissive: bool = False
+) -> np.ndarray:
+    """Copy images ``sections`` (0-based, any order) of a stack or 2D image file.
+
+    Returns
+    -------
+    np.ndarray
+        ``(B, H, W)`` float32, a copy. Raises :class:`BiocnnError` for an index out of
+        range or an image with NaN/Inf pixels.
+    """
+    spath = os.fspath(path)
+    data = open_mrc(spath, permissive).data
+    stack = data if data.ndim == 3 else data[None]
+    idx = np.asarray(sections, dtype=np.int64).reshape(-1)
+    if len(idx) and (idx.min() < 0 or idx.max() >= len(stack)):
+        k = int(idx[(idx < 0) | (idx >= len(stack))][0])
+        raise BiocnnError(f"{spath}: image index {k + 1} out of range ({len(stack)} images)")
+    run = len(idx) > 0 and bool(np.all(np.diff(idx) == 1))
+    picked = stack[idx[0] : idx[-1] + 1] if run else stack[idx]
+    block = np.asarray(picked, dtype=np.float32)
+    if np.may_share_memory(block, stack):  # a float32 slice is still a view of the map
+        block = block.copy()
+    note_mapped_read(block.nbytes)
+    bad = _first_nonfinite(block)
+    if bad is not None:
+        raise BiocnnError(f"{spath}: image {int(idx[bad]) + 1} contains NaN or Inf pixels")
+    return block
 
 
 def read_view(
@@ -372,29 +418,20 @@ def read_view(
         ``(H, W)`` float32, a copy (never a view of the map).
     """
     path = os.fspath(path)
-    data = open_mrc(path, permissive).data
     if kind == ViewKind.IMAGE:
-        n = 1 if data.ndim == 2 else data.shape[0]
-        if not 0 <= section < n:
-            raise BiocnnError(f"{path}: image index {section + 1} out of range ({n} images)")
-        image = data if data.ndim == 2 else data[section]
-        what = f"image {section + 1}"
-        if data.ndim == 3:
-            out = np.array(image, dtype=np.float32)
-            _release_pages(data, section, 1)
-            image = out
+        return read_sections(path, [section], permissive)[0].copy()  # own its memory
+    data = open_mrc(path, permissive).data
+    if data.ndim != 3:
+        raise BiocnnError(f"{path}: a 2D image has no volume slices or projections")
+    axis = _AXES.index(slice_axis)
+    if kind == ViewKind.SLICE:
+        if not 0 <= section < data.shape[axis]:
+            raise BiocnnError(f"{path}: slice {slice_axis}={section} out of range")
+        image = data[(slice(None),) * axis + (section,)]
+        what = f"slice {slice_axis}={section}"
     else:
-        if data.ndim != 3:
-            raise BiocnnError(f"{path}: a 2D image has no volume slices or projections")
-        axis = _AXES.index(slice_axis)
-        if kind == ViewKind.SLICE:
-            if not 0 <= section < data.shape[axis]:
-                raise BiocnnError(f"{path}: slice {slice_axis}={section} out of range")
-            image = data[(slice(None),) * axis + (section,)]
-            what = f"slice {slice_axis}={section}"
-        else:
-            image = data.sum(axis=axis, dtype=np.float64)
-            what = f"the projection along {slice_axis}"
+        image = data.sum(axis=axis, dtype=np.float64)
+        what = f"the projection along {slice_axis}"
     out = np.array(image, dtype=np.float32)
     if _first_nonfinite(out[None]) is not None:
         raise BiocnnError(f"{path}: {what} contains NaN or Inf pixels")
@@ -444,12 +481,7 @@ def iter_images(
         part = view_list[start : start + chunk]
         indices = np.arange(start, start + len(part), dtype=np.int64)
         if info.layout == "stack":
-            data = open_mrc(spath, permissive).data
-            block = np.array(data[part[0][1] : part[-1][1] + 1], dtype=np.float32)
-            _release_pages(data, part[0][1], len(part))
-            bad = _first_nonfinite(block)
-            if bad is not None:
-                raise BiocnnError(f"{spath}: image {part[bad][1] + 1} contains NaN or Inf pixels")
+            block = read_sections(spath, [s for _, s in part], permissive)
         else:
             block = np.stack(
                 [read_view(spath, k, s, views.slice_axis, permissive) for k, s in part]

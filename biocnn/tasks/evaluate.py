@@ -31,13 +31,13 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 from torch import Tensor
-from torch.utils.data import DataLoader
 
 from biocnn.atomic import atomic_dir, write_json
 from biocnn.config import run_metadata, to_plain
 from biocnn.data import build_dataset
 from biocnn.engine import predict_logits
 from biocnn.errors import BiocnnError
+from biocnn.loader import make_loader
 from biocnn.metrics import classification_summary, consistency, placement_summary, shifted_correct
 from biocnn.plots import plot_accuracy_vs_shift, plot_confusion
 from biocnn.tasks.predict import load_classifier
@@ -137,7 +137,7 @@ def run_evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = print) -> Eva
                                   amp=cfg.amp, tta=cfg.tta)
 
         generator = torch.Generator().manual_seed(cfg.seed)
-        loader = DataLoader(data, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
+        loader = make_loader(data, cfg.batch_size, num_workers=cfg.num_workers)
         logits, correct, agree = [], [], 0.0
         for x, y in track(loader, description="evaluate", console=Console(stderr=True),
                           disable=not cfg.progress):

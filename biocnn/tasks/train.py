@@ -35,7 +35,6 @@ import numpy as np
 import torch
 from rich.table import Table
 from torch import nn
-from torch.utils.data import DataLoader
 
 from biocnn.atomic import atomic_dir, write_json, write_text
 from biocnn.augment import Augment
@@ -43,6 +42,7 @@ from biocnn.config import TrainConfig, run_metadata, to_plain
 from biocnn.data import MrcDataset, PreprocessConfig, ViewSpec, build_dataset, stratified_split
 from biocnn.engine import FitResult, TensorData, evaluate, fit
 from biocnn.errors import BiocnnError
+from biocnn.loader import make_loader
 from biocnn.metrics import classification_summary
 from biocnn.models import create_model
 from biocnn.plots import plot_confusion, plot_curves
@@ -150,7 +150,7 @@ def _preload(data: MrcDataset, num_workers: int) -> TensorData:
     """Preprocess every image of ``data`` once into memory: ``(N, 1, box, box)`` float32."""
     box = int(data.preprocess.box)  # type: ignore[arg-type]
     images = torch.empty(len(data), 1, box, box)
-    loader = DataLoader(data, batch_size=256, num_workers=num_workers)
+    loader = make_loader(data, 256, num_workers=num_workers)
     start = 0
     for x, _ in loader:
         images[start : start + len(x)] = x

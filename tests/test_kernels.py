@@ -1,0 +1,98 @@
+"""The fused gather/check/normalise kernel against a float64 numpy reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from biocnn.data.kernels import normalize_rows
+from biocnn.data.preprocess import background_weight
+
+
+def reference(images: np.ndarray, weight: np.ndarray, invert: bool = False) -> np.ndarray:
+    """Background normalisation in float64, image by image (the definition)."""
+    out = []
+    for x in images.astype(np.float64):
+        bg = x[weight > 0]
+        std = bg.std()
+        if not std > 1e-3 * x.std():
+            std = x.std()
+        y = (x - bg.mean()) / std if std > 0 else np.zeros_like(x)
+        out.append(-y if invert else y)
+    return np.asarray(out)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    size=st.integers(8, 40),
+    n=st.integers(1, 6),
+    offset=st.sampled_from([0.0, 3.0, -250.0, 1e4]),
+    scale=st.sampled_from([1e-2, 1.0, 30.0]),
+    seed=st.integers(0, 1000),
+    threads=st.sampled_from([1, 2]),
+)
+def test_matches_float64_reference(
+    size: int, n: int, offset: float, scale: float, seed: int, threads: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    src = (offset + scale * rng.standard_normal((n + 3, size, size))).astype(np.float32)
+    rows = rng.integers(0, n + 3, n)  # any order, repeats allowed
+    dest = rng.permutation(n)
+    weight = background_weight(size, 0.4 * size)
+    out = np.full((n, size, size), np.nan, np.float32)
+    bad = normalize_rows(src, rows, out, weight, dest=dest, threads=threads)
+    assert not bad.any()
+    np.testing.assert_allclose(out[dest], reference(src[rows], weight), atol=2e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int16, np.uint16, np.float64])
+def test_integer_and_double_sources(dtype: type) -> None:
+    rng = np.random.default_rng(0)
+    src = rng.integers(0, 100, (4, 16, 16)).astype(dtype)
+    weight = background_weight(16, 6.0)
+    out = np.empty((4, 16, 16), np.float32)
+    assert not normalize_rows(src, np.arange(4), out, weight).any()
+    np.testing.assert_allclose(out, reference(src, weight), atol=1e-4, rtol=1e-4)
+
+
+def test_flat_background_constant_image_invert_and_copy() -> None:
+    src = np.zeros((3, 32, 32), np.float32)
+    src[0, 12:20, 12:20] = 4.0  # noiseless projection: the background is exactly flat
+    src[1] = 0.1  # constant, not exactly representable
+    src[2] = np.arange(32 * 32, dtype=np.float32).reshape(32, 32)
+    weight = background_weight(32, 10.0)
+    out = np.empty_like(src)
+    normalize_rows(src, np.arange(3), out, weight, invert=True)
+    np.testing.assert_allclose(out[0].std(), 1.0, rtol=1e-5)  # whole-image std used
+    assert (out[1] == 0).all()
+    np.testing.assert_allclose(out, reference(src, weight, invert=True), atol=1e-4, rtol=1e-4)
+    normalize_rows(src, np.arange(3), out, weight, normalize=False, invert=True)
+    np.testing.assert_array_equal(out, -src)
+
+
+def test_non_finite_images_are_flagged_and_others_written() -> None:
+    rng = np.random.default_rng(1)
+    src = rng.standard_normal((5, 16, 16)).astype(np.float32)
+    src[1, 3, 4] = np.nan
+    src[3, 0, 0] = np.inf
+    out = np.zeros_like(src)
+    weight = background_weight(16, 6.0)
+    for normalize in (True, False):
+        bad = normalize_rows(src, np.arange(5), out, weight, normalize=normalize)
+        assert bad.tolist() == [False, True, False, True, False]
+        assert np.isfinite(out[[0, 2, 4]]).all()
+
+
+def test_in_place_and_argument_checks() -> None:
+    src = np.random.default_rng(2).standard_normal((3, 16, 16)).astype(np.float32) * 5 + 2
+    expected = reference(src, background_weight(16, 6.0))
+    normalize_rows(src, np.arange(3), src, background_weight(16, 6.0))
+    np.testing.assert_allclose(src, expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="shapes"):
+        normalize_rows(src, np.arange(3), np.empty((3, 8, 8), np.float32), background_weight(16, 6.0))
+    with pytest.raises(ValueError, match="float32"):
+        normalize_rows(src, np.arange(3), np.empty((3, 16, 16)), background_weight(16, 6.0))
+    with pytest.raises(ValueError, match="byte order"):
+        normalize_rows(src.astype(">f4"), np.arange(3), src, background_weight(16, 6.0))
