@@ -8,9 +8,11 @@ straight from the (memory-mapped) source, so the cost stays close to that of a p
 copy. It is compiled with numba (cached on disk after the first call) and runs on
 several threads for large batches.
 
-Statistics are accumulated in float32 along each image row and in float64 across rows,
-around a shift (the mean of the first row, a background pixel level), so large offsets
-(e.g. raw counts around 1e4) do not cancel catastrophically.
+Statistics are accumulated in float32 over blocks of 1024 pixels and in float64 across
+blocks, around a shift (the mean of the first row, a background pixel level), so large
+offsets (e.g. raw counts around 1e4) do not cancel catastrophically; the output is
+computed in float64. (Fast-math flags apply to the whole call tree in numba, so the
+arithmetic must stay accurate under reassociation.)
 """
 
 from __future__ import annotations
@@ -30,25 +32,9 @@ __all__ = ["normalize_rows"]
 _FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 #: Below this many pixels per batch one thread is faster than handing work to others.
 _MIN_PIXELS_PER_THREAD = 1 << 18
-#: Relative spread under which an image counts as constant (float32 resolution).
-_CONSTANT = 1e-6
 _FLAT_BACKGROUND = 1e-3
 #: Pixels summed in float32 before adding to the float64 totals.
 _BLOCK = 1024
-
-
-@numba.njit(nogil=True, cache=True)
-def _sub(a, b):  # pragma: no cover - jitted
-    """``float32(a) - b`` without fast-math: the compiler may not distribute it into sums."""
-    return np.float32(a) - b
-
-
-@numba.njit(nogil=True, cache=True)
-def _affine(x, o, shift, centre, scale):  # pragma: no cover - jitted
-    """``o = ((x - shift) - centre) * scale`` in this order: no fast-math here, so the
-    compiler may not fold ``shift + centre`` (x - shift is exact for pixels near the shift)."""
-    for p in range(x.shape[0]):
-        o[p] = ((np.float32(x[p]) - shift) - centre) * scale
 
 
 @numba.njit(nogil=True, cache=True, fastmath=_FASTMATH)
@@ -78,7 +64,7 @@ def _kernel(src, rows, dest, weight, width, normalize, sign, out, bad):  # pragm
             sb = np.float32(0.0)
             qb = np.float32(0.0)
             for p in range(xs.shape[0]):
-                v = _sub(xs[p], shift)
+                v = np.float32(xs[p]) - shift
                 wv = ws[p] * v
                 sa += v
                 qa += v * v
@@ -98,13 +84,13 @@ def _kernel(src, rows, dest, weight, width, normalize, sign, out, bad):  # pragm
             std = math.sqrt(max(q_bg / n_bg - m_bg * m_bg, 0.0))
             if not std > _FLAT_BACKGROUND * std_all:
                 std = std_all
-            level = abs(m_all + shift)
-            scale = np.float32(sign / std) if std > _CONSTANT * level and std > 0 else np.float32(0)
-            centre = np.float32(m_bg)
+            scale = sign / std if std > 0 else 0.0  # a constant image: v == 0 exactly
+            centre = m_bg + shift
         else:
-            scale = np.float32(sign)
-            centre = -shift
-        _affine(x, o, shift, centre, scale)
+            scale = sign
+            centre = 0.0
+        for p in range(n_all):  # float64: (x - centre) * scale survives any reassociation
+            o[p] = np.float32((np.float64(x[p]) - centre) * scale)
 
 
 _POOL: tuple[int, int, ThreadPoolExecutor] | None = None
