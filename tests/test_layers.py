@@ -1,11 +1,24 @@
-"""Small layers: BlurPool, APS, global pooling."""
+"""Small layers: BlurPool, APS, the fused APS conv, circular padding, global pooling."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from biocnn.models.layers import APS2d, BlurPool2d, GlobalPool2d, MaxPoolStride1, make_downsample
+from biocnn.models.layers import (
+    APS2d,
+    APSConv2d,
+    BlurPool2d,
+    CircularConv2d,
+    ConvBlock,
+    GlobalPool2d,
+    MaxPoolStride1,
+    circular_pad,
+    make_downsample,
+)
 
 
 def test_blurpool_shapes_and_dc_gain() -> None:
@@ -63,3 +76,63 @@ def test_max_filter_circular_wraps() -> None:
 def test_make_downsample_rejects_unknown() -> None:
     with pytest.raises(ValueError, match="downsample"):
         make_downsample("strided", 4)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    pad=st.tuples(st.integers(0, 3), st.integers(0, 3), st.integers(0, 3), st.integers(0, 3)),
+    h=st.integers(3, 9),
+    w=st.integers(3, 9),
+)
+def test_circular_pad_matches_torch_forward_and_backward(
+    pad: tuple[int, int, int, int], h: int, w: int
+) -> None:
+    x = torch.randn(2, 3, h, w, dtype=torch.float64, requires_grad=True)
+    ref = F.pad(x, pad, mode="circular")
+    out = circular_pad(x, pad)
+    assert torch.equal(out, ref)
+    g = torch.randn_like(ref)
+    torch.testing.assert_close(torch.autograd.grad(out, x, g)[0], torch.autograd.grad(ref, x, g)[0])
+
+
+@pytest.mark.parametrize(
+    ("cin", "cout", "bias"),
+    [(1, 32, False), (2, 8, False), (8, 16, False), (4, 8, True)],  # Gram norms / full conv
+)
+def test_aps_conv_equals_conv_then_aps_with_gradients(cin: int, cout: int, bias: bool) -> None:
+    torch.manual_seed(cin + cout)
+    fused = APSConv2d(cin, cout, 3, bias=bias).double()
+    plain = torch.nn.Conv2d(cin, cout, 3, padding=1, padding_mode="circular", bias=bias).double()
+    plain.load_state_dict(fused.state_dict())
+    x = torch.randn(7, cin, 12, 10, dtype=torch.float64, requires_grad=True)
+    out, ref = fused(x), APS2d()(plain(x))
+    assert out.shape == (7, cout, 6, 5)
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, [x, fused.weight], g),
+                    torch.autograd.grad(ref, [x, plain.weight], g), strict=True):
+        torch.testing.assert_close(a, b)
+    with torch.no_grad():  # inference path: one full conv
+        torch.testing.assert_close(fused(x), ref)
+
+
+def test_aps_conv_on_odd_sizes_is_a_plain_circular_conv() -> None:
+    fused = APSConv2d(2, 4, 3)
+    plain = CircularConv2d(2, 4, 3)
+    plain.load_state_dict(fused.state_dict())
+    x = torch.randn(2, 2, 7, 8)
+    torch.testing.assert_close(fused(x), plain(x))
+    with pytest.raises(ValueError, match="circular"):
+        ConvBlock(2, 4, padding="zeros", aps=True)
+
+
+@pytest.mark.parametrize("mode", ["avg", "max", "avgmax"])
+def test_global_pool_gradient_matches_autograd(mode: str) -> None:
+    x = torch.randn(3, 4, 5, 6, dtype=torch.float64, requires_grad=True)
+    parts = {"avg": [x.mean((2, 3))], "max": [x.amax((2, 3))],
+             "avgmax": [x.mean((2, 3)), x.amax((2, 3))]}[mode]
+    ref = torch.cat(parts, dim=1)
+    out = GlobalPool2d(mode)(x)
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(out)
+    torch.testing.assert_close(torch.autograd.grad(out, x, g)[0], torch.autograd.grad(ref, x, g)[0])

@@ -3,7 +3,9 @@
 Stages of stride-1 conv blocks separated by stride-2 downsampling, then a global pool and
 a linear head. The head sees only pooled features, so no absolute position is left to
 learn. With ``padding="circular"`` and ``downsample="aps"`` every layer is equivariant to
-circular shifts and the pooled output is *exactly* invariant to them.
+circular shifts and the pooled output is *exactly* invariant to them; the last conv of
+each stage is then an :class:`~biocnn.models.layers.APSConv2d` (``conv → APS → norm →
+act``), which computes and back-propagates a quarter of the full-size activations.
 """
 
 from __future__ import annotations
@@ -85,13 +87,15 @@ class InvariantCNN(nn.Module):
         depths = [depths] * len(widths) if isinstance(depths, int) else list(depths)
         if len(depths) != len(widths):
             raise ValueError("widths and depths must have the same length")
+        fused = downsample == "aps" and padding == "circular" and blur == 1 and not max_filter
         layers: list[nn.Module] = []
         prev = in_chans
         for i, (width, depth) in enumerate(zip(widths, depths, strict=True)):
-            if i > 0:
+            if i > 0 and not fused:
                 layers.append(make_downsample(downsample, prev, padding, blur, max_filter))
-            for _ in range(depth):
-                layers.append(ConvBlock(prev, width, 3, padding, norm, act))
+            for d in range(depth):
+                aps = fused and i < len(widths) - 1 and d == depth - 1
+                layers.append(ConvBlock(prev, width, 3, padding, norm, act, aps=aps))
                 prev = width
         self.features = nn.Sequential(*layers)
         self.pool = GlobalPool2d(pool)

@@ -4,12 +4,17 @@
 * :class:`APS2d` — adaptive polyphase sampling (Chaman & Dokmanić, CVPR 2021): keep the
   polyphase component of largest norm, which makes stride-2 subsampling exactly
   equivariant (up to a shift) to circular shifts.
+* :class:`APSConv2d` — a circular conv and APS in one layer: the same output as
+  ``APS2d()(conv(x))``, with the gradient computed for the kept component only.
+* :func:`circular_pad` — circular padding with a cheap backward pass.
 * :class:`GlobalPool2d` — global average / max / concatenated pooling.
 * :class:`ConvBlock` — conv → norm → activation with a chosen padding mode.
 * :func:`make_downsample` — one switch for ``maxpool|blurpool|aps|none``.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +26,9 @@ __all__ = [
     "POOL_MODES",
     "BlurPool2d",
     "APS2d",
+    "APSConv2d",
+    "CircularConv2d",
+    "circular_pad",
     "MaxPoolStride1",
     "GlobalPool2d",
     "ConvBlock",
@@ -32,10 +40,50 @@ DOWNSAMPLE_MODES = ("maxpool", "blurpool", "aps", "none")
 POOL_MODES = ("avg", "max", "avgmax")
 
 
+class _CircularPad(torch.autograd.Function):
+    """Circular padding whose backward folds the border gradients back in place.
+
+    PyTorch builds circular padding from slices and concatenations, whose backward
+    allocates and zero-fills a full-size gradient per piece (~5x the cost of this one).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, pad: tuple[int, int, int, int]) -> Tensor:
+        ctx.pad = pad
+        return F.pad(x, pad, mode="circular")
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None]:
+        left, right, top, bottom = ctx.pad
+        h, w = g.shape[-2] - top - bottom, g.shape[-1] - left - right
+        rows, cols = slice(top, top + h), slice(left, left + w)
+        gx = g[..., rows, cols].clone()
+        # (border of g, the part of x it copies): edges first, then corners
+        for src_r, dst_r, n_r in ((slice(0, top), slice(h - top, h), top),
+                                  (rows, slice(0, h), 1),
+                                  (slice(top + h, top + h + bottom), slice(0, bottom), bottom)):
+            for src_c, dst_c, n_c in ((slice(0, left), slice(w - left, w), left),
+                                      (cols, slice(0, w), 1),
+                                      (slice(left + w, left + w + right), slice(0, right), right)):
+                if n_r and n_c and not (src_r == rows and src_c == cols):
+                    gx[..., dst_r, dst_c] += g[..., src_r, src_c]
+        return gx, None
+
+
+def circular_pad(x: Tensor, pad: tuple[int, int, int, int]) -> Tensor:
+    """Pad ``(B, C, H, W)`` circularly by ``(left, right, top, bottom)`` (each ``<= W, H``)."""
+    if x.requires_grad and torch.is_grad_enabled():
+        return _CircularPad.apply(x, pad)
+    return F.pad(x, pad, mode="circular")
+
+
 def _pad(x: Tensor, pad: tuple[int, int, int, int], mode: str) -> Tensor:
     """Pad ``(B, C, H, W)`` by ``(left, right, top, bottom)`` in a padding mode of this module."""
     if not any(pad):
         return x
+    if mode == "circular":
+        return circular_pad(x, pad)
     return F.pad(x, pad, mode="constant" if mode == "zeros" else mode)
 
 
@@ -119,6 +167,112 @@ class APS2d(nn.Module):
         return comps[rows, :, :, idx // 2, :, idx % 2]
 
 
+#: Batch slice size (bytes of conv output) for computing APS norms without gradients.
+_NORM_SLICE_BYTES = 8 << 20
+
+
+def _component_norms(comps: Tensor) -> Tensor:
+    """``(B, 4)`` L2 norms of the polyphase components of ``comps (B, C, H/2, 2, W/2, 2)``."""
+    return torch.linalg.vector_norm(comps, dim=(1, 2, 4)).reshape(len(comps), 4)
+
+
+class _PhaseCrop(torch.autograd.Function):
+    """Per sample ``b``, the ``(H + 1, W + 1)`` window of a padded ``(B, C, H + 2, W + 2)``
+    input starting at its phase ``(i, j) = divmod(phase[b], 2)``: a stride-2 conv of the
+    window is the kept polyphase component. One gather forward, one scatter backward."""
+
+    @staticmethod
+    def forward(ctx: Any, xp: Tensor, phase: Tensor, h: int, w: int) -> Tensor:
+        b, c = xp.shape[:2]
+        sb, sc, sh, sw = xp.stride()
+        windows = xp.as_strided((b, 2, 2, c, h + 1, w + 1), (sb, sh, sw, sc, sh, sw))
+        ctx.save_for_backward(phase)
+        ctx.shape = xp.shape
+        return windows[torch.arange(b, device=xp.device), phase // 2, phase % 2]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None, None, None]:
+        (phase,) = ctx.saved_tensors
+        h, w = g.shape[-2] - 1, g.shape[-1] - 1
+        grad = g.new_zeros(ctx.shape)
+        for q in range(4):
+            rows = (phase == q).nonzero().flatten()
+            if len(rows):
+                i, j = divmod(q, 2)
+                grad[:, :, i : i + h + 1, j : j + w + 1].index_add_(0, rows, g[rows])
+        return grad, None, None, None
+
+
+class CircularConv2d(nn.Conv2d):
+    """``nn.Conv2d`` with ``padding_mode="circular"`` padded by :func:`circular_pad`."""
+
+    def __init__(self, in_chans: int, out_chans: int, kernel_size: int = 3, bias: bool = True
+                 ) -> None:
+        super().__init__(in_chans, out_chans, kernel_size, padding=kernel_size // 2,
+                         padding_mode="circular", bias=bias)
+
+    def _conv_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return F.conv2d(circular_pad(x, self._reversed_padding_repeated_twice), weight, bias,
+                        self.stride, 0, self.dilation, self.groups)
+
+
+class APSConv2d(CircularConv2d):
+    """A circular ``k x k`` conv followed by adaptive polyphase sampling, in one layer.
+
+    The output is exactly ``APS2d()(conv(x))`` (up to float rounding): of the four
+    polyphase components of the conv output, the one with the largest norm is kept per
+    sample. Only that component is computed with gradients -- a stride-2 conv on the
+    input shifted to its phase -- so the backward pass costs a quarter of the full
+    conv's. The component norms come from
+
+    * the input's local Gram form ``sum_p x_p^T (W^T W) x_p`` over the ``C k^2``-vectors
+      ``x_p`` of input patches when ``C k^2 < C_out`` (e.g. the first layer on a
+      one-channel image: the full-size output is never formed), or
+    * a full forward conv without gradients otherwise (whose kept component is returned
+      directly when no gradient is needed).
+
+    Odd-sized inputs pass through APS unchanged: the layer is then a plain conv.
+
+    Shapes: ``(B, C, H, W)`` → ``(B, C_out, H / 2, W / 2)`` for even ``H, W``.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, _, h, w = x.shape
+        if h % 2 or w % 2:
+            return super().forward(x)
+        xp = circular_pad(x, self._reversed_padding_repeated_twice)
+        gram = self.bias is None and self.weight[0].numel() < self.out_channels
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
+        if not (needs_grad or gram):  # inference: one full conv, keep its best component
+            comps = F.conv2d(xp, self.weight, self.bias).view(b, -1, h // 2, 2, w // 2, 2)
+            phase = _component_norms(comps).argmax(dim=1)
+            return comps[torch.arange(b, device=x.device), :, :, phase // 2, :, phase % 2]
+        with torch.no_grad():
+            phase = (self._gram_norms(xp, h, w) if gram else self._sliced_norms(xp, h, w)).argmax(1)
+        return F.conv2d(_PhaseCrop.apply(xp, phase, h, w), self.weight, self.bias, stride=2)
+
+    def _sliced_norms(self, xp: Tensor, h: int, w: int) -> Tensor:
+        """``(B, 4)`` component norms of the full conv output, computed a cache-sized slice
+        of the batch at a time (the output itself is not kept)."""
+        step = max(1, _NORM_SLICE_BYTES // (self.out_channels * h * w * xp.element_size()))
+        return torch.cat([
+            _component_norms(F.conv2d(xp[s : s + step], self.weight, self.bias).view(
+                -1, self.out_channels, h // 2, 2, w // 2, 2))
+            for s in range(0, len(xp), step)
+        ])
+
+    def _gram_norms(self, xp: Tensor, h: int, w: int) -> Tensor:
+        """``(B, 4)`` squared norms of the conv output's polyphase components, from the
+        padded input ``xp`` without forming the output."""
+        b, k = xp.shape[0], self.kernel_size[0]
+        patches = F.unfold(xp, k)  # (B, C k^2, H W)
+        flat = self.weight.reshape(self.out_channels, -1)
+        gram = flat.t() @ flat  # (C k^2, C k^2)
+        energy = (torch.matmul(gram, patches) * patches).sum(dim=1)  # (B, H W)
+        return energy.view(b, h // 2, 2, w // 2, 2).sum(dim=(1, 3)).reshape(b, 4)
+
+
 class MaxPoolStride1(nn.Module):
     """2x2 max filter with stride 1 (pad right/bottom by one in the given mode).
 
@@ -135,8 +289,48 @@ class MaxPoolStride1(nn.Module):
         return F.max_pool2d(_pad(x, (0, 1, 0, 1), self.padding), kernel_size=2, stride=1)
 
 
+class _GlobalPool(torch.autograd.Function):
+    """Global average and/or max pooling with a one-pass backward.
+
+    Autograd's ``mean`` + ``amax`` backward materialises the average's gradient, a max
+    mask, their product and their sum: four full-size passes. Here the gradient is written
+    once (the average's share, broadcast) and the max's share is added at the argmax.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, avg: bool, mx: bool) -> Tensor:
+        flat = x.flatten(2)
+        outs = []
+        if avg:
+            outs.append(flat.mean(dim=2))
+        if mx:
+            peak, where = flat.max(dim=2)
+            outs.append(peak)
+            ctx.save_for_backward(where)
+        ctx.shape, ctx.avg, ctx.mx = x.shape, avg, mx
+        return torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None, None]:
+        b, c, h, w = ctx.shape
+        if ctx.avg:
+            share = (g[:, :c] / (h * w)).unsqueeze(2).expand(b, c, h * w)
+            if not ctx.mx:
+                return share.view(b, c, h, w), None, None
+            grad = share.contiguous()
+        else:
+            grad = g.new_zeros(b, c, h * w)
+        (where,) = ctx.saved_tensors
+        grad.scatter_add_(2, where.unsqueeze(2), g[:, -c:].unsqueeze(2))
+        return grad.view(b, c, h, w), None, None
+
+
 class GlobalPool2d(nn.Module):
-    """Global pooling over all positions: ``(B, C, H, W)`` → ``(B, C)`` (``2C`` for avgmax)."""
+    """Global pooling over all positions: ``(B, C, H, W)`` → ``(B, C)`` (``2C`` for avgmax).
+
+    The max's gradient goes to one position (the first maximum) per channel.
+    """
 
     def __init__(self, mode: str = "avg") -> None:
         super().__init__()
@@ -145,11 +339,7 @@ class GlobalPool2d(nn.Module):
         self.mode = mode
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.mode == "avg":
-            return x.mean(dim=(2, 3))
-        if self.mode == "max":
-            return x.amax(dim=(2, 3))
-        return torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)
+        return _GlobalPool.apply(x, self.mode != "max", self.mode != "avg")
 
     @property
     def expansion(self) -> int:
@@ -174,7 +364,13 @@ def _act(kind: str) -> nn.Module:
 
 
 class ConvBlock(nn.Sequential):
-    """``conv(k x k, stride 1, same size) → norm → act``: ``(B, Cin, H, W)`` → ``(B, Cout, H, W)``."""
+    """``conv(k x k, stride 1, same size) → norm → act``: ``(B, Cin, H, W)`` → ``(B, Cout, H, W)``.
+
+    With ``aps=True`` the conv is an :class:`APSConv2d` (circular padding only): the block
+    is ``conv → APS → norm → act`` and halves ``H, W``; normalising and activating after
+    the subsampling keeps the block exactly shift-equivariant and does that work on a
+    quarter of the pixels.
+    """
 
     def __init__(
         self,
@@ -184,13 +380,21 @@ class ConvBlock(nn.Sequential):
         padding: str = "circular",
         norm: str = "batch",
         act: str = "relu",
+        aps: bool = False,
     ) -> None:
         if padding not in PADDING_MODES:
             raise ValueError(f"padding must be one of {PADDING_MODES}, got {padding!r}")
-        conv = nn.Conv2d(
-            in_chans, out_chans, kernel_size, padding=kernel_size // 2,
-            padding_mode=padding, bias=norm == "none",
-        )
+        bias = norm == "none"
+        conv: nn.Module
+        if aps:
+            if padding != "circular":
+                raise ValueError("aps=True needs circular padding")
+            conv = APSConv2d(in_chans, out_chans, kernel_size, bias=bias)
+        elif padding == "circular":
+            conv = CircularConv2d(in_chans, out_chans, kernel_size, bias=bias)
+        else:
+            conv = nn.Conv2d(in_chans, out_chans, kernel_size, padding=kernel_size // 2,
+                             padding_mode=padding, bias=bias)
         super().__init__(conv, _norm(norm, out_chans), _act(act))
 
 
