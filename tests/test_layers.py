@@ -96,13 +96,16 @@ def test_circular_pad_matches_torch_forward_and_backward(
 
 
 @pytest.mark.parametrize(
-    ("cin", "cout", "bias"),
-    [(1, 32, False), (2, 8, False), (8, 16, False), (4, 8, True)],  # Gram norms / full conv
+    ("cin", "cout", "k", "bias"),  # Gram-form norms (C k^2 < C_out, no bias) or a full conv
+    [(1, 32, 3, False), (2, 8, 3, False), (8, 16, 3, False), (4, 8, 3, True), (1, 32, 5, False),
+     (3, 4, 1, False)],
 )
-def test_aps_conv_equals_conv_then_aps_with_gradients(cin: int, cout: int, bias: bool) -> None:
+def test_aps_conv_equals_conv_then_aps_with_gradients(cin: int, cout: int, k: int, bias: bool
+                                                      ) -> None:
     torch.manual_seed(cin + cout)
-    fused = APSConv2d(cin, cout, 3, bias=bias).double()
-    plain = torch.nn.Conv2d(cin, cout, 3, padding=1, padding_mode="circular", bias=bias).double()
+    fused = APSConv2d(cin, cout, k, bias=bias).double()
+    plain = torch.nn.Conv2d(cin, cout, k, padding=k // 2, padding_mode="circular",
+                            bias=bias).double()
     plain.load_state_dict(fused.state_dict())
     x = torch.randn(7, cin, 12, 10, dtype=torch.float64, requires_grad=True)
     out, ref = fused(x), APS2d()(plain(x))

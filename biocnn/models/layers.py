@@ -177,30 +177,38 @@ def _component_norms(comps: Tensor) -> Tensor:
 
 
 class _PhaseCrop(torch.autograd.Function):
-    """Per sample ``b``, the ``(H + 1, W + 1)`` window of a padded ``(B, C, H + 2, W + 2)``
-    input starting at its phase ``(i, j) = divmod(phase[b], 2)``: a stride-2 conv of the
-    window is the kept polyphase component. One gather forward, one scatter backward."""
+    """Per sample ``b``, the ``(h, w)`` window of a padded input ``(B, C, H_p, W_p)``
+    starting at its phase ``(i, j) = divmod(phase[b], 2)``: a stride-2 conv of the window
+    is the kept polyphase component. On a CPU the windows are copied sample by
+    sample (cheaper than a gather there); elsewhere one gather/scatter kernel does it."""
 
     @staticmethod
     def forward(ctx: Any, xp: Tensor, phase: Tensor, h: int, w: int) -> Tensor:
-        b, c = xp.shape[:2]
-        sb, sc, sh, sw = xp.stride()
-        windows = xp.as_strided((b, 2, 2, c, h + 1, w + 1), (sb, sh, sw, sc, sh, sw))
         ctx.save_for_backward(phase)
         ctx.shape = xp.shape
+        if xp.device.type == "cpu":
+            return torch.stack([xp[b, :, q // 2 : q // 2 + h, q % 2 : q % 2 + w]
+                                for b, q in enumerate(phase.tolist())])
+        b, c = xp.shape[:2]
+        sb, sc, sh, sw = xp.stride()
+        windows = xp.as_strided((b, 2, 2, c, h, w), (sb, sh, sw, sc, sh, sw))
         return windows[torch.arange(b, device=xp.device), phase // 2, phase % 2]
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None, None, None]:
         (phase,) = ctx.saved_tensors
-        h, w = g.shape[-2] - 1, g.shape[-1] - 1
+        h, w = g.shape[-2:]
         grad = g.new_zeros(ctx.shape)
+        if g.device.type == "cpu":
+            for b, q in enumerate(phase.tolist()):
+                grad[b, :, q // 2 : q // 2 + h, q % 2 : q % 2 + w] = g[b]
+            return grad, None, None, None
         for q in range(4):
             rows = (phase == q).nonzero().flatten()
             if len(rows):
                 i, j = divmod(q, 2)
-                grad[:, :, i : i + h + 1, j : j + w + 1].index_add_(0, rows, g[rows])
+                grad[:, :, i : i + h, j : j + w].index_add_(0, rows, g[rows])
         return grad, None, None, None
 
 
@@ -250,7 +258,9 @@ class APSConv2d(CircularConv2d):
             return comps[torch.arange(b, device=x.device), :, :, phase // 2, :, phase % 2]
         with torch.no_grad():
             phase = (self._gram_norms(xp, h, w) if gram else self._sliced_norms(xp, h, w)).argmax(1)
-        return F.conv2d(_PhaseCrop.apply(xp, phase, h, w), self.weight, self.bias, stride=2)
+        k = self.kernel_size[0]
+        window = _PhaseCrop.apply(xp, phase, h + k - 2, w + k - 2)
+        return F.conv2d(window, self.weight, self.bias, stride=2)
 
     def _sliced_norms(self, xp: Tensor, h: int, w: int) -> Tensor:
         """``(B, 4)`` component norms of the full conv output, computed a cache-sized slice
@@ -263,14 +273,17 @@ class APSConv2d(CircularConv2d):
         ])
 
     def _gram_norms(self, xp: Tensor, h: int, w: int) -> Tensor:
-        """``(B, 4)`` squared norms of the conv output's polyphase components, from the
-        padded input ``xp`` without forming the output."""
-        b, k = xp.shape[0], self.kernel_size[0]
-        patches = F.unfold(xp, k)  # (B, C k^2, H W)
+        """``(B, 4)`` squared norms of the conv output's polyphase components from the padded
+        input ``xp`` without forming the output: ``trace(W^T W S_q)`` with the second-moment
+        matrix ``S_q = X_q X_q^T`` of the ``C k^2``-vector input patches ``X_q`` of phase ``q``."""
+        k = self.kernel_size[0]
         flat = self.weight.reshape(self.out_channels, -1)
         gram = flat.t() @ flat  # (C k^2, C k^2)
-        energy = (torch.matmul(gram, patches) * patches).sum(dim=1)  # (B, H W)
-        return energy.view(b, h // 2, 2, w // 2, 2).sum(dim=(1, 3)).reshape(b, 4)
+        moments = []
+        for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)):
+            patches = F.unfold(xp[:, :, i : i + h + k - 2, j : j + w + k - 2], k, stride=2)
+            moments.append(torch.bmm(patches, patches.transpose(1, 2)))
+        return (torch.stack(moments, dim=1) * gram).sum(dim=(-1, -2))
 
 
 class MaxPoolStride1(nn.Module):
