@@ -3,8 +3,11 @@
 Float32 stacks of increasing size (up to ``--stack-gb``) are written with
 ``mrcfile.new_mmap`` (never held in memory), and a small invariant classifier is saved as
 a ``biocnn train``-style checkpoint. Each prediction runs in a child process whose memory
-is sampled from ``/proc/<pid>/status`` every few milliseconds; the peak resident set
-(``ru_maxrss`` from ``wait4``, the same as ``VmHWM``) is split into
+is sampled from ``/proc/<pid>/status`` every few milliseconds. Its peak resident set is the
+``VmHWM`` the child itself reads at exit (exact). ``ru_maxrss`` from ``wait4`` is kept in
+the JSON but not used: on Linux it also counts the launching process's high-water mark
+(inherited through fork/exec), and this process has just written gigabytes through a
+memory map. The peak is split into
 
 * ``RssAnon``: anonymous memory (heap, tensors, batches) — what prediction allocates;
 * ``RssFile``: file-backed pages mapped into the process: shared libraries and the pages
@@ -13,7 +16,7 @@ is sampled from ``/proc/<pid>/status`` every few milliseconds; the peak resident
 
 Two runners:
 
-* ``cli``: ``python -m biocnn predict STACK --model CKPT --json`` (MrcDataset + DataLoader);
+* ``cli``: ``biocnn predict STACK --model CKPT --json`` (MrcDataset + DataLoader);
 * ``api``: :func:`biocnn.io.mrc.iter_images` blocks → :func:`biocnn.data.preprocess_images`
   → :func:`biocnn.engine.predict_logits`, keeping only per-class counts.
 
@@ -31,8 +34,10 @@ Writes ``bench/results/predict_memory.json``.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import runpy
 import subprocess
 import sys
 import tempfile
@@ -84,13 +89,16 @@ def _status(pid: int) -> dict[str, int] | None:
 
 
 def run_child(
-    cmd: list[str], env: dict[str, str] | None = None, interval: float = 0.005
+    cmd: list[str], env: dict[str, str] | None = None, interval: float = 0.005,
+    hwm_file: Path | None = None,
 ) -> dict[str, Any]:
     """Run ``cmd``, sampling its memory; returns peaks in MB (1e6 bytes), wall seconds and
     its stdout.
 
-    ``peak_rss_mb`` is ``ru_maxrss`` of the child from ``wait4`` (exact); the
-    ``peak_*_mb`` of the sampled fields may miss spikes shorter than ``interval``.
+    ``peak_rss_mb`` is the ``VmHWM`` the child wrote to ``hwm_file`` at exit (exact; the
+    sampled ``VmHWM`` peak without one); the ``peak_*_mb`` of the sampled fields may miss
+    spikes shorter than ``interval``. ``wait4_maxrss_mb`` includes this process's own
+    high-water mark (see the module docstring).
     """
     peaks = dict.fromkeys(_STATUS_FIELDS, 0)
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
@@ -111,9 +119,11 @@ def run_child(
         stdout, stderr = out.read().decode(), err.read().decode()
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{stderr[-2000:]}")
+    exact = int(hwm_file.read_text()) if hwm_file is not None and hwm_file.exists() else None
     return {
         "seconds": seconds,
-        "peak_rss_mb": _kb_to_mb(usage.ru_maxrss),  # kB on Linux
+        "peak_rss_mb": _kb_to_mb(exact if exact is not None else peaks["VmHWM"]),
+        "wait4_maxrss_mb": _kb_to_mb(usage.ru_maxrss),  # kB on Linux
         **{f"peak_{k}_mb": _kb_to_mb(v) for k, v in peaks.items()},
         "stdout": stdout,
     }
@@ -136,11 +146,23 @@ def _child_api(stack: str, checkpoint: str, batch_size: int) -> None:
     print(json.dumps({"images": int(counts.sum())}))
 
 
-def _command(runner: str, stack: Path, checkpoint: Path, batch_size: int) -> list[str]:
+def _child(runner: str, hwm_file: str, args: list[str]) -> None:
+    """In the child: record ``VmHWM`` at exit, then run ``biocnn`` (cli) or the api runner."""
+    atexit.register(lambda: Path(hwm_file).write_text(str(_status(os.getpid())["VmHWM"])))
     if runner == "cli":
-        return [sys.executable, "-m", "biocnn", "predict", str(stack), "--model", str(checkpoint),
-                "--device", "cpu", "--batch-size", str(batch_size), "--no-progress", "--json"]
-    return [sys.executable, __file__, "--child-api", str(stack), str(checkpoint), str(batch_size)]
+        sys.argv = ["biocnn", *args]
+        runpy.run_module("biocnn", run_name="__main__")
+    else:
+        stack, checkpoint, batch = args
+        _child_api(stack, checkpoint, int(batch))
+
+
+def _command(runner: str, stack: Path, checkpoint: Path, batch_size: int, hwm_file: Path
+             ) -> list[str]:
+    args = ["predict", str(stack), "--model", str(checkpoint), "--device", "cpu", "--batch-size",
+            str(batch_size), "--no-progress", "--json"] if runner == "cli" else [
+        str(stack), str(checkpoint), str(batch_size)]
+    return [sys.executable, __file__, "--child", runner, str(hwm_file), *args]
 
 
 def _kb_to_mb(kb: float) -> float:
@@ -160,9 +182,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                    help="OMP_NUM_THREADS of the child (default: inherited; --quick 1)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 0.0125 and 0.1 GB stacks, batch 64, one thread")
-    p.add_argument("--child-api", nargs=3, metavar=("STACK", "CKPT", "BATCH"),
-                   help=argparse.SUPPRESS)
+    p.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.child:
+        return args
     args.stack_gb = args.stack_gb or (0.1 if args.quick else 2.0)
     args.batch_size = args.batch_size or (64 if args.quick else 256)
     args.threads = args.threads or (1 if args.quick else None)
@@ -177,9 +200,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     """Run the benchmark, print the table, write the JSON; returns the results."""
     args = _parse(argv)
-    if args.child_api:
-        stack, checkpoint, batch = args.child_api
-        _child_api(stack, checkpoint, int(batch))
+    if args.child:
+        runner, hwm_file, *rest = args.child
+        _child(runner, hwm_file, rest)
         return None
     image_bytes = args.size * args.size * 4
     env = {**os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
@@ -192,7 +215,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             stack = make_stack(Path(tmp) / f"stack-{n}.mrcs", n, args.size)
             console.print(f"{stack.name}: {n} x {args.size}^2 float32 = {n * image_bytes / 1e9:.2f} GB")
             for runner in args.runners:
-                r = run_child(_command(runner, stack, checkpoint, args.batch_size), env)
+                hwm = Path(tmp) / f"hwm-{runner}-{n}"
+                r = run_child(_command(runner, stack, checkpoint, args.batch_size, hwm), env,
+                              hwm_file=hwm)
                 predicted = int(json.loads(r.pop("stdout"))["images"])
                 if predicted != n:
                     raise RuntimeError(f"{runner} predicted {predicted} of {n} images")

@@ -160,7 +160,7 @@ def test_reading_a_whole_stack_keeps_resident_memory_flat(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Mapped pages are released after every few MiB copied out of maps larger than a
-    limit (64 MiB of 256 MiB by default, 4 of 8 MiB here): reading all of a 32 MiB stack
+    limit (64 MiB of 128 MiB by default, 4 of 8 MiB here): reading all of a 32 MiB stack
     through the dataset, batch by batch and image by image, leaves a small fraction of
     what a plain mmap read keeps mapped."""
     import mrcfile

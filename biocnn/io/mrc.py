@@ -3,7 +3,7 @@
 Files are opened with ``mrcfile.mmap(..., mode="r")`` and pixels are copied out one
 image (or one batch) at a time, so a stack larger than RAM is read with flat memory:
 after every 64 MiB copied out of the maps, this process drops the mapped pages it holds
-when its maps add up to more than 256 MiB (:func:`note_mapped_read`). Open handles live
+when its maps add up to more than 128 MiB (:func:`note_mapped_read`). Open handles live
 in a small per-process LRU cache that is rebuilt after a ``fork`` (each DataLoader
 worker opens its own maps) and that notices a file replaced on disk.
 
@@ -68,7 +68,7 @@ _CACHE_SIZE = 32
 #: Bytes copied out of memory maps after which this process releases their mapped pages ...
 _RELEASE_BYTES = 64 << 20
 #: ... unless all its open maps together are no larger than this (they bound RSS already).
-_MAPPED_LIMIT = 256 << 20
+_MAPPED_LIMIT = 128 << 20
 
 Layout = Literal["image", "stack", "volume"]
 
@@ -356,7 +356,7 @@ def note_mapped_read(nbytes: int) -> None:
     They are clean file pages (the kernel keeps them in its page cache), but while mapped
     they count towards RSS. Every 64 MiB read, the pages of all open maps are released
     (re-reading them then costs a page fault per ~64 KiB) -- unless the open maps add up
-    to 256 MiB or less, which bounds their RSS anyway. So RSS stays flat over stacks
+    to 128 MiB or less, which bounds their RSS anyway. So RSS stays flat over stacks
     larger than RAM. Readers that copy straight out of :func:`open_mrc` maps call this.
     """
     _CACHE.note_read(int(nbytes))
