@@ -11,7 +11,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from biocnn.data import (
     PreprocessConfig,
@@ -19,10 +19,12 @@ from biocnn.data import (
     files_dataset,
     stratified_split,
 )
+from biocnn.data.preprocess import preprocess_images
 from biocnn.errors import BiocnnError
 from biocnn.io import mrc as mrc_mod
-from biocnn.io.mrc import ViewSpec, write_mrc
+from biocnn.io.mrc import ViewSpec, read_view, write_mrc
 from biocnn.io.star import format_image_name, optics_block, write_star
+from biocnn.loader import make_loader, set_epoch
 
 AUTO = PreprocessConfig()
 
@@ -136,6 +138,47 @@ def test_dataloader_with_two_workers_matches_serial(cryo_class_folder: Path) -> 
     xs, ys = zip(*loader, strict=True)
     torch.testing.assert_close(torch.cat(xs), serial)
     np.testing.assert_array_equal(torch.cat(ys).numpy(), ds.labels)
+
+
+def test_batches_match_the_image_by_image_pipeline(tmp_path: Path) -> None:
+    """A batch mixing a stack read by the fused path (already at the box and pixel size)
+    with one that is resampled, in any order with repeats, equals reading and
+    preprocessing every image alone."""
+    rng = np.random.default_rng(4)
+    _stack(tmp_path / "maps" / "a" / "s.mrcs", 8, size=32, apix=2.0, seed=1)  # resampled
+    data = (50 + 3 * rng.standard_normal((5, 40, 40))).astype(np.float32)
+    write_mrc(tmp_path / "maps" / "b" / "s.mrcs", data, apix=1.6, is_stack=True)  # fused
+    ds = build_dataset(tmp_path / "maps", preprocess=PreprocessConfig(invert=True))
+    assert (ds.preprocess.box, ds.preprocess.apix) == (40, pytest.approx(1.6))
+    rows = np.asarray([12, 0, 9, 3, 12, 8, 1, 10])
+    images, labels = ds.batch(rows)
+    assert images.shape == (8, 1, 40, 40) and labels.tolist() == ds.labels[rows].tolist()
+    for got, i in zip(images, rows, strict=True):
+        f = ds.index.files[ds.index.file_id[i]]
+        one = read_view(f, int(ds.index.kind[i]), int(ds.index.section[i]))[None]
+        expected = preprocess_images(one, ds.preprocess, float(ds.index.apix[i]))
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert len(ds.__getitems__([3, 1])) == 2
+
+
+def test_make_loader_reads_whole_batches_and_sets_the_epoch(cryo_class_folder: Path) -> None:
+    ds = build_dataset(cryo_class_folder, preprocess=AUTO)
+    serial = torch.stack([ds[i][0] for i in range(len(ds))])
+    for workers in (0, 2):
+        loader = make_loader(ds, 5, num_workers=workers)
+        xs, ys = zip(*loader, strict=True)
+        assert [len(x) for x in xs] == [5, 5, 2]
+        torch.testing.assert_close(torch.cat(xs), serial)
+        np.testing.assert_array_equal(torch.cat(ys).numpy(), ds.labels)
+    shuffled = make_loader(ds, 4, shuffle=True, generator=torch.Generator().manual_seed(0))
+    seen = torch.cat([x for x, _ in shuffled])
+    torch.testing.assert_close(seen.sum(0), serial.sum(0), atol=1e-4, rtol=1e-4)  # each once
+    sampler = DistributedSampler(ds, num_replicas=1, rank=0, shuffle=True, seed=0)
+    for data in (ds, torch.utils.data.TensorDataset(serial, torch.zeros(len(ds)))):
+        loader = make_loader(data, 4, sampler=sampler)
+        set_epoch(loader, 3)
+        assert sampler.epoch == 3
+        sampler.set_epoch(0)
 
 
 def test_dataset_holds_no_pixels(cryo_class_folder: Path) -> None:

@@ -16,6 +16,8 @@ from biocnn.models.layers import (
     ConvBlock,
     GlobalPool2d,
     MaxPoolStride1,
+    _crop_windows,
+    _uncrop_windows,
     circular_pad,
     make_downsample,
 )
@@ -139,3 +141,17 @@ def test_global_pool_gradient_matches_autograd(mode: str) -> None:
     torch.testing.assert_close(out, ref)
     g = torch.randn_like(out)
     torch.testing.assert_close(torch.autograd.grad(out, x, g)[0], torch.autograd.grad(ref, x, g)[0])
+
+
+def test_phase_windows_per_sample_and_gather_paths_agree() -> None:
+    """The CPU (per-sample copies) and GPU (one gather / scatter) paths of APSConv2d's
+    window crop give the same windows and the same adjoint."""
+    xp = torch.randn(6, 3, 11, 9)
+    phase = torch.tensor([0, 3, 1, 2, 3, 0])
+    loop = _crop_windows(xp, phase, 9, 7, per_sample=True)
+    torch.testing.assert_close(_crop_windows(xp, phase, 9, 7, per_sample=False), loop)
+    assert torch.equal(loop[1], xp[1, :, 1:10, 1:8])
+    g = torch.randn_like(loop)
+    back = _uncrop_windows(g, phase, xp.shape, per_sample=True)
+    torch.testing.assert_close(_uncrop_windows(g, phase, xp.shape, per_sample=False), back)
+    torch.testing.assert_close((back * xp).sum(), (g * loop).sum())  # adjoint

@@ -225,10 +225,14 @@ class MrcDataset(Dataset):
         out = np.empty((len(rows), box, box), dtype=np.float32)
         idx = self.index
         fid, kind, sec, apix = idx.file_id[rows], idx.kind[rows], idx.section[rows], idx.apix[rows]
-        order = np.lexsort((sec, apix, kind, fid))  # by file, view kind, pixel size; then section
-        f, k, a = fid[order], kind[order], apix[order]
-        cuts = np.flatnonzero((f[1:] != f[:-1]) | (k[1:] != k[:-1]) | (a[1:] != a[:-1])) + 1
-        for group in np.split(order, cuts):
+        if (fid == fid[0]).all() and (kind == kind[0]).all() and (apix == apix[0]).all():
+            groups = [np.argsort(sec, kind="stable")]  # the usual batch: one stack
+        else:  # by file, view kind, pixel size; then section
+            order = np.lexsort((sec, apix, kind, fid))
+            f, k, a = fid[order], kind[order], apix[order]
+            cuts = np.flatnonzero((f[1:] != f[:-1]) | (k[1:] != k[:-1]) | (a[1:] != a[:-1])) + 1
+            groups = np.split(order, cuts)
+        for group in groups:
             self._read_group(int(fid[group[0]]), int(kind[group[0]]), sec[group],
                              float(apix[group[0]]), out, group)
         return torch.from_numpy(out)[:, None], torch.from_numpy(self.labels[rows])

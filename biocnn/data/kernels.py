@@ -172,7 +172,7 @@ def normalize_rows(
     if parts <= 1:
         _kernel(flat_src, rows, dest, flat_weight, w, normalize, sign, flat_out, bad)
     else:
-        bounds = np.linspace(0, len(rows), parts + 1).astype(int)
+        bounds = [len(rows) * i // parts for i in range(parts + 1)]
         args = [(flat_src, rows[a:b], dest[a:b], flat_weight, w, normalize, sign, flat_out, bad[a:b])
                 for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
         jobs = [_pool(parts - 1).submit(_kernel, *a) for a in args[1:]]

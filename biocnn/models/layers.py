@@ -176,39 +176,50 @@ def _component_norms(comps: Tensor) -> Tensor:
     return torch.linalg.vector_norm(comps, dim=(1, 2, 4)).reshape(len(comps), 4)
 
 
+def _crop_windows(xp: Tensor, phase: Tensor, h: int, w: int, per_sample: bool) -> Tensor:
+    """``(B, C, h, w)``: per sample, the window of ``xp (B, C, H_p, W_p)`` at its phase."""
+    if per_sample:  # B small copies: cheapest on a CPU
+        return torch.stack([xp[b, :, q // 2 : q // 2 + h, q % 2 : q % 2 + w]
+                            for b, q in enumerate(phase.tolist())])
+    b, c = xp.shape[:2]  # one gather kernel (no host sync): for GPUs
+    sb, sc, sh, sw = xp.stride()
+    windows = xp.as_strided((b, 2, 2, c, h, w), (sb, sh, sw, sc, sh, sw))
+    return windows[torch.arange(b, device=xp.device), phase // 2, phase % 2]
+
+
+def _uncrop_windows(g: Tensor, phase: Tensor, shape: torch.Size, per_sample: bool) -> Tensor:
+    """Adjoint of :func:`_crop_windows`: ``g (B, C, h, w)`` placed into zeros of ``shape``."""
+    h, w = g.shape[-2:]
+    grad = g.new_zeros(shape)
+    if per_sample:
+        for b, q in enumerate(phase.tolist()):
+            grad[b, :, q // 2 : q // 2 + h, q % 2 : q % 2 + w] = g[b]
+        return grad
+    for q in range(4):
+        rows = (phase == q).nonzero().flatten()
+        if len(rows):
+            i, j = divmod(q, 2)
+            grad[:, :, i : i + h, j : j + w].index_add_(0, rows, g[rows])
+    return grad
+
+
 class _PhaseCrop(torch.autograd.Function):
     """Per sample ``b``, the ``(h, w)`` window of a padded input ``(B, C, H_p, W_p)``
     starting at its phase ``(i, j) = divmod(phase[b], 2)``: a stride-2 conv of the window
-    is the kept polyphase component. On a CPU the windows are copied sample by
-    sample (cheaper than a gather there); elsewhere one gather/scatter kernel does it."""
+    is the kept polyphase component. On a CPU the windows are copied sample by sample
+    (cheaper there); elsewhere one gather/scatter kernel does it."""
 
     @staticmethod
     def forward(ctx: Any, xp: Tensor, phase: Tensor, h: int, w: int) -> Tensor:
         ctx.save_for_backward(phase)
         ctx.shape = xp.shape
-        if xp.device.type == "cpu":
-            return torch.stack([xp[b, :, q // 2 : q // 2 + h, q % 2 : q % 2 + w]
-                                for b, q in enumerate(phase.tolist())])
-        b, c = xp.shape[:2]
-        sb, sc, sh, sw = xp.stride()
-        windows = xp.as_strided((b, 2, 2, c, h, w), (sb, sh, sw, sc, sh, sw))
-        return windows[torch.arange(b, device=xp.device), phase // 2, phase % 2]
+        return _crop_windows(xp, phase, h, w, per_sample=xp.device.type == "cpu")
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None, None, None]:
         (phase,) = ctx.saved_tensors
-        h, w = g.shape[-2:]
-        grad = g.new_zeros(ctx.shape)
-        if g.device.type == "cpu":
-            for b, q in enumerate(phase.tolist()):
-                grad[b, :, q // 2 : q // 2 + h, q % 2 : q % 2 + w] = g[b]
-            return grad, None, None, None
-        for q in range(4):
-            rows = (phase == q).nonzero().flatten()
-            if len(rows):
-                i, j = divmod(q, 2)
-                grad[:, :, i : i + h, j : j + w].index_add_(0, rows, g[rows])
+        grad = _uncrop_windows(g, phase, ctx.shape, per_sample=g.device.type == "cpu")
         return grad, None, None, None
 
 
