@@ -181,7 +181,7 @@ def _crop_windows(xp: Tensor, phase: Tensor, h: int, w: int, per_sample: bool) -
     if per_sample:  # B small copies: cheapest on a CPU
         return torch.stack([xp[b, :, q // 2 : q // 2 + h, q % 2 : q % 2 + w]
                             for b, q in enumerate(phase.tolist())])
-    b, c = xp.shape[:2]  # one gather kernel (no host sync): for GPUs
+    b, c = xp.shape[:2]  # one gather kernel, no host-device sync: for GPUs
     sb, sc, sh, sw = xp.stride()
     windows = xp.as_strided((b, 2, 2, c, h, w), (sb, sh, sw, sc, sh, sw))
     return windows[torch.arange(b, device=xp.device), phase // 2, phase % 2]
@@ -195,11 +195,9 @@ def _uncrop_windows(g: Tensor, phase: Tensor, shape: torch.Size, per_sample: boo
         for b, q in enumerate(phase.tolist()):
             grad[b, :, q // 2 : q // 2 + h, q % 2 : q % 2 + w] = g[b]
         return grad
-    for q in range(4):
-        rows = (phase == q).nonzero().flatten()
-        if len(rows):
-            i, j = divmod(q, 2)
-            grad[:, :, i : i + h, j : j + w].index_add_(0, rows, g[rows])
+    for q in range(4):  # masked adds: no host-device sync
+        i, j = divmod(q, 2)
+        grad[:, :, i : i + h, j : j + w] += g * (phase == q).view(-1, 1, 1, 1).to(g.dtype)
     return grad
 
 
