@@ -155,3 +155,15 @@ def test_phase_windows_per_sample_and_gather_paths_agree() -> None:
     back = _uncrop_windows(g, phase, xp.shape, per_sample=True)
     torch.testing.assert_close(_uncrop_windows(g, phase, xp.shape, per_sample=False), back)
     torch.testing.assert_close((back * xp).sum(), (g * loop).sum())  # adjoint
+
+
+@pytest.mark.parametrize(("cin", "bias"), [(1, False), (4, True)])
+def test_aps_conv_under_bf16_autocast_returns_float32_gradients(cin: int, bias: bool) -> None:
+    conv = APSConv2d(cin, 16, 3, bias=bias)
+    x = torch.randn(3, cin, 12, 12, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = conv(x)
+    out.float().square().sum().backward()
+    assert out.shape == (3, 16, 6, 6)
+    assert x.grad.dtype == conv.weight.grad.dtype == torch.float32
+    assert torch.isfinite(conv.weight.grad).all()

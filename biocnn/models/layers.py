@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -201,24 +202,54 @@ def _uncrop_windows(g: Tensor, phase: Tensor, shape: torch.Size, per_sample: boo
     return grad
 
 
-class _PhaseCrop(torch.autograd.Function):
-    """Per sample ``b``, the ``(h, w)`` window of a padded input ``(B, C, H_p, W_p)``
-    starting at its phase ``(i, j) = divmod(phase[b], 2)``: a stride-2 conv of the window
-    is the kept polyphase component. On a CPU the windows are copied sample by sample
-    (cheaper there); elsewhere one gather/scatter kernel does it."""
+#: ``select(xp, H, W) -> (phase (B,), component (B, C_out, H/2, W/2) or None)``.
+_Selector = Callable[[Tensor, int, int], tuple[Tensor, "Tensor | None"]]
+
+
+class _PhaseConv(torch.autograd.Function):
+    """Stride-2 conv of each sample's window at its phase: the kept APS component.
+
+    ``xp (B, C, H + k - 1, W + k - 1)`` is the padded input of an ``H x W`` map;
+    ``select`` (run without gradients) picks each sample's phase and may return the
+    component already computed, else it is computed here from the windows. The backward
+    pass is that of the stride-2 conv of the windows. Under autocast the conv runs in the
+    autocast dtype and gradients return in the inputs' dtypes.
+    """
 
     @staticmethod
-    def forward(ctx: Any, xp: Tensor, phase: Tensor, h: int, w: int) -> Tensor:
-        ctx.save_for_backward(phase)
-        ctx.shape = xp.shape
-        return _crop_windows(xp, phase, h, w, per_sample=xp.device.type == "cpu")
+    def forward(ctx: Any, xp: Tensor, weight: Tensor, bias: Tensor | None, select: _Selector,
+                h: int, w: int) -> Tensor:
+        phase, out = select(xp, h, w)
+        device = xp.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else xp.dtype
+        per_sample = device == "cpu"
+        k = weight.shape[-1]
+        window = _crop_windows(xp, phase, h + k - 2, w + k - 2, per_sample).to(dtype)
+        weight_c = weight.to(dtype)
+        if out is None:
+            out = F.conv2d(window, weight_c, None if bias is None else bias.to(dtype), stride=2)
+        ctx.save_for_backward(window, weight_c, phase)
+        ctx.xp_shape, ctx.per_sample = xp.shape, per_sample
+        ctx.dtypes = (xp.dtype, weight.dtype, None if bias is None else bias.dtype)
+        return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None, None, None]:
-        (phase,) = ctx.saved_tensors
-        grad = _uncrop_windows(g, phase, ctx.shape, per_sample=g.device.type == "cpu")
-        return grad, None, None, None
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
+        window, weight, phase = ctx.saved_tensors
+        x_dtype, w_dtype, b_dtype = ctx.dtypes
+        g = g.to(window.dtype).contiguous()
+        grad_x = grad_w = grad_b = None
+        grad_window, grad_weight, _ = torch.ops.aten.convolution_backward(
+            g, window, weight, None, [2, 2], [0, 0], [1, 1], False, [0, 0], 1,
+            [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False])
+        if ctx.needs_input_grad[0]:
+            grad_x = _uncrop_windows(grad_window.to(x_dtype), phase, ctx.xp_shape, ctx.per_sample)
+        if ctx.needs_input_grad[1]:
+            grad_w = grad_weight.to(w_dtype)
+        if b_dtype is not None and ctx.needs_input_grad[2]:
+            grad_b = g.float().sum(dim=(0, 2, 3)).to(b_dtype)
+        return grad_x, grad_w, grad_b, None, None, None
 
 
 class CircularConv2d(nn.Conv2d):
@@ -246,8 +277,9 @@ class APSConv2d(CircularConv2d):
     * the input's local Gram form ``sum_p x_p^T (W^T W) x_p`` over the ``C k^2``-vectors
       ``x_p`` of input patches when ``C k^2 < C_out`` (e.g. the first layer on a
       one-channel image: the full-size output is never formed), or
-    * a full forward conv without gradients otherwise (whose kept component is returned
-      directly when no gradient is needed).
+    * a full forward conv without gradients otherwise, run in cache-sized slices of the
+      batch, whose kept component is the output (the gradients come from the stride-2 conv
+      of the window).
 
     Odd-sized inputs pass through APS unchanged: the layer is then a plain conv.
 
@@ -265,21 +297,27 @@ class APSConv2d(CircularConv2d):
             comps = F.conv2d(xp, self.weight, self.bias).view(b, -1, h // 2, 2, w // 2, 2)
             phase = _component_norms(comps).argmax(dim=1)
             return comps[torch.arange(b, device=x.device), :, :, phase // 2, :, phase % 2]
-        with torch.no_grad():
-            phase = (self._gram_norms(xp, h, w) if gram else self._sliced_norms(xp, h, w)).argmax(1)
-        k = self.kernel_size[0]
-        window = _PhaseCrop.apply(xp, phase, h + k - 2, w + k - 2)
-        return F.conv2d(window, self.weight, self.bias, stride=2)
+        select = self._gram_select if gram else self._sliced_components
+        return _PhaseConv.apply(xp, self.weight, self.bias, select, h, w)
 
-    def _sliced_norms(self, xp: Tensor, h: int, w: int) -> Tensor:
-        """``(B, 4)`` component norms of the full conv output, computed a cache-sized slice
-        of the batch at a time (the output itself is not kept)."""
+    def _gram_select(self, xp: Tensor, h: int, w: int) -> tuple[Tensor, None]:
+        """Phases from :meth:`_gram_norms`; the component itself is left to compute."""
+        return self._gram_norms(xp, h, w).argmax(dim=1), None
+
+    def _sliced_components(self, xp: Tensor, h: int, w: int) -> tuple[Tensor, Tensor]:
+        """Phases ``(B,)`` and kept components ``(B, C_out, H / 2, W / 2)`` of the full conv
+        output, computed a cache-sized slice of the batch at a time (the full output of the
+        whole batch is never held)."""
         step = max(1, _NORM_SLICE_BYTES // (self.out_channels * h * w * xp.element_size()))
-        return torch.cat([
-            _component_norms(F.conv2d(xp[s : s + step], self.weight, self.bias).view(
-                -1, self.out_channels, h // 2, 2, w // 2, 2))
-            for s in range(0, len(xp), step)
-        ])
+        phases, outs = [], []
+        for s in range(0, len(xp), step):
+            comps = F.conv2d(xp[s : s + step], self.weight, self.bias).view(
+                -1, self.out_channels, h // 2, 2, w // 2, 2)
+            phase = _component_norms(comps).argmax(dim=1)
+            rows = torch.arange(len(comps), device=xp.device)
+            phases.append(phase)
+            outs.append(comps[rows, :, :, phase // 2, :, phase % 2])
+        return torch.cat(phases), torch.cat(outs)
 
     def _gram_norms(self, xp: Tensor, h: int, w: int) -> Tensor:
         """``(B, 4)`` squared norms of the conv output's polyphase components from the padded
