@@ -159,6 +159,8 @@ def test_batches_match_the_image_by_image_pipeline(tmp_path: Path) -> None:
         expected = preprocess_images(one, ds.preprocess, float(ds.index.apix[i]))
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     assert len(ds.__getitems__([3, 1])) == 2
+    empty, none = ds.batch([])
+    assert empty.shape == (0, 1, 40, 40) and none.shape == (0,)
 
 
 def test_make_loader_reads_whole_batches_and_sets_the_epoch(cryo_class_folder: Path) -> None:

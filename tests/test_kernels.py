@@ -94,5 +94,8 @@ def test_in_place_and_argument_checks() -> None:
         normalize_rows(src, np.arange(3), np.empty((3, 8, 8), np.float32), background_weight(16, 6.0))
     with pytest.raises(ValueError, match="float32"):
         normalize_rows(src, np.arange(3), np.empty((3, 16, 16)), background_weight(16, 6.0))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        normalize_rows(np.ones((3, 16, 32), np.float32)[:, :, ::2], np.arange(3), src,
+                       background_weight(16, 6.0))
     with pytest.raises(ValueError, match="byte order"):
         normalize_rows(src.astype(">f4"), np.arange(3), src, background_weight(16, 6.0))

@@ -225,7 +225,9 @@ class MrcDataset(Dataset):
         out = np.empty((len(rows), box, box), dtype=np.float32)
         idx = self.index
         fid, kind, sec, apix = idx.file_id[rows], idx.kind[rows], idx.section[rows], idx.apix[rows]
-        if (fid == fid[0]).all() and (kind == kind[0]).all() and (apix == apix[0]).all():
+        if len(rows) == 0:
+            groups = []
+        elif (fid == fid[0]).all() and (kind == kind[0]).all() and (apix == apix[0]).all():
             groups = [np.argsort(sec, kind="stable")]  # the usual batch: one stack
         else:  # by file, view kind, pixel size; then section
             order = np.lexsort((sec, apix, kind, fid))

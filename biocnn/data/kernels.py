@@ -121,7 +121,8 @@ def normalize_rows(
     Parameters
     ----------
     src
-        ``(N, H, W)`` real pixels (any native numeric dtype; a memory map is read in place).
+        ``(N, H, W)`` C-contiguous real pixels (any native numeric dtype; a memory map is
+        read in place).
     rows
         ``(B,)`` images of ``src`` to read (any order, repeats allowed).
     out
@@ -160,6 +161,8 @@ def normalize_rows(
         raise ValueError("out must be C-contiguous float32")
     if not src.dtype.isnative:
         raise ValueError(f"source byte order {src.dtype.str} is not native; convert it first")
+    if not src.flags.c_contiguous:  # reshaping would silently copy (a whole memory map)
+        raise ValueError("src must be C-contiguous")
     n, h, w = src.shape
     flat_src = src.reshape(n, h * w)  # a view: images are C-contiguous
     flat_out = out.reshape(len(out), h * w)
