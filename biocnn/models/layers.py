@@ -326,9 +326,12 @@ class APSConv2d(CircularConv2d):
         k = self.kernel_size[0]
         flat = self.weight.reshape(self.out_channels, -1)
         gram = flat.t() @ flat  # (C k^2, C k^2)
+        b, c = xp.shape[:2]
         moments = []
-        for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)):
-            patches = F.unfold(xp[:, :, i : i + h + k - 2, j : j + w + k - 2], k, stride=2)
+        for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)):  # (B, C k^2, H W / 4) patches of phase (i, j)
+            patches = torch.stack([xp[:, :, i + dy : i + dy + h : 2, j + dx : j + dx + w : 2]
+                                   for dy in range(k) for dx in range(k)], dim=2)
+            patches = patches.reshape(b, c * k * k, -1)  # unfold's (c, dy, dx) order
             moments.append(torch.bmm(patches, patches.transpose(1, 2)))
         return (torch.stack(moments, dim=1) * gram).sum(dim=(-1, -2))
 
