@@ -140,6 +140,17 @@ def test_unknown_pixel_size_resizes_to_box_and_non_square_is_padded() -> None:
     torch.testing.assert_close(preprocess_images(x, cfg), expected, atol=1e-5, rtol=1e-5)
 
 
+def test_input_is_kept_unless_inplace() -> None:
+    x = (band_limited(32, 8, batch=2) * 5 + 3).numpy()
+    before = x.copy()
+    cfg = PreprocessConfig(box=32, apix=0.0)
+    y = preprocess_images(x, cfg)
+    np.testing.assert_array_equal(x, before)  # the caller's images are untouched
+    z = preprocess_images(x, cfg, inplace=True)
+    torch.testing.assert_close(z, y)
+    assert np.shares_memory(z.numpy(), x)  # no second batch-sized buffer
+
+
 def test_numpy_int_input_accepted() -> None:
     x = np.random.default_rng(0).integers(0, 100, (2, 16, 16)).astype(np.int16)
     y = preprocess_images(x, PreprocessConfig(box=16, apix=0.0))

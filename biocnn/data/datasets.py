@@ -256,7 +256,7 @@ class MrcDataset(Dataset):
             else:
                 images = np.stack([read_view(path, kind, int(s), idx.slice_axis, idx.permissive)
                                    for s in sections])
-            out[dest] = preprocess_images(images, cfg, apix).numpy()
+            out[dest] = preprocess_images(images, cfg, apix, inplace=True).numpy()
         except NonFiniteImages as exc:
             section = int(sections[exc.index[0]])
             name = (f"{path}: image {section + 1}" if kind == ViewKind.IMAGE

@@ -274,15 +274,23 @@ def background_weight(box: int, radius: float) -> np.ndarray:
     return weight
 
 
-def _fused_pass(x: torch.Tensor, radius: float, normalize: bool, invert: bool) -> torch.Tensor:
-    """Check, normalise and/or invert ``x (B, H, H)`` in one pass; a new CPU float32 tensor."""
-    src = x.detach().to("cpu", torch.float32).contiguous().numpy()
-    out = np.empty_like(src)
+def _fused_pass(
+    x: torch.Tensor, radius: float, normalize: bool, invert: bool, overwrite: bool = False
+) -> torch.Tensor:
+    """Check, normalise and/or invert ``x (B, H, H)`` in one pass into a CPU float32 tensor:
+    into ``x``'s own memory when ``overwrite`` (or when a conversion copied it anyway)."""
+    cpu = x.detach().to("cpu", torch.float32).contiguous()
+    src = cpu.numpy()
+    out = src if overwrite or not _same_memory(cpu, x) else np.empty_like(src)
     bad = normalize_rows(src, np.arange(len(src)), out, background_weight(src.shape[-1], radius),
                          normalize=normalize, invert=invert)
     if bad.any():
         raise NonFiniteImages(np.flatnonzero(bad))
     return torch.from_numpy(out)
+
+
+def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.device == b.device and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
 def normalize_background(x: torch.Tensor, radius: float) -> torch.Tensor:
@@ -296,7 +304,8 @@ def normalize_background(x: torch.Tensor, radius: float) -> torch.Tensor:
 
 
 def preprocess_images(
-    images: torch.Tensor | np.ndarray, cfg: PreprocessConfig, apix: float = 0.0
+    images: torch.Tensor | np.ndarray, cfg: PreprocessConfig, apix: float = 0.0, *,
+    inplace: bool = False,
 ) -> torch.Tensor:
     """Apply the preprocessing pipeline (module docstring) to a batch of images.
 
@@ -308,6 +317,9 @@ def preprocess_images(
         A resolved config (:meth:`PreprocessConfig.resolved`).
     apix
         Pixel size of ``images`` in Å; 0 = unknown.
+    inplace
+        Allow the result to overwrite ``images`` (float32 CPU input of the output size):
+        saves a batch-sized buffer when streaming blocks that are not needed afterwards.
 
     Returns
     -------
@@ -322,7 +334,8 @@ def preprocess_images(
     if not cfg.is_resolved:
         raise ValueError("preprocess_images needs a resolved PreprocessConfig (box and apix set)")
     box = int(cfg.box)  # type: ignore[arg-type]
-    x = torch.as_tensor(images).to(torch.float32)
+    given = torch.as_tensor(images)
+    x = given.to(torch.float32)
     if x.ndim != 3:
         raise ValueError(f"expected (B, H, W) images, got shape {tuple(x.shape)}")
     n = max(x.shape[-2:])
@@ -332,5 +345,5 @@ def preprocess_images(
     x = crop_or_pad(x, (box, box))
     if cfg.lowpass > 0:
         x = lowpass_filter(x, cfg.lowpass_fraction(), cfg.lowpass_edge)
-    device = x.device
-    return _fused_pass(x, cfg.mask_radius_px(box), cfg.normalize, cfg.invert).to(device)
+    owned = inplace or not _same_memory(x, given)  # a step above made x a new tensor
+    return _fused_pass(x, cfg.mask_radius_px(box), cfg.normalize, cfg.invert, owned).to(x.device)
