@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from biocnn.errors import BiocnnError  # noqa: E402
 from biocnn.models import create_model, list_models, register_model  # noqa: E402

@@ -524,7 +524,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise BiocnnError(f"{path}: weights do not fit model {ckpt['model_name']!r} ({first})") from None
+        first = str(exc).strip().splitlines()[0].rstrip(":")
+        saved = ckpt.get("biocnn_version")
+        hint = (f"; saved by biocnn {saved}, this is {__version__}: retrain, or predict with "
+                f"biocnn {saved}" if saved and saved != __version__ else "")
+        raise BiocnnError(
+            f"{path}: weights do not fit model {ckpt['model_name']!r} ({first}{hint})") from None
     device = device if isinstance(device, torch.device) else resolve_device(device)
     return model.to(device).eval(), ckpt

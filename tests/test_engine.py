@@ -107,8 +107,13 @@ def test_checkpoint_errors(tmp_path: Path) -> None:
     ckpt = torch.load(path, weights_only=True)
     ckpt["model_kwargs"]["widths"] = [4, 16]  # a checkpoint whose weights fit another model
     torch.save(ckpt, tmp_path / "other.pt")
-    with pytest.raises(BiocnnError, match="weights do not fit"):
+    with pytest.raises(BiocnnError, match="weights do not fit") as err:
         load_checkpoint(tmp_path / "other.pt")
+    assert "saved by biocnn" not in str(err.value)  # same version: no hint
+    ckpt["biocnn_version"] = "0.0.1"  # an older layout: say which version wrote it
+    torch.save(ckpt, tmp_path / "older.pt")
+    with pytest.raises(BiocnnError, match="saved by biocnn 0.0.1, this is"):
+        load_checkpoint(tmp_path / "older.pt")
     truncated = tmp_path / "trunc.pt"
     truncated.write_bytes(path.read_bytes()[:200])
     with pytest.raises(BiocnnError):
