@@ -18,18 +18,15 @@ arithmetic must stay accurate under reassociation.)
 from __future__ import annotations
 
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
 import torch
 
+from biocnn.jit import FASTMATH, run_split
+
 __all__ = ["normalize_rows"]
 
-#: Let LLVM vectorise the reductions (reassociate) but keep NaN/Inf semantics, which the
-#: non-finite check relies on (no ``nnan``/``ninf``).
-_FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 #: Below this many pixels per batch one thread is faster than handing work to others.
 _MIN_PIXELS_PER_THREAD = 1 << 18
 _FLAT_BACKGROUND = 1e-3
@@ -37,7 +34,7 @@ _FLAT_BACKGROUND = 1e-3
 _BLOCK = 1024
 
 
-@numba.njit(nogil=True, cache=True, fastmath=_FASTMATH)
+@numba.njit(nogil=True, cache=True, fastmath=FASTMATH)
 def _kernel(src, rows, dest, weight, width, normalize, sign, out, bad):  # pragma: no cover
     """``src (N, P)``, ``weight (P,)``, ``out (M, P)``: flattened images of row length
     ``width``; see :func:`normalize_rows`."""
@@ -91,17 +88,6 @@ def _kernel(src, rows, dest, weight, width, normalize, sign, out, bad):  # pragm
             centre = 0.0
         for p in range(n_all):  # float64: (x - centre) * scale survives any reassociation
             o[p] = np.float32((np.float64(x[p]) - centre) * scale)
-
-
-_POOL: tuple[int, int, ThreadPoolExecutor] | None = None
-
-
-def _pool(threads: int) -> ThreadPoolExecutor:
-    """This process's worker threads (rebuilt after a fork: a child has none of its parent's)."""
-    global _POOL
-    if _POOL is None or _POOL[0] != os.getpid() or _POOL[1] < threads:
-        _POOL = (os.getpid(), threads, ThreadPoolExecutor(threads, thread_name_prefix="biocnn-data"))
-    return _POOL[2]
 
 
 def normalize_rows(
@@ -172,14 +158,7 @@ def normalize_rows(
     threads = max(1, threads or torch.get_num_threads())
     pixels = len(rows) * h * w
     parts = min(threads, len(rows), max(1, pixels // _MIN_PIXELS_PER_THREAD))
-    if parts <= 1:
-        _kernel(flat_src, rows, dest, flat_weight, w, normalize, sign, flat_out, bad)
-    else:
-        bounds = [len(rows) * i // parts for i in range(parts + 1)]
-        args = [(flat_src, rows[a:b], dest[a:b], flat_weight, w, normalize, sign, flat_out, bad[a:b])
-                for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-        jobs = [_pool(parts - 1).submit(_kernel, *a) for a in args[1:]]
-        _kernel(*args[0])  # this thread takes the first share
-        for job in jobs:
-            job.result()
+    if len(rows):
+        run_split(_kernel, len(rows), parts, lambda a, b: (
+            flat_src, rows[a:b], dest[a:b], flat_weight, w, normalize, sign, flat_out, bad[a:b]))
     return bad.astype(bool)
