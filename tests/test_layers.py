@@ -8,7 +8,6 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from biocnn.models.fused import BatchNormReLU2d
 from biocnn.models.layers import (
     APS2d,
     APSConv2d,
@@ -168,35 +167,3 @@ def test_aps_conv_under_bf16_autocast_returns_float32_gradients(cin: int, bias: 
     assert out.shape == (3, 16, 6, 6)
     assert x.grad.dtype == conv.weight.grad.dtype == torch.float32
     assert torch.isfinite(conv.weight.grad).all()
-
-
-@pytest.mark.parametrize("momentum", [0.1, None])
-@pytest.mark.parametrize("shape", [(8, 16, 12, 12), (3, 4, 5, 7), (32, 64, 32, 32)])
-def test_batchnorm_relu_matches_torch(shape: tuple[int, ...], momentum: float | None) -> None:
-    """Fused training kernels == BatchNorm2d + ReLU: outputs, all gradients, running stats
-    (two steps), and the evaluation path."""
-    torch.manual_seed(0)
-    fused = BatchNormReLU2d(shape[1], momentum=momentum)
-    with torch.no_grad():
-        fused.weight.uniform_(0.5, 1.5)
-        fused.bias.uniform_(-0.5, 0.5)
-    ref = torch.nn.BatchNorm2d(shape[1], momentum=momentum)
-    ref.load_state_dict(fused.state_dict())
-    for step in range(2):
-        x = (torch.randn(*shape) * 3 + 2 * step).requires_grad_()
-        xr = x.detach().clone().requires_grad_()
-        out, expected = fused(x), F.relu(ref(xr))
-        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
-        g = torch.randn_like(out)
-        out.backward(g)
-        expected.backward(g)
-        torch.testing.assert_close(x.grad, xr.grad, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(fused.weight.grad, ref.weight.grad, atol=1e-3, rtol=1e-4)
-    torch.testing.assert_close(fused.bias.grad, ref.bias.grad, atol=1e-3, rtol=1e-4)
-    for name, buf in ref.named_buffers():
-        torch.testing.assert_close(getattr(fused, name), buf, atol=1e-6, rtol=1e-5)
-    fused.eval()
-    ref.eval()
-    x = torch.randn(*shape)
-    torch.testing.assert_close(fused(x), F.relu(ref(x)))
-    assert set(fused.state_dict()) == set(ref.state_dict())

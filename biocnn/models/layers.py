@@ -21,8 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from biocnn.models.fused import BatchNormReLU2d
-
 __all__ = [
     "PADDING_MODES",
     "DOWNSAMPLE_MODES",
@@ -431,9 +429,6 @@ def _act(kind: str) -> nn.Module:
 class ConvBlock(nn.Sequential):
     """``conv(k x k, stride 1, same size) → norm → act``: ``(B, Cin, H, W)`` → ``(B, Cout, H, W)``.
 
-    BatchNorm + ReLU is one :class:`~biocnn.models.fused.BatchNormReLU2d` (the ReLU slot is
-    then an ``nn.Identity``; parameters and state-dict keys are those of ``BatchNorm2d``).
-
     With ``aps=True`` the conv is an :class:`APSConv2d` (circular padding only): the block
     is ``conv → APS → norm → act`` and halves ``H, W``; normalising and activating after
     the subsampling keeps the block exactly shift-equivariant and does that work on a
@@ -463,10 +458,7 @@ class ConvBlock(nn.Sequential):
         else:
             conv = nn.Conv2d(in_chans, out_chans, kernel_size, padding=kernel_size // 2,
                              padding_mode=padding, bias=bias)
-        if norm == "batch" and act == "relu":  # same parameters and keys, fused CPU kernels
-            super().__init__(conv, BatchNormReLU2d(out_chans), nn.Identity())
-        else:
-            super().__init__(conv, _norm(norm, out_chans), _act(act))
+        super().__init__(conv, _norm(norm, out_chans), _act(act))
 
 
 def make_downsample(
