@@ -312,8 +312,7 @@ def fit(
     t_start = time.perf_counter()
     with _progress(cfg.progress and main) as bar:
         for epoch in range(1, cfg.epochs + 1):
-            if not isinstance(train_loader, _TensorBatches):
-                set_epoch(train_loader, epoch)
+            set_epoch(train_loader, epoch)
             net.train()
             task = bar.add_task(f"{desc} {epoch}/{cfg.epochs}", total=steps_per_epoch, stats="")
             loss_sum = torch.zeros((), device=device)

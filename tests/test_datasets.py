@@ -331,3 +331,14 @@ def test_nan_image_reported_when_read(tmp_path: Path) -> None:
     ds[0]
     with pytest.raises(BiocnnError, match="s.mrcs: image 2 contains NaN or Inf"):
         ds[1]
+
+
+def test_stack_shrunk_on_disk_is_a_named_error(tmp_path: Path) -> None:
+    """The fused read path checks indices against the file as it is now."""
+    stack = tmp_path / "s.mrcs"
+    _stack(stack, 5, size=16, apix=1.0)
+    ds = files_dataset([stack], preprocess=PreprocessConfig(box=16, apix=1.0))
+    ds.batch([4])
+    _stack(stack, 3, size=16, apix=1.0, seed=1)  # replaced by a shorter stack
+    with pytest.raises(BiocnnError, match=r"s.mrcs: image index 5 out of range \(3 images\)"):
+        ds.batch([4])

@@ -47,6 +47,7 @@ from biocnn.io.mrc import (
     MrcInfo,
     ViewKind,
     ViewSpec,
+    check_sections,
     inspect_mrc,
     note_mapped_read,
     open_mrc,
@@ -268,10 +269,7 @@ class MrcDataset(Dataset):
     ) -> None:
         """Copy, check and normalise stack images ``src[sections]`` into ``out[dest]`` in
         one pass over the memory map (no resampling needed)."""
-        if sections.min() < 0 or sections.max() >= len(src):
-            raise BiocnnError(
-                f"{path}: image index {int(sections.max()) + 1} out of range ({len(src)} images)"
-            )
+        check_sections(path, sections, len(src))
         cfg = self.preprocess
         box = int(cfg.box)  # type: ignore[arg-type]
         bad = normalize_rows(src, sections, out, background_weight(box, cfg.mask_radius_px(box)),

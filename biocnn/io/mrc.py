@@ -52,6 +52,7 @@ __all__ = [
     "open_mrc",
     "read_view",
     "read_sections",
+    "check_sections",
     "note_mapped_read",
     "view_name",
     "iter_images",
@@ -362,6 +363,15 @@ def note_mapped_read(nbytes: int) -> None:
     _CACHE.note_read(int(nbytes))
 
 
+def check_sections(path: str, sections: np.ndarray, count: int) -> None:
+    """Raise :class:`BiocnnError` naming the first of ``sections`` (0-based) outside a
+    file of ``count`` images."""
+    bad = (sections < 0) | (sections >= count)
+    if bad.any():
+        k = int(sections[bad][0])
+        raise BiocnnError(f"{path}: image index {k + 1} out of range ({count} images)")
+
+
 def read_sections(
     path: str | os.PathLike, sections: np.ndarray | list[int], permissive: bool = False
 ) -> np.ndarray:
@@ -377,9 +387,7 @@ def read_sections(
     data = open_mrc(spath, permissive).data
     stack = data if data.ndim == 3 else data[None]
     idx = np.asarray(sections, dtype=np.int64).reshape(-1)
-    if len(idx) and (idx.min() < 0 or idx.max() >= len(stack)):
-        k = int(idx[(idx < 0) | (idx >= len(stack))][0])
-        raise BiocnnError(f"{spath}: image index {k + 1} out of range ({len(stack)} images)")
+    check_sections(spath, idx, len(stack))
     run = len(idx) > 0 and bool(np.all(np.diff(idx) == 1))
     picked = stack[idx[0] : idx[-1] + 1] if run else stack[idx]
     block = np.asarray(picked, dtype=np.float32)

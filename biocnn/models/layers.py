@@ -164,12 +164,18 @@ class APS2d(nn.Module):
         with torch.no_grad():
             norms = comps.float().square().sum(dim=(1, 2, 4)).view(b, 4)
             idx = norms.argmax(dim=1)
-        rows = torch.arange(b, device=x.device)
-        return comps[rows, :, :, idx // 2, :, idx % 2]
+        return _pick_component(comps, idx)
 
 
 #: Batch slice size (bytes of conv output) for computing APS norms without gradients.
 _NORM_SLICE_BYTES = 8 << 20
+
+
+def _pick_component(comps: Tensor, phase: Tensor) -> Tensor:
+    """``(B, C, H/2, W/2)``: per sample, polyphase component ``phase`` of
+    ``comps (B, C, H/2, 2, W/2, 2)``."""
+    rows = torch.arange(len(comps), device=comps.device)
+    return comps[rows, :, :, phase // 2, :, phase % 2]
 
 
 def _component_norms(comps: Tensor) -> Tensor:
@@ -287,16 +293,14 @@ class APSConv2d(CircularConv2d):
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        b, _, h, w = x.shape
+        h, w = x.shape[-2:]
         if h % 2 or w % 2:
             return super().forward(x)
         xp = circular_pad(x, self._reversed_padding_repeated_twice)
         gram = self.bias is None and self.weight[0].numel() < self.out_channels
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
-        if not (needs_grad or gram):  # inference: one full conv, keep its best component
-            comps = F.conv2d(xp, self.weight, self.bias).view(b, -1, h // 2, 2, w // 2, 2)
-            phase = _component_norms(comps).argmax(dim=1)
-            return comps[torch.arange(b, device=x.device), :, :, phase // 2, :, phase % 2]
+        if not (needs_grad or gram):  # inference: the full conv's best components are the output
+            return self._sliced_components(xp, h, w)[1]
         select = self._gram_select if gram else self._sliced_components
         return _PhaseConv.apply(xp, self.weight, self.bias, select, h, w)
 
@@ -314,9 +318,8 @@ class APSConv2d(CircularConv2d):
             comps = F.conv2d(xp[s : s + step], self.weight, self.bias).view(
                 -1, self.out_channels, h // 2, 2, w // 2, 2)
             phase = _component_norms(comps).argmax(dim=1)
-            rows = torch.arange(len(comps), device=xp.device)
             phases.append(phase)
-            outs.append(comps[rows, :, :, phase // 2, :, phase % 2])
+            outs.append(_pick_component(comps, phase))
         return torch.cat(phases), torch.cat(outs)
 
     def _gram_norms(self, xp: Tensor, h: int, w: int) -> Tensor:
