@@ -1,4 +1,5 @@
-"""Shared plumbing for biocnn's numba CPU kernels: fast-math flags and a thread splitter.
+"""Shared plumbing for biocnn's numba CPU kernels: fast-math flags, a cache-prefetch
+intrinsic and a thread splitter.
 
 Kernels are compiled with ``nogil=True`` so that :func:`run_split` can run contiguous
 shares of their work on several Python threads at once (this thread takes the first).
@@ -11,13 +12,39 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-__all__ = ["FASTMATH", "run_split"]
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic
+
+__all__ = ["FASTMATH", "prefetch", "run_split"]
 
 #: Let LLVM vectorise reductions (reassociate) but keep NaN/Inf semantics. numba applies a
 #: kernel's flags to everything it calls, so arithmetic must stay accurate when reordered.
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 
 _POOL: tuple[int, int, ThreadPoolExecutor] | None = None
+
+
+@intrinsic
+def prefetch(typingctx: Any, array: Any, index: Any) -> Any:  # pragma: no cover  (compiled)
+    """``prefetch(array, i)`` inside a numba function: ask the CPU to start loading the cache
+    line holding ``array[i]`` (1D array; no bounds check -- a prefetch never faults) into
+    its mid-level cache, without waiting for it (LLVM's ``llvm.prefetch``, read)."""
+    sig = types.void(array, index)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False)
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")
+        # read (0), locality 2 (keep in L2 and outer levels), data cache (1)
+        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 2),
+                          ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 def _pool(threads: int) -> ThreadPoolExecutor:
@@ -30,16 +57,19 @@ def _pool(threads: int) -> ThreadPoolExecutor:
 
 def run_split(
     kernel: Callable[..., Any], n: int, parts: int, args: Callable[[int, int], Sequence[Any]]
-) -> None:
+) -> list[Any]:
     """Run ``kernel(*args(start, stop))`` over ``parts`` contiguous shares of ``range(n)``.
 
     ``parts <= 1`` runs it once, here; otherwise the first share runs here and the others
-    on this process's worker threads, and the call returns when all are done.
+    on this process's worker threads, and the call returns when all are done. Returns the
+    kernel's results, share by share (nothing when ``n == 0``).
     """
-    parts = max(1, min(parts, n))
+    if n <= 0:
+        return []
+    if parts <= 1 or n == 1:
+        return [kernel(*args(0, n))]
+    parts = min(parts, n)
     bounds = [n * i // parts for i in range(parts + 1)]
-    shares = list(zip(bounds[:-1], bounds[1:], strict=True))
-    jobs = [_pool(parts - 1).submit(kernel, *args(a, b)) for a, b in shares[1:]]
-    kernel(*args(*shares[0]))
-    for job in jobs:
-        job.result()
+    jobs = [_pool(parts - 1).submit(kernel, *args(bounds[i], bounds[i + 1]))
+            for i in range(1, parts)]
+    return [kernel(*args(bounds[0], bounds[1]))] + [job.result() for job in jobs]

@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from biocnn.data import buffers
 from biocnn.data.kernels import normalize_rows
 from biocnn.data.preprocess import (
     NonFiniteImages,
@@ -198,6 +199,9 @@ class MrcDataset(Dataset):
         self.class_names = list(class_names)
         self.preprocess = preprocess
         self.views = views
+        # every image from one file, as one view kind, at one pixel size: batches need no grouping
+        self._one_source = bool(len(index)) and all(
+            (a == a[0]).all() for a in (index.file_id, index.kind, index.apix))
 
     def __len__(self) -> int:
         return len(self.index)
@@ -223,21 +227,23 @@ class MrcDataset(Dataset):
         """
         rows = np.asarray(indices, dtype=np.int64).reshape(-1)
         box = int(self.preprocess.box)  # type: ignore[arg-type]
-        out = np.empty((len(rows), box, box), dtype=np.float32)
+        out = buffers.take((len(rows), box, box))
         idx = self.index
-        fid, kind, sec, apix = idx.file_id[rows], idx.kind[rows], idx.section[rows], idx.apix[rows]
+        sec = idx.section[rows]
         if len(rows) == 0:
             groups = []
-        elif (fid == fid[0]).all() and (kind == kind[0]).all() and (apix == apix[0]).all():
-            groups = [np.argsort(sec, kind="stable")]  # the usual batch: one stack
+        elif self._one_source:  # the usual data set: one stack
+            groups = [np.argsort(sec, kind="stable")]
         else:  # by file, view kind, pixel size; then section
+            fid, kind, apix = idx.file_id[rows], idx.kind[rows], idx.apix[rows]
             order = np.lexsort((sec, apix, kind, fid))
             f, k, a = fid[order], kind[order], apix[order]
             cuts = np.flatnonzero((f[1:] != f[:-1]) | (k[1:] != k[:-1]) | (a[1:] != a[:-1])) + 1
             groups = np.split(order, cuts)
         for group in groups:
-            self._read_group(int(fid[group[0]]), int(kind[group[0]]), sec[group],
-                             float(apix[group[0]]), out, group)
+            first = rows[group[0]]
+            self._read_group(int(idx.file_id[first]), int(idx.kind[first]), sec[group],
+                             float(idx.apix[first]), out, group)
         return torch.from_numpy(out)[:, None], torch.from_numpy(self.labels[rows])
 
     def _read_group(
@@ -269,12 +275,15 @@ class MrcDataset(Dataset):
     ) -> None:
         """Copy, check and normalise stack images ``src[sections]`` into ``out[dest]`` in
         one pass over the memory map (no resampling needed)."""
-        check_sections(path, sections, len(src))
         cfg = self.preprocess
         box = int(cfg.box)  # type: ignore[arg-type]
-        bad = normalize_rows(src, sections, out, background_weight(box, cfg.mask_radius_px(box)),
-                             dest=dest, normalize=cfg.normalize, invert=cfg.invert)
-        note_mapped_read(len(sections) * src[0].nbytes)
+        try:
+            bad = normalize_rows(src, sections, out, background_weight(box, cfg.mask_radius_px(box)),
+                                 dest=dest, normalize=cfg.normalize, invert=cfg.invert)
+        except IndexError:  # the file has fewer images than when it was indexed
+            check_sections(path, sections, len(src))
+            raise
+        note_mapped_read(len(sections) * src.strides[0])  # bytes per (C-contiguous) image
         if bad.any():
             raise NonFiniteImages(np.flatnonzero(bad))
 

@@ -10,9 +10,14 @@ several threads for large batches.
 
 Statistics are accumulated in float32 over blocks of 1024 pixels and in float64 across
 blocks, around a shift (the mean of the first row, a background pixel level), so large
-offsets (e.g. raw counts around 1e4) do not cancel catastrophically; the output is
-computed in float64. (Fast-math flags apply to the whole call tree in numba, so the
-arithmetic must stay accurate under reassociation.)
+offsets (e.g. raw counts around 1e4) do not cancel catastrophically. The output is
+computed in float32 as ``(x - c_hi) * s + d``, where ``c_hi`` is the centre rounded to
+float32 and ``d = -(c - c_hi) * s`` restores the part rounding dropped: ``x - c_hi`` is
+exact for pixels near the centre (Sterbenz), so the result is as accurate as the float64
+formula to a couple of float32 ulps, even for offsets of 1e4 and a std of 1e-2; it has
+no chain of one operation that fast-math reassociation could regroup. While one image's
+statistics are summed, the next image is prefetched into the cache, so its memory-bound
+read overlaps this image's arithmetic.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import numba
 import numpy as np
 import torch
 
-from biocnn.jit import FASTMATH, run_split
+from biocnn.jit import FASTMATH, prefetch, run_split
 
 __all__ = ["normalize_rows"]
 
@@ -32,6 +37,8 @@ _MIN_PIXELS_PER_THREAD = 1 << 18
 _FLAT_BACKGROUND = 1e-3
 #: Pixels summed in float32 before adding to the float64 totals.
 _BLOCK = 1024
+#: Per-image flags the kernel sets.
+_NONFINITE, _OUT_OF_RANGE = 1, 2
 
 
 @numba.njit(nogil=True, cache=True, fastmath=FASTMATH)
@@ -42,8 +49,16 @@ def _kernel(src, rows, dest, weight, width, normalize, sign, out, bad):  # pragm
     n_bg = 0.0
     for p in range(n_all):
         n_bg += weight[p]
+    flagged = 0
+    line = max(1, 64 // src.itemsize)  # elements per 64-byte cache line
     for b in range(rows.shape[0]):
+        if not (0 <= rows[b] < src.shape[0] and 0 <= dest[b] < out.shape[0]):
+            bad[b] = _OUT_OF_RANGE
+            flagged += 1
+            continue
         x = src[rows[b]]
+        after = rows[b + 1] if b + 1 < rows.shape[0] else rows[b]
+        upcoming = src[after if 0 <= after < src.shape[0] else rows[b]]
         o = out[dest[b]]
         k = 0.0
         for p in range(width):
@@ -54,6 +69,8 @@ def _kernel(src, rows, dest, weight, width, normalize, sign, out, bad):  # pragm
         s_bg = 0.0
         q_bg = 0.0
         for start in range(0, n_all, _BLOCK):
+            for p in range(start, min(start + _BLOCK, n_all), line):
+                prefetch(upcoming, p)
             xs = x[start : start + _BLOCK]
             ws = weight[start : start + _BLOCK]
             sa = np.float32(0.0)
@@ -72,7 +89,8 @@ def _kernel(src, rows, dest, weight, width, normalize, sign, out, bad):  # pragm
             s_bg += sb
             q_bg += qb
         if not (math.isfinite(s_all) and math.isfinite(q_all)):
-            bad[b] = 1
+            bad[b] = _NONFINITE
+            flagged += 1
             continue
         if normalize:
             m_all = s_all / n_all
@@ -81,13 +99,17 @@ def _kernel(src, rows, dest, weight, width, normalize, sign, out, bad):  # pragm
             std = math.sqrt(max(q_bg / n_bg - m_bg * m_bg, 0.0))
             if not std > _FLAT_BACKGROUND * std_all:
                 std = std_all
-            scale = sign / std if std > 0 else 0.0  # a constant image: v == 0 exactly
+            scale = sign / std if std > 0 else 0.0  # a constant image: x - centre == 0
             centre = m_bg + shift
         else:
             scale = sign
             centre = 0.0
-        for p in range(n_all):  # float64: (x - centre) * scale survives any reassociation
-            o[p] = np.float32((np.float64(x[p]) - centre) * scale)
+        c_hi = np.float32(centre)
+        s32 = np.float32(scale)
+        d = np.float32(-(centre - np.float64(c_hi)) * scale)
+        for p in range(n_all):
+            o[p] = (np.float32(x[p]) - c_hi) * s32 + d
+    return flagged
 
 
 def normalize_rows(
@@ -131,6 +153,11 @@ def normalize_rows(
         ``(B,)`` bool, True for images with a NaN or Inf pixel (or whose statistics
         overflow float64); their ``out`` rows are left unwritten.
 
+    Raises
+    ------
+    IndexError
+        A row outside ``src`` or ``out`` (checked inside the kernel, not in extra passes).
+
     Notes
     -----
     Background mean/std as :func:`biocnn.data.preprocess.normalize_background` defines
@@ -150,15 +177,18 @@ def normalize_rows(
     if not src.flags.c_contiguous:  # reshaping would silently copy (a whole memory map)
         raise ValueError("src must be C-contiguous")
     n, h, w = src.shape
-    flat_src = src.reshape(n, h * w)  # a view: images are C-contiguous
-    flat_out = out.reshape(len(out), h * w)
+    # plain-ndarray views (a memory map's subclass makes every view slower to create)
+    flat_src = src.view(np.ndarray).reshape(n, h * w)  # a view: images are C-contiguous
+    flat_out = out.view(np.ndarray).reshape(len(out), h * w)
     flat_weight = np.ascontiguousarray(weight, dtype=np.float32).reshape(h * w)
-    bad = np.zeros(len(rows), dtype=np.uint8)
+    flags = np.zeros(len(rows), dtype=np.uint8)
     sign = -1.0 if invert else 1.0
     threads = max(1, threads or torch.get_num_threads())
-    pixels = len(rows) * h * w
-    parts = min(threads, len(rows), max(1, pixels // _MIN_PIXELS_PER_THREAD))
-    if len(rows):
-        run_split(_kernel, len(rows), parts, lambda a, b: (
-            flat_src, rows[a:b], dest[a:b], flat_weight, w, normalize, sign, flat_out, bad[a:b]))
-    return bad.astype(bool)
+    parts = min(threads, max(1, len(rows) * h * w // _MIN_PIXELS_PER_THREAD))
+    flagged = sum(run_split(_kernel, len(rows), parts, lambda a, b: (
+        flat_src, rows[a:b], dest[a:b], flat_weight, w, normalize, sign, flat_out, flags[a:b])))
+    if flagged and (flags == _OUT_OF_RANGE).any():
+        j = int(np.argmax(flags == _OUT_OF_RANGE))
+        raise IndexError(f"row {rows[j]} -> {dest[j]} is out of range ({n} source images, "
+                         f"{len(out)} output rows)")
+    return flags == _NONFINITE
