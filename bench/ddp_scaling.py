@@ -62,7 +62,7 @@ def _worker(rank: int, world: int, threads: int, port: int, spec: dict[str, Any]
     data = TensorData(torch.randn(n, 1, spec["size"], spec["size"], generator=gen),
                       torch.randint(0, 10, (n,), generator=gen))
     cfg = TrainConfig(epochs=spec["epochs"], batch_size=spec["global_batch"] // world,
-                      device="cpu", progress=False)
+                      device="cpu", progress=False, bn_recalibrate=0)  # the step loop only
     try:
         result = fit(model, data, None, cfg)
         if dist.is_initialized():

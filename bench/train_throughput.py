@@ -164,9 +164,9 @@ def run_case(case: Case, args: argparse.Namespace, device: torch.device) -> dict
         bare_model = bare_model.to(memory_format=torch.channels_last)
     bare_net = torch.compile(bare_model) if args.compile else bare_model
     gen = torch.Generator().manual_seed(0)
-    cfg = TrainConfig(
+    cfg = TrainConfig(  # the step loop only: no validation, no BatchNorm recalibration
         epochs=1, batch_size=batch, device=str(device), amp=args.amp, compile=args.compile,
-        channels_last=args.channels_last, progress=False,
+        channels_last=args.channels_last, progress=False, bn_recalibrate=0,
     )
     fused = args.bare_optimizer == "fused"
     params = list(bare_model.parameters())

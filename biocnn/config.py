@@ -47,6 +47,10 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     channels_last: bool = False
     balance_classes: bool = False  # sample classes equally often
+    # re-estimate BatchNorm statistics on this many (un-augmented) training images with the
+    # epoch's final weights before they are used (validation, checkpoints, the end);
+    # 0 = keep the running averages of training
+    bn_recalibrate: int = 256
     progress: bool = True
 
 

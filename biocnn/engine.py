@@ -31,7 +31,13 @@ from biocnn.config import TrainConfig, to_plain
 from biocnn.errors import BiocnnError
 from biocnn.loader import make_loader, set_epoch
 from biocnn.models.registry import create_model, model_spec
-from biocnn.runtime import dist_info, is_main_process, resolve_device, seed_everything
+from biocnn.runtime import (
+    dist_info,
+    is_main_process,
+    resolve_device,
+    reuse_freed_memory,
+    seed_everything,
+)
 
 __all__ = [
     "TrainConfig",
@@ -40,6 +46,7 @@ __all__ = [
     "fit",
     "predict_logits",
     "evaluate",
+    "recalibrate_batchnorm",
     "save_checkpoint",
     "load_checkpoint",
     "unwrap",
@@ -276,6 +283,8 @@ def fit(
         weights of the best validation epoch (the last epoch without validation data).
     """
     device = resolve_device(cfg.device)
+    if device.type == "cpu":
+        reuse_freed_memory()  # no page fault per activation per step (see its docstring)
     _setup_distributed(device)
     info = dist_info()
     main = is_main_process()
@@ -342,10 +351,15 @@ def fit(
                         f"loss {loss_sum.item() / seen:.4f}  acc {correct.item() / seen:.4f}  "
                         f"{rate:,.0f} img/s"
                     ))
+            epoch_seconds = time.perf_counter() - t_epoch
+            if cfg.bn_recalibrate > 0 and (val_data is not None or out_dir is not None
+                                           or epoch == cfg.epochs):
+                # the running statistics are about to be used: validation, a checkpoint
+                recalibrate_batchnorm(model, train_loader, cfg.bn_recalibrate, device,
+                                      amp=cfg.amp, channels_last=cfg.channels_last)
             _sync_buffers(model)
             totals = _all_reduce_sum(torch.stack([loss_sum, correct.double(),
                                                   torch.tensor(seen, device=device).double()]))
-            epoch_seconds = time.perf_counter() - t_epoch
             row: dict[str, float] = {
                 "epoch": epoch,
                 "train_loss": float(totals[0] / totals[2]),
@@ -384,6 +398,52 @@ def fit(
     if best_state is not None and val_data is not None:
         model.load_state_dict(best_state)
     return result
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(
+    model: nn.Module, batches: Any, images: int, device: torch.device, *, amp: bool = False,
+    channels_last: bool = False,
+) -> int:
+    """Re-estimate every BatchNorm layer's running mean/variance from the first batches of
+    ``batches`` (an iterable of ``(x (B, C, H, W), y)``) that hold at least ``images``
+    images, with the current weights. ``model`` is the plain model (not a DDP wrapper:
+    ranks may read different numbers of batches; :func:`fit` then copies rank 0's result).
+
+    During training the running statistics are momentum averages over batches seen while
+    the weights were still moving, so at evaluation time they can lag far behind the
+    final weights -- on small cryo-EM sets the validation accuracy then jumps from epoch to
+    epoch (measured: 0.25-0.97 on the demo set while training accuracy held at 0.97). Here
+    they are replaced by plain averages over batches of the final weights ("precise BN").
+    The batches are used as read (no augmentation), as the model will see data in
+    evaluation. Returns the number of images used (0 when the model has no BatchNorm).
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+             and m.track_running_stats]
+    if not norms or images <= 0:
+        return 0
+    momenta = [m.momentum for m in norms]
+    was_training = model.training
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average of the batches below
+    model.train()
+    seen = 0
+    try:
+        for x, _ in batches:
+            x = x.to(device, non_blocking=True).float()
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with _autocast(device, amp):
+                model(x)
+            seen += len(x)
+            if seen >= images:
+                break
+    finally:
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+        model.train(was_training)
+    return seen
 
 
 def _tta_views(x: Tensor) -> list[Tensor]:

@@ -13,7 +13,7 @@ from biocnn.errors import BiocnnError
 
 __all__ = [
     "resolve_device", "seed_everything", "DistInfo", "dist_info", "is_main_process",
-    "cap_malloc_cache",
+    "cap_malloc_cache", "reuse_freed_memory",
 ]
 
 
@@ -74,6 +74,21 @@ def is_main_process() -> bool:
     return dist_info().rank == 0
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4  # glibc mallopt parameters
+_INT_MAX = 2**31 - 1
+
+
+def _mallopt(*settings: tuple[int, int]) -> bool:
+    """Apply glibc ``mallopt(param, value)`` settings; False where there is no glibc."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return all(bool(libc.mallopt(param, value)) for param, value in settings)
+    except (OSError, AttributeError):
+        return False
+
+
 def cap_malloc_cache(threshold: int = 1 << 20) -> bool:
     """Keep freed batch buffers from piling up in the C heap (glibc only; else a no-op).
 
@@ -82,10 +97,27 @@ def cap_malloc_cache(threshold: int = 1 << 20) -> bool:
     threshold returns every buffer above ``threshold`` bytes to the OS when freed: measured
     peak RSS of predicting a 2 GB stack went from 1.44 GB to 0.92 GB. Returns True if set.
     """
-    import ctypes
+    return _mallopt((_M_MMAP_THRESHOLD, int(threshold)))
 
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(-3, int(threshold)))  # -3 = M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
+
+def reuse_freed_memory() -> bool:
+    """Let training reuse the memory of freed tensors instead of returning it to the OS
+    (glibc only; else a no-op). Called by :func:`biocnn.engine.fit`.
+
+    PyTorch's CPU allocator takes every activation and gradient of every step from malloc.
+    glibc serves large blocks with ``mmap`` and trims its heap when they are freed, so each
+    step's tensors arrive as fresh pages and every first touch of a 4 KiB page is a page
+    fault. Measured for ``invariant`` at 128 px on one thread: 24,700 faults per step at
+    batch 32 (11.5 → 10.1 ms per image without them) and 161,000 at batch 64 (15.3 → 10.4
+    ms per image). With ``mmap`` off for allocations and no trimming, freed blocks are
+    reused; the process's RSS then stays at its peak until it exits.
+
+    Skipped (returns False) when ``BIOCNN_MALLOC=system`` or when glibc's malloc is
+    already tuned through ``GLIBC_TUNABLES`` or ``MALLOC_*_`` variables. Returns True when
+    applied.
+    """
+    if os.environ.get("BIOCNN_MALLOC", "").lower() == "system" or "GLIBC_TUNABLES" in os.environ:
         return False
+    if any(k.startswith("MALLOC_") and k.endswith("_") for k in os.environ):
+        return False
+    return _mallopt((_M_TRIM_THRESHOLD, _INT_MAX), (_M_MMAP_MAX, 0))

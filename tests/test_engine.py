@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from biocnn import BiocnnError, create_model
 from biocnn.config import TrainConfig
-from biocnn.engine import TensorData, evaluate, fit, load_checkpoint, predict_logits, save_checkpoint
+from biocnn.engine import (
+    TensorData,
+    evaluate,
+    fit,
+    load_checkpoint,
+    predict_logits,
+    recalibrate_batchnorm,
+    save_checkpoint,
+)
 
 
 def _bars(n: int = 96, size: int = 12, seed: int = 0) -> TensorData:
@@ -59,6 +72,31 @@ def test_fit_is_reproducible_with_a_seed() -> None:
         fit(model, _bars(), None, _cfg(epochs=1, seed=7))
         outs.append(torch.cat([p.flatten() for p in model.parameters()]))
     assert torch.equal(outs[0], outs[1])
+
+
+def test_recalibrate_batchnorm_gives_plain_averages_over_the_batches() -> None:
+    torch.manual_seed(0)
+    conv, bn = nn.Conv2d(1, 3, 3, bias=False), nn.BatchNorm2d(3, momentum=0.3)
+    model = nn.Sequential(conv, bn).eval()
+    data = _bars(n=64)
+    batches = [(data.images[i : i + 16], data.labels[i : i + 16]) for i in range(0, 64, 16)]
+    assert recalibrate_batchnorm(model, batches, 40, torch.device("cpu")) == 48  # whole batches
+    with torch.no_grad():
+        feats = [conv(x) for x, _ in batches[:3]]
+    torch.testing.assert_close(bn.running_mean, torch.cat(feats).mean((0, 2, 3)))
+    torch.testing.assert_close(bn.running_var, torch.stack([f.var((0, 2, 3)) for f in feats]).mean(0))
+    assert bn.momentum == 0.3 and not model.training  # restored
+    assert recalibrate_batchnorm(nn.Sequential(conv), batches, 40, torch.device("cpu")) == 0
+
+
+@pytest.mark.parametrize(("images", "tracked"), [(32, 2), (0, 6)])
+def test_fit_recalibrates_batchnorm_before_use(images: int, tracked: int) -> None:
+    torch.manual_seed(0)
+    model = create_model("invariant", num_classes=2, widths=(4, 8))
+    fit(model, _bars(), None, _cfg(epochs=1, bn_recalibrate=images))
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    # recalibrated: 2 batches of 16 after a reset; else the 6 training steps of the epoch
+    assert norms and all(int(m.num_batches_tracked) == tracked for m in norms)
 
 
 def test_early_stopping_and_balanced_sampling() -> None:
@@ -119,6 +157,37 @@ def test_checkpoint_errors(tmp_path: Path) -> None:
     with pytest.raises(BiocnnError):
         load_checkpoint(truncated)
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temp files
+
+
+_FAULTS_PER_ALLOCATION = """
+import resource, sys, torch
+from biocnn.runtime import reuse_freed_memory
+applied = reuse_freed_memory()
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+fresh = []
+for _ in range(30):  # the heap settles within the first ~10
+    before = faults()
+    torch.ones(64 << 18)  # 64 MiB, above glibc's largest mmap threshold
+    fresh.append(faults() - before)
+print(applied, sum(f < 100 for f in fresh[-10:]))  # allocations that touched no new pages
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+                    reason="tunes glibc's malloc")
+def test_reuse_freed_memory_reuses_freed_tensors() -> None:
+    def run(**env: str) -> tuple[str, int]:  # (applied, allocations reusing memory)
+        clean = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "BIOCNN_"))}
+        out = subprocess.run([sys.executable, "-c", _FAULTS_PER_ALLOCATION], env=clean | env,
+                             capture_output=True, text=True, check=True).stdout.split()
+        return out[0], int(out[1])
+
+    applied, reused = run()
+    assert applied == "True"
+    assert reused >= 9  # of the last 10; without it each touches 16,384 new 4 KiB pages
+    assert run(BIOCNN_MALLOC="system")[0] == "False"  # the opt-out
+    assert run(MALLOC_TRIM_THRESHOLD_="1000000")[0] == "False"  # the user's own tuning wins
 
 
 def test_cap_malloc_cache_is_safe_to_call() -> None:
