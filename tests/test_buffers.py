@@ -45,3 +45,16 @@ def test_shapes_dtypes_and_empty() -> None:
     assert b.dtype == np.int64 and b.shape == (2, 3)
     c = buffers.take((6,))  # same element count as a (2, 3) float32 request: shares the pool
     assert c.shape == (6,) and c.dtype == np.float32
+
+
+def test_retain_zero_keeps_no_idle_buffers() -> None:
+    a = buffers.take((5, 5))
+    try:
+        buffers.retain(0)
+        del a
+        assert all(len(free) == 0 for free in buffers._POOL.values())  # freed, not pooled
+    finally:
+        buffers.retain(4)
+    b = buffers.take((5, 5))
+    del b
+    assert any(len(free) == 1 for free in buffers._POOL.values())  # pooled again

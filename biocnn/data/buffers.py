@@ -22,9 +22,9 @@ from collections import deque
 
 import numpy as np
 
-__all__ = ["take"]
+__all__ = ["take", "retain"]
 
-#: Buffers kept per (size, dtype); more batches alive at once are freed as usual.
+#: Idle buffers kept per (size, dtype); more batches alive at once are freed as usual.
 KEEP = 4
 
 _POOL: dict[tuple[int, str], deque[np.ndarray]] = {}
@@ -60,6 +60,16 @@ def take(shape: tuple[int, ...], dtype: type | np.dtype = np.float32) -> np.ndar
     flat = np.frombuffer(memoryview(buffer), dtype=dt)
     _LEASES.add(_Lease(flat.base, free, buffer))  # the memoryview every view keeps alive
     return flat.reshape(shape)
+
+
+def retain(count: int) -> None:
+    """Keep at most ``count`` idle buffers per size (0: free every batch at once, as
+    ``biocnn predict`` does to hold a memory budget); idle buffers beyond it are freed."""
+    global KEEP
+    KEEP = max(0, int(count))
+    for free in _POOL.values():
+        while len(free) > KEEP:
+            free.pop()
 
 
 class _Lease(weakref.ref):

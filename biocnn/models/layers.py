@@ -162,8 +162,7 @@ class APS2d(nn.Module):
         # a view (B, C, H/2, 2, W/2, 2): polyphase component (i, j) is [:, :, :, i, :, j]
         comps = x.view(b, c, h // 2, 2, w // 2, 2)
         with torch.no_grad():
-            norms = comps.float().square().sum(dim=(1, 2, 4)).view(b, 4)
-            idx = norms.argmax(dim=1)
+            idx = _component_norms(comps).argmax(dim=1)
         return _pick_component(comps, idx)
 
 
@@ -179,8 +178,15 @@ def _pick_component(comps: Tensor, phase: Tensor) -> Tensor:
 
 
 def _component_norms(comps: Tensor) -> Tensor:
-    """``(B, 4)`` L2 norms of the polyphase components of ``comps (B, C, H/2, 2, W/2, 2)``."""
-    return torch.linalg.vector_norm(comps, dim=(1, 2, 4)).reshape(len(comps), 4)
+    """``(B, 4)`` float32 squared L2 norms of the polyphase components of ``comps (B, C,
+    H/2, 2, W/2, 2)``, a view of a contiguous ``(B, C, H, W)`` map.
+
+    Summed over the contiguous ``C H/2`` row pairs first (one streaming reduction), then
+    over the column phases: 2-4x faster than reducing the 6-d view over dims (1, 2, 4).
+    """
+    b, c, h2, _, w2, _ = comps.shape
+    rows = comps.reshape(b, c * h2, 2, 2 * w2).float().square().sum(dim=1)  # (B, 2, W)
+    return rows.view(b, 2, w2, 2).sum(dim=2).reshape(b, 4)
 
 
 def _crop_windows(xp: Tensor, phase: Tensor, h: int, w: int, per_sample: bool) -> Tensor:
@@ -197,11 +203,17 @@ def _crop_windows(xp: Tensor, phase: Tensor, h: int, w: int, per_sample: bool) -
 def _uncrop_windows(g: Tensor, phase: Tensor, shape: torch.Size, per_sample: bool) -> Tensor:
     """Adjoint of :func:`_crop_windows`: ``g (B, C, h, w)`` placed into zeros of ``shape``."""
     h, w = g.shape[-2:]
-    grad = g.new_zeros(shape)
-    if per_sample:
+    if per_sample:  # zero only what the window leaves uncovered (APSConv2d: 1 row, 1 column)
+        grad = g.new_empty(shape)
         for b, q in enumerate(phase.tolist()):
-            grad[b, :, q // 2 : q // 2 + h, q % 2 : q % 2 + w] = g[b]
+            oy, ox = q // 2, q % 2
+            grad[b, :, oy : oy + h, ox : ox + w] = g[b]
+            grad[b, :, :oy].zero_()
+            grad[b, :, oy + h :].zero_()
+            grad[b, :, oy : oy + h, :ox].zero_()
+            grad[b, :, oy : oy + h, ox + w :].zero_()
         return grad
+    grad = g.new_zeros(shape)
     for q in range(4):  # masked adds: no host-device sync
         i, j = divmod(q, 2)
         grad[:, :, i : i + h, j : j + w] += g * (phase == q).view(-1, 1, 1, 1).to(g.dtype)
@@ -313,14 +325,18 @@ class APSConv2d(CircularConv2d):
         output, computed a cache-sized slice of the batch at a time (the full output of the
         whole batch is never held)."""
         step = max(1, _NORM_SLICE_BYTES // (self.out_channels * h * w * xp.element_size()))
-        phases, outs = [], []
+        phases = torch.empty(len(xp), dtype=torch.long, device=xp.device)
+        out: Tensor | None = None
         for s in range(0, len(xp), step):
             comps = F.conv2d(xp[s : s + step], self.weight, self.bias).view(
                 -1, self.out_channels, h // 2, 2, w // 2, 2)
-            phase = _component_norms(comps).argmax(dim=1)
-            phases.append(phase)
-            outs.append(_pick_component(comps, phase))
-        return torch.cat(phases), torch.cat(outs)
+            phase = phases[s : s + step]
+            torch.argmax(_component_norms(comps), dim=1, out=phase)
+            if out is None:  # dtype of the conv (autocast)
+                out = comps.new_empty((len(xp), self.out_channels, h // 2, w // 2))
+            out[s : s + step] = _pick_component(comps, phase)
+        assert out is not None  # xp holds at least one sample
+        return phases, out
 
     def _gram_norms(self, xp: Tensor, h: int, w: int) -> Tensor:
         """``(B, 4)`` squared norms of the conv output's polyphase components from the padded
