@@ -12,8 +12,7 @@ in each round:
   (copy and NaN check only), through :func:`biocnn.loader.make_loader`;
 * ``dataset wN``: the dataset with its preprocessing (background normalisation) in a
   random order, through :func:`biocnn.loader.make_loader` with N workers, batch 64, as
-  :func:`biocnn.engine.fit` builds it (with read-ahead: several batches per call when
-  torch runs several threads).
+  :func:`biocnn.engine.fit` builds it.
 
 Ratios are images/s over the ``raw image`` read of the same round.
 
@@ -136,10 +135,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         shuffled = torch.Generator().manual_seed(0)
         loaders = {
             "dataset read": make_loader(read_only, args.batch_size, shuffle=True,
-                                        generator=shuffled, read_ahead=True),
+                                        generator=shuffled),
             **{
                 f"dataset w{w}": make_loader(full, args.batch_size, shuffle=True,
-                                             generator=shuffled, num_workers=w, read_ahead=True)
+                                             generator=shuffled, num_workers=w)
                 for w in args.workers
             },
         }

@@ -130,8 +130,7 @@ def _loader(
     elif shuffle and info.distributed:
         sampler = DistributedSampler(data, info.world_size, info.rank, shuffle=True, seed=cfg.seed)
     return make_loader(data, cfg.batch_size, shuffle=shuffle, sampler=sampler, generator=generator,
-                       num_workers=cfg.num_workers, pin_memory=torch.cuda.is_available(),
-                       read_ahead=True)
+                       num_workers=cfg.num_workers, pin_memory=torch.cuda.is_available())
 
 
 def _dataset_labels(data: Dataset) -> Tensor | None:

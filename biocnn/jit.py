@@ -1,28 +1,43 @@
 """Shared plumbing for biocnn's numba CPU kernels: fast-math flags, a cache-prefetch
-intrinsic and a thread splitter.
+intrinsic and two ways to split a kernel's work over threads.
 
-Kernels are compiled with ``nogil=True`` so that :func:`run_split` can run contiguous
-shares of their work on several Python threads at once (this thread takes the first).
+* :func:`parallel_threads`: a ``parallel=True`` twin of the kernel runs its shares on
+  numba's thread pool. With the OpenMP layer its threads spin briefly between calls, so
+  handing over a share costs ~1 µs; used whenever it is safe (see below).
+* :func:`run_split`: the ``nogil=True`` kernel runs contiguous shares on Python threads
+  (this thread takes the first). Waking a sleeping thread costs 45-110 µs in a VM -- as long
+  as reading a dozen images -- so this is the fallback.
+
+GNU OpenMP is not fork-safe (a forked child that starts a parallel region is aborted) and
+numba's own ``workqueue`` layer is not thread-safe, so :func:`parallel_threads` says no in a
+process forked after the pool was used, after the pool turned out to be ``workqueue``, and
+when ``BIOCNN_JIT_PARALLEL=0``.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
+import numba
 from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-__all__ = ["FASTMATH", "prefetch", "run_split"]
+__all__ = ["FASTMATH", "prefetch", "parallel_threads", "run_split"]
 
 #: Let LLVM vectorise reductions (reassociate) but keep NaN/Inf semantics. numba applies a
 #: kernel's flags to everything it calls, so arithmetic must stay accurate when reordered.
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 
 _POOL: tuple[int, int, ThreadPoolExecutor] | None = None
+#: The process whose numba thread pool the parallel kernels started (None: not started).
+_PARALLEL_PID: int | None = None
+#: False once the pool turned out not to be thread-safe (numba's ``workqueue`` layer).
+_PARALLEL_SAFE = True
 
 
 @intrinsic
@@ -53,6 +68,33 @@ def _pool(threads: int) -> ThreadPoolExecutor:
     if _POOL is None or _POOL[0] != os.getpid() or _POOL[1] < threads:
         _POOL = (os.getpid(), threads, ThreadPoolExecutor(threads, thread_name_prefix="biocnn-jit"))
     return _POOL[2]
+
+
+@contextmanager
+def parallel_threads(parts: int) -> Iterator[int]:
+    """Threads a numba ``parallel=True`` kernel may use for ``parts`` shares: yields 0 when
+    it must not run here (use :func:`run_split`), else ``n >= 2`` with numba's thread count
+    for this thread set to ``n`` (restored on exit)."""
+    global _PARALLEL_PID, _PARALLEL_SAFE
+    n = min(parts, numba.config.NUMBA_NUM_THREADS)
+    usable = (
+        n > 1 and _PARALLEL_SAFE and os.environ.get("BIOCNN_JIT_PARALLEL", "1") != "0"
+        and _PARALLEL_PID in (None, os.getpid())  # not in a child forked after the pool ran
+    )
+    if not usable:
+        yield 0
+        return
+    saved = numba.get_num_threads()
+    numba.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        numba.set_num_threads(saved)
+        try:
+            _PARALLEL_SAFE = numba.threading_layer() != "workqueue"
+            _PARALLEL_PID = os.getpid()
+        except ValueError:  # no parallel region has run yet
+            pass
 
 
 def run_split(

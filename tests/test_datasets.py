@@ -13,7 +13,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader, DistributedSampler
 
-from biocnn import loader as loader_mod
 from biocnn.data import (
     PreprocessConfig,
     build_dataset,
@@ -183,38 +182,6 @@ def test_make_loader_reads_whole_batches_and_sets_the_epoch(cryo_class_folder: P
         assert sampler.epoch == 3
         sampler.set_epoch(0)
 
-
-
-@pytest.mark.parametrize("threads", [1, 2])
-def test_read_ahead_yields_the_same_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                            threads: int) -> None:
-    """Reading several batches per call (several threads) hands out exactly the batches,
-    in the order, that reading one batch per call gives: shuffled, with a short last one."""
-    _stack(tmp_path / "maps" / "a" / "s.mrcs", 23, size=16, seed=2)
-    _stack(tmp_path / "maps" / "b" / "s.mrcs", 12, size=16, seed=3)
-    ds = build_dataset(tmp_path / "maps", preprocess=AUTO)
-    assert ds.image_nbytes == 4 * 16 * 16
-    monkeypatch.setattr(loader_mod, "READ_AHEAD_BYTES", 3 * 4 * 4 * 16 * 16)  # 3 batches of 4
-    saved = torch.get_num_threads()
-    try:
-        torch.set_num_threads(threads)
-        batches = {}
-        for ahead in (1, 3):
-            loader = make_loader(ds, 4, shuffle=True, generator=torch.Generator().manual_seed(5),
-                                 read_ahead=True)
-            assert loader.ahead == 3
-            loader.ahead = ahead
-            batches[ahead] = list(loader)
-    finally:
-        torch.set_num_threads(saved)
-    assert [len(x) for x, _ in batches[3]] == [4] * 8 + [3]
-    assert make_loader(ds, 4).ahead == 1  # off by default (prediction budgets memory)
-    for (x1, y1), (x3, y3) in zip(batches[1], batches[3], strict=True):
-        torch.testing.assert_close(x3, x1, atol=0, rtol=0)
-        assert y3.tolist() == y1.tolist()
-    x, _ = batches[3][0]
-    x += 1  # batches of one read share a buffer but not pixels
-    torch.testing.assert_close(batches[3][1][0], batches[1][1][0], atol=0, rtol=0)
 
 def test_dataset_holds_no_pixels(cryo_class_folder: Path) -> None:
     ds = build_dataset(cryo_class_folder, preprocess=AUTO, views=ViewSpec(slices="all"))

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
+import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from biocnn import jit
 from biocnn.data.kernels import normalize_rows
 from biocnn.data.preprocess import background_weight
 
@@ -107,3 +113,57 @@ def test_in_place_and_argument_checks() -> None:
         normalize_rows(src, np.array([0, 1]), out, background_weight(16, 6.0), dest=np.array([0, 2]))
     with pytest.raises(IndexError, match="out of range"):  # negative rows are not wrapped
         normalize_rows(src, np.array([-1]), out, background_weight(16, 6.0))
+
+
+def _large_batch() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Enough pixels (10 x 256²) for the kernel to split the batch over two threads."""
+    rng = np.random.default_rng(3)
+    src = (7 + 2 * rng.standard_normal((12, 256, 256))).astype(np.float32)
+    src[4, 10, 10] = np.nan
+    return src, rng.permutation(12)[:10], background_weight(256, 100.0)
+
+
+@pytest.mark.parametrize("parallel", ["1", "0"])
+def test_thread_pool_paths_agree_with_one_thread(monkeypatch: pytest.MonkeyPatch,
+                                                 parallel: str) -> None:
+    """numba's thread pool (default) and the Python-thread fallback write what one thread
+    writes (to float32 rounding: the pool's compiled loop may sum in another order), flag
+    the same images and check rows the same way."""
+    monkeypatch.setenv("BIOCNN_JIT_PARALLEL", parallel)
+    src, rows, weight = _large_batch()
+    one, two = (np.zeros((10, 256, 256), np.float32) for _ in range(2))
+    bad_one = normalize_rows(src, rows, one, weight, threads=1)
+    bad_two = normalize_rows(src, rows, two, weight, threads=2)
+    assert bad_two.tolist() == bad_one.tolist() == (rows == 4).tolist()
+    if parallel == "1" and numba.config.NUMBA_NUM_THREADS > 1:
+        assert jit._PARALLEL_PID == os.getpid()  # the pool ran here
+    np.testing.assert_allclose(two, one, atol=1e-6, rtol=1e-6)
+    with pytest.raises(IndexError, match="out of range"):
+        normalize_rows(src, np.r_[rows[:9], 12], two, weight, threads=2)
+
+
+_FORK_SCRIPT = """
+import os, numpy as np
+from biocnn import jit
+from biocnn.data.kernels import normalize_rows
+from biocnn.data.preprocess import background_weight
+src = np.random.default_rng(0).standard_normal((10, 256, 256)).astype(np.float32)
+out = np.empty_like(src)
+w = background_weight(256, 100.0)
+normalize_rows(src, np.arange(10), out, w, threads=2)  # starts the thread pool
+expected = out.copy()
+pid = os.fork()
+if pid == 0:  # GNU OpenMP would abort a parallel region here; the kernel must fall back
+    out[:] = 0
+    normalize_rows(src, np.arange(10), out, w, threads=2)
+    os._exit(0 if np.allclose(out, expected, atol=1e-6, rtol=1e-6) else 3)
+print(os.waitpid(pid, 0)[1])
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_child_after_parallel_reading_still_reads() -> None:
+    done = subprocess.run([sys.executable, "-c", _FORK_SCRIPT], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "0", done.stdout + done.stderr

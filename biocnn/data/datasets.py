@@ -199,8 +199,6 @@ class MrcDataset(Dataset):
         self.class_names = list(class_names)
         self.preprocess = preprocess
         self.views = views
-        #: bytes of one output image (``(1, box, box)`` float32): loaders size read-ahead by it
-        self.image_nbytes = 4 * int(preprocess.box) ** 2  # type: ignore[arg-type]
         # every image from one file, as one view kind, at one pixel size: batches need no grouping
         self._one_source = bool(len(index)) and all(
             (a == a[0]).all() for a in (index.file_id, index.kind, index.apix))

@@ -6,7 +6,7 @@ allocating a batch-sized temporary. :func:`normalize_rows` does it in two sweeps
 each image while it sits in the CPU cache -- statistics, then the scaled copy -- reading
 straight from the (memory-mapped) source, so the cost stays close to that of a plain
 copy. It is compiled with numba (cached on disk after the first call) and runs on
-several threads for large batches.
+several threads for large batches (numba's thread pool where safe, see :mod:`biocnn.jit`).
 
 Statistics are accumulated in float32 over blocks of 1024 pixels and in float64 across
 blocks, around a shift (the mean of the first row, a background pixel level), so large
@@ -28,7 +28,7 @@ import numba
 import numpy as np
 import torch
 
-from biocnn.jit import FASTMATH, prefetch, run_split
+from biocnn.jit import FASTMATH, parallel_threads, prefetch, run_split
 
 __all__ = ["normalize_rows"]
 
@@ -112,6 +112,18 @@ def _kernel(src, rows, dest, weight, width, normalize, sign, out, bad):  # pragm
     return flagged
 
 
+@numba.njit(nogil=True, cache=True, parallel=True, fastmath=FASTMATH)
+def _kernel_parallel(src, rows, dest, weight, width, normalize, sign, out, bad, parts):  # pragma: no cover
+    """:func:`_kernel` over ``parts`` contiguous shares of ``rows`` on numba's threads."""
+    n = rows.shape[0]
+    flagged = np.zeros(parts, dtype=np.int64)
+    for i in numba.prange(parts):
+        a, b = n * i // parts, n * (i + 1) // parts
+        flagged[i] = _kernel(src, rows[a:b], dest[a:b], weight, width, normalize, sign, out,
+                             bad[a:b])
+    return flagged.sum()
+
+
 def normalize_rows(
     src: np.ndarray,
     rows: np.ndarray,
@@ -185,8 +197,14 @@ def normalize_rows(
     sign = -1.0 if invert else 1.0
     threads = max(1, threads or torch.get_num_threads())
     parts = min(threads, max(1, len(rows) * h * w // _MIN_PIXELS_PER_THREAD))
-    flagged = sum(run_split(_kernel, len(rows), parts, lambda a, b: (
-        flat_src, rows[a:b], dest[a:b], flat_weight, w, normalize, sign, flat_out, flags[a:b])))
+    with parallel_threads(parts) as n_par:
+        if n_par:
+            flagged = _kernel_parallel(flat_src, rows, dest, flat_weight, w, normalize, sign,
+                                       flat_out, flags, n_par)
+    if not n_par:
+        flagged = sum(run_split(_kernel, len(rows), parts, lambda a, b: (
+            flat_src, rows[a:b], dest[a:b], flat_weight, w, normalize, sign, flat_out,
+            flags[a:b])))
     if flagged and (flags == _OUT_OF_RANGE).any():
         j = int(np.argmax(flags == _OUT_OF_RANGE))
         raise IndexError(f"row {rows[j]} -> {dest[j]} is out of range ({n} source images, "
