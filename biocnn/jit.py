@@ -17,9 +17,8 @@ when ``BIOCNN_JIT_PARALLEL=0``.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import Any
 
 import numba
@@ -27,7 +26,7 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-__all__ = ["FASTMATH", "prefetch", "parallel_threads", "run_split"]
+__all__ = ["FASTMATH", "prefetch", "parallel_threads", "parallel_ran", "run_split"]
 
 #: Let LLVM vectorise reductions (reassociate) but keep NaN/Inf semantics. numba applies a
 #: kernel's flags to everything it calls, so arithmetic must stay accurate when reordered.
@@ -70,31 +69,24 @@ def _pool(threads: int) -> ThreadPoolExecutor:
     return _POOL[2]
 
 
-@contextmanager
-def parallel_threads(parts: int) -> Iterator[int]:
-    """Threads a numba ``parallel=True`` kernel may use for ``parts`` shares: yields 0 when
-    it must not run here (use :func:`run_split`), else ``n >= 2`` with numba's thread count
-    for this thread set to ``n`` (restored on exit)."""
-    global _PARALLEL_PID, _PARALLEL_SAFE
+def parallel_threads(parts: int) -> int:
+    """Shares a numba ``parallel=True`` kernel may run in now for ``parts`` wanted: 0 when
+    it must not run here (use :func:`run_split`), else ``min(parts, numba's threads) >= 2``.
+    Call :func:`parallel_ran` after the kernel returned."""
     n = min(parts, numba.config.NUMBA_NUM_THREADS)
-    usable = (
-        n > 1 and _PARALLEL_SAFE and os.environ.get("BIOCNN_JIT_PARALLEL", "1") != "0"
-        and _PARALLEL_PID in (None, os.getpid())  # not in a child forked after the pool ran
-    )
-    if not usable:
-        yield 0
-        return
-    saved = numba.get_num_threads()
-    numba.set_num_threads(n)
-    try:
-        yield n
-    finally:
-        numba.set_num_threads(saved)
-        try:
-            _PARALLEL_SAFE = numba.threading_layer() != "workqueue"
-            _PARALLEL_PID = os.getpid()
-        except ValueError:  # no parallel region has run yet
-            pass
+    if (n < 2 or not _PARALLEL_SAFE or _PARALLEL_PID not in (None, os.getpid())
+            or os.environ.get("BIOCNN_JIT_PARALLEL") == "0"):
+        return 0
+    return n
+
+
+def parallel_ran() -> None:
+    """Record that a parallel kernel ran in this process: children forked from now on must
+    not start one, and numba's ``workqueue`` layer (not thread-safe) is not used again."""
+    global _PARALLEL_PID, _PARALLEL_SAFE
+    if _PARALLEL_PID is None:
+        _PARALLEL_PID = os.getpid()
+        _PARALLEL_SAFE = numba.threading_layer() != "workqueue"
 
 
 def run_split(

@@ -28,7 +28,7 @@ import numba
 import numpy as np
 import torch
 
-from biocnn.jit import FASTMATH, parallel_threads, prefetch, run_split
+from biocnn.jit import FASTMATH, parallel_ran, parallel_threads, prefetch, run_split
 
 __all__ = ["normalize_rows"]
 
@@ -197,11 +197,12 @@ def normalize_rows(
     sign = -1.0 if invert else 1.0
     threads = max(1, threads or torch.get_num_threads())
     parts = min(threads, max(1, len(rows) * h * w // _MIN_PIXELS_PER_THREAD))
-    with parallel_threads(parts) as n_par:
-        if n_par:
-            flagged = _kernel_parallel(flat_src, rows, dest, flat_weight, w, normalize, sign,
-                                       flat_out, flags, n_par)
-    if not n_par:
+    n_par = parallel_threads(parts)
+    if n_par:
+        flagged = _kernel_parallel(flat_src, rows, dest, flat_weight, w, normalize, sign,
+                                   flat_out, flags, n_par)
+        parallel_ran()
+    else:
         flagged = sum(run_split(_kernel, len(rows), parts, lambda a, b: (
             flat_src, rows[a:b], dest[a:b], flat_weight, w, normalize, sign, flat_out,
             flags[a:b])))
