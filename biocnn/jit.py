@@ -17,8 +17,9 @@ when ``BIOCNN_JIT_PARALLEL=0``.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 import numba
@@ -26,7 +27,8 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-__all__ = ["FASTMATH", "prefetch", "parallel_threads", "parallel_ran", "run_split"]
+__all__ = ["FASTMATH", "prefetch", "parallel_threads", "limited_threads", "parallel_ran",
+           "run_split"]
 
 #: Let LLVM vectorise reductions (reassociate) but keep NaN/Inf semantics. numba applies a
 #: kernel's flags to everything it calls, so arithmetic must stay accurate when reordered.
@@ -78,6 +80,22 @@ def parallel_threads(parts: int) -> int:
             or os.environ.get("BIOCNN_JIT_PARALLEL") == "0"):
         return 0
     return n
+
+
+@contextmanager
+def limited_threads(n: int) -> Iterator[None]:
+    """Run numba parallel regions of this thread on at most ``n`` threads (so a 64-core
+    pool does not wake 64 threads for 2 shares); restores the previous count. Free when the
+    count is already at most ``n``."""
+    saved = numba.get_num_threads()
+    if saved <= n:
+        yield
+        return
+    numba.set_num_threads(n)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(saved)
 
 
 def parallel_ran() -> None:

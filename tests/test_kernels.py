@@ -167,3 +167,13 @@ def test_forked_child_after_parallel_reading_still_reads() -> None:
                           timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "0", done.stdout + done.stderr
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two numba threads")
+def test_limited_threads_lowers_and_restores_numba_threads() -> None:
+    before = numba.get_num_threads()
+    with jit.limited_threads(1):
+        assert numba.get_num_threads() == 1
+    with jit.limited_threads(before + 1):  # never raises the count
+        assert numba.get_num_threads() == before
+    assert numba.get_num_threads() == before

@@ -28,7 +28,14 @@ import numba
 import numpy as np
 import torch
 
-from biocnn.jit import FASTMATH, parallel_ran, parallel_threads, prefetch, run_split
+from biocnn.jit import (
+    FASTMATH,
+    limited_threads,
+    parallel_ran,
+    parallel_threads,
+    prefetch,
+    run_split,
+)
 
 __all__ = ["normalize_rows"]
 
@@ -199,8 +206,9 @@ def normalize_rows(
     parts = min(threads, max(1, len(rows) * h * w // _MIN_PIXELS_PER_THREAD))
     n_par = parallel_threads(parts)
     if n_par:
-        flagged = _kernel_parallel(flat_src, rows, dest, flat_weight, w, normalize, sign,
-                                   flat_out, flags, n_par)
+        with limited_threads(n_par):
+            flagged = _kernel_parallel(flat_src, rows, dest, flat_weight, w, normalize, sign,
+                                       flat_out, flags, n_par)
         parallel_ran()
     else:
         flagged = sum(run_split(_kernel, len(rows), parts, lambda a, b: (
