@@ -98,11 +98,14 @@ def limited_threads(n: int) -> Iterator[None]:
         numba.set_num_threads(saved)
 
 
-def parallel_ran() -> None:
+def parallel_ran(ok: bool = True) -> None:
     """Record that a parallel kernel ran in this process: children forked from now on must
-    not start one, and numba's ``workqueue`` layer (not thread-safe) is not used again."""
+    not start one, and numba's ``workqueue`` layer (not thread-safe) is not used again.
+    ``ok=False``: it could not start (no threading layer loads here); never try again."""
     global _PARALLEL_PID, _PARALLEL_SAFE
-    if _PARALLEL_PID is None:
+    if not ok:
+        _PARALLEL_SAFE = False
+    elif _PARALLEL_PID is None:
         _PARALLEL_PID = os.getpid()
         _PARALLEL_SAFE = numba.threading_layer() != "workqueue"
 

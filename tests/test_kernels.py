@@ -177,3 +177,22 @@ def test_limited_threads_lowers_and_restores_numba_threads() -> None:
     with jit.limited_threads(before + 1):  # never raises the count
         assert numba.get_num_threads() == before
     assert numba.get_num_threads() == before
+
+
+def test_no_threading_layer_falls_back_to_python_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where numba can load no threading layer, reading still works (and stops trying)."""
+    from biocnn.data import kernels
+
+    def unavailable(*args: object) -> int:
+        raise ValueError("No threading layer could be loaded.")
+
+    monkeypatch.setattr(kernels, "_kernel_parallel", unavailable)
+    monkeypatch.setattr(jit, "_PARALLEL_SAFE", True)
+    monkeypatch.setattr(jit, "_PARALLEL_PID", None)
+    monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", 2)
+    src, rows, weight = _large_batch()
+    out, one = (np.zeros((10, 256, 256), np.float32) for _ in range(2))
+    assert normalize_rows(src, rows, out, weight, threads=2).tolist() == (rows == 4).tolist()
+    assert jit._PARALLEL_SAFE is False and jit.parallel_threads(2) == 0
+    normalize_rows(src, rows, one, weight, threads=1)
+    np.testing.assert_array_equal(out, one)  # the same compiled loop as one thread

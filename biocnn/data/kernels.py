@@ -206,11 +206,16 @@ def normalize_rows(
     parts = min(threads, max(1, len(rows) * h * w // _MIN_PIXELS_PER_THREAD))
     n_par = parallel_threads(parts)
     if n_par:
-        with limited_threads(n_par):
-            flagged = _kernel_parallel(flat_src, rows, dest, flat_weight, w, normalize, sign,
-                                       flat_out, flags, n_par)
-        parallel_ran()
-    else:
+        try:
+            with limited_threads(n_par):
+                flagged = _kernel_parallel(flat_src, rows, dest, flat_weight, w, normalize,
+                                           sign, flat_out, flags, n_par)
+        except ValueError as exc:  # numba: "No threading layer could be loaded"
+            if "threading layer" not in str(exc):
+                raise
+            n_par = 0
+        parallel_ran(ok=bool(n_par))
+    if not n_par:
         flagged = sum(run_split(_kernel, len(rows), parts, lambda a, b: (
             flat_src, rows[a:b], dest[a:b], flat_weight, w, normalize, sign, flat_out,
             flags[a:b])))
