@@ -10,8 +10,9 @@ intrinsic and two ways to split a kernel's work over threads.
 
 GNU OpenMP is not fork-safe (a forked child that starts a parallel region is aborted) and
 numba's own ``workqueue`` layer is not thread-safe, so :func:`parallel_threads` says no in a
-process forked after the pool was used, after the pool turned out to be ``workqueue``, and
-when ``BIOCNN_JIT_PARALLEL=0``.
+process forked after the pool was started (:func:`limited_threads` and :func:`parallel_ran`
+record it), after the pool turned out to be ``workqueue`` or failed to load, and when
+``BIOCNN_JIT_PARALLEL=0``.
 """
 
 from __future__ import annotations
@@ -87,7 +88,10 @@ def limited_threads(n: int) -> Iterator[None]:
     """Run numba parallel regions of this thread on at most ``n`` threads (so a 64-core
     pool does not wake 64 threads for 2 shares); restores the previous count. Free when the
     count is already at most ``n``."""
-    saved = numba.get_num_threads()
+    global _PARALLEL_PID
+    saved = numba.get_num_threads()  # starts numba's pool: children forked later must not use it
+    if _PARALLEL_PID is None:
+        _PARALLEL_PID = os.getpid()
     if saved <= n:
         yield
         return
