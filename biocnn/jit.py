@@ -1,7 +1,7 @@
 """Shared plumbing for biocnn's numba CPU kernels: fast-math flags, a cache-prefetch
 intrinsic and two ways to split a kernel's work over threads.
 
-* :func:`parallel_threads`: a ``parallel=True`` twin of the kernel runs its shares on
+* :func:`run_parallel`: a ``parallel=True`` twin of the kernel runs its shares on
   numba's thread pool. With the OpenMP layer its threads spin briefly between calls, so
   handing over a share costs ~1 µs; used whenever it is safe (see below).
 * :func:`run_split`: the ``nogil=True`` kernel runs contiguous shares on Python threads
@@ -9,18 +9,16 @@ intrinsic and two ways to split a kernel's work over threads.
   as reading a dozen images -- so this is the fallback.
 
 GNU OpenMP is not fork-safe (a forked child that starts a parallel region is aborted) and
-numba's own ``workqueue`` layer is not thread-safe, so :func:`parallel_threads` says no in a
-process forked after the pool was started (:func:`limited_threads` and :func:`parallel_ran`
-record it), after the pool turned out to be ``workqueue`` or failed to load, and when
-``BIOCNN_JIT_PARALLEL=0``.
+numba's own ``workqueue`` layer is not thread-safe, so :func:`run_parallel` declines in a
+process forked after the pool was started, after the pool turned out to be ``workqueue`` or
+failed to load, and when ``BIOCNN_JIT_PARALLEL=0``.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import Any
 
 import numba
@@ -28,8 +26,7 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-__all__ = ["FASTMATH", "prefetch", "parallel_threads", "limited_threads", "parallel_ran",
-           "run_split"]
+__all__ = ["FASTMATH", "prefetch", "run_parallel", "run_split"]
 
 #: Let LLVM vectorise reductions (reassociate) but keep NaN/Inf semantics. numba applies a
 #: kernel's flags to everything it calls, so arithmetic must stay accurate when reordered.
@@ -72,46 +69,35 @@ def _pool(threads: int) -> ThreadPoolExecutor:
     return _POOL[2]
 
 
-def parallel_threads(parts: int) -> int:
-    """Shares a numba ``parallel=True`` kernel may run in now for ``parts`` wanted: 0 when
-    it must not run here (use :func:`run_split`), else ``min(parts, numba's threads) >= 2``.
-    Call :func:`parallel_ran` after the kernel returned."""
+def run_parallel(kernel: Callable[..., Any], parts: int, *args: Any) -> Any | None:
+    """Run ``kernel(*args, n)``, a numba ``parallel=True`` kernel splitting its work into
+    ``n = min(parts, numba's threads)`` shares, on numba's pool with at most ``n`` threads
+    (a 64-core pool does not wake 64 threads for 2 shares). Returns its result, or None
+    where it must not run -- fewer than 2 shares, a process forked after the pool started,
+    a pool that is ``workqueue`` (not thread-safe) or does not load, or
+    ``BIOCNN_JIT_PARALLEL=0`` -- and the caller falls back to :func:`run_split`."""
+    global _PARALLEL_PID, _PARALLEL_SAFE
     n = min(parts, numba.config.NUMBA_NUM_THREADS)
     if (n < 2 or not _PARALLEL_SAFE or _PARALLEL_PID not in (None, os.getpid())
             or os.environ.get("BIOCNN_JIT_PARALLEL") == "0"):
-        return 0
-    return n
-
-
-@contextmanager
-def limited_threads(n: int) -> Iterator[None]:
-    """Run numba parallel regions of this thread on at most ``n`` threads (so a 64-core
-    pool does not wake 64 threads for 2 shares); restores the previous count. Free when the
-    count is already at most ``n``."""
-    global _PARALLEL_PID
-    saved = numba.get_num_threads()  # starts numba's pool: children forked later must not use it
-    if _PARALLEL_PID is None:
-        _PARALLEL_PID = os.getpid()
-    if saved <= n:
-        yield
-        return
-    numba.set_num_threads(n)
+        return None
     try:
-        yield
-    finally:
-        numba.set_num_threads(saved)
-
-
-def parallel_ran(ok: bool = True) -> None:
-    """Record that a parallel kernel ran in this process: children forked from now on must
-    not start one, and numba's ``workqueue`` layer (not thread-safe) is not used again.
-    ``ok=False``: it could not start (no threading layer loads here); never try again."""
-    global _PARALLEL_PID, _PARALLEL_SAFE
-    if not ok:
-        _PARALLEL_SAFE = False
-    elif _PARALLEL_PID is None:
+        saved = numba.get_num_threads()  # starts the pool: children forked later must not use it
         _PARALLEL_PID = os.getpid()
-        _PARALLEL_SAFE = numba.threading_layer() != "workqueue"
+        if saved > n:
+            numba.set_num_threads(n)
+        try:
+            result = kernel(*args, n)
+        finally:
+            if saved > n:
+                numba.set_num_threads(saved)
+    except ValueError as exc:  # numba: "No threading layer could be loaded"
+        if "threading layer" not in str(exc):
+            raise
+        _PARALLEL_SAFE = False
+        return None
+    _PARALLEL_SAFE = numba.threading_layer() != "workqueue"
+    return result
 
 
 def run_split(

@@ -169,14 +169,59 @@ def test_forked_child_after_parallel_reading_still_reads() -> None:
     assert done.stdout.strip() == "0", done.stdout + done.stderr
 
 
+def _threads_seen(n: int) -> int:
+    """A stand-in kernel: numba's thread count while it runs (``n`` is its share count)."""
+    return numba.get_num_threads()
+
+
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two numba threads")
-def test_limited_threads_lowers_and_restores_numba_threads() -> None:
+def test_run_parallel_limits_and_restores_numba_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jit, "_PARALLEL_SAFE", True)
+    monkeypatch.setattr(jit, "_PARALLEL_PID", None)
     before = numba.get_num_threads()
-    with jit.limited_threads(1):
+    numba.set_num_threads(2)
+    try:
+        monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", 2)
+        assert jit.run_parallel(_threads_seen, 2) == 2
+        assert jit.run_parallel(_threads_seen, 1) is None  # one share: nothing to split
+        numba.set_num_threads(1)
+        assert jit.run_parallel(_threads_seen, 2) == 1  # never raises the count
         assert numba.get_num_threads() == 1
-    with jit.limited_threads(before + 1):  # never raises the count
-        assert numba.get_num_threads() == before
-    assert numba.get_num_threads() == before
+    finally:
+        numba.set_num_threads(before)
+    assert jit._PARALLEL_PID == os.getpid()
+
+
+def test_run_parallel_lowers_a_larger_pool_and_restores_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a machine with more numba threads than shares, the region runs on as many threads
+    as shares, and the count is restored afterwards (even when the kernel fails)."""
+    counts = [8]
+    monkeypatch.setattr(jit, "_PARALLEL_SAFE", True)
+    monkeypatch.setattr(jit, "_PARALLEL_PID", None)
+    monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", 8)
+    monkeypatch.setattr(numba, "get_num_threads", lambda: counts[-1])
+    monkeypatch.setattr(numba, "set_num_threads", counts.append)
+    assert jit.run_parallel(lambda n: (n, counts[-1]), 2) == (2, 2)
+    assert counts == [8, 2, 8]
+
+    def fails(n: int) -> None:
+        raise RuntimeError("kernel failed")
+
+    with pytest.raises(RuntimeError, match="kernel failed"):
+        jit.run_parallel(fails, 3)
+    assert counts == [8, 2, 8, 3, 8]
+
+
+def test_workqueue_layer_is_used_once_then_avoided(monkeypatch: pytest.MonkeyPatch) -> None:
+    """numba's ``workqueue`` layer is not thread-safe: after one run on it, fall back."""
+    monkeypatch.setattr(jit, "_PARALLEL_SAFE", True)
+    monkeypatch.setattr(jit, "_PARALLEL_PID", None)
+    monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", 2)
+    monkeypatch.setattr(numba, "threading_layer", lambda: "workqueue")
+    assert jit.run_parallel(lambda n: n, 2) == 2
+    assert jit._PARALLEL_SAFE is False and jit.run_parallel(lambda n: n, 2) is None
 
 
 def test_no_threading_layer_falls_back_to_python_threads(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -193,6 +238,6 @@ def test_no_threading_layer_falls_back_to_python_threads(monkeypatch: pytest.Mon
     src, rows, weight = _large_batch()
     out, one = (np.zeros((10, 256, 256), np.float32) for _ in range(2))
     assert normalize_rows(src, rows, out, weight, threads=2).tolist() == (rows == 4).tolist()
-    assert jit._PARALLEL_SAFE is False and jit.parallel_threads(2) == 0
+    assert jit._PARALLEL_SAFE is False and jit.run_parallel(lambda n: n, 2) is None
     normalize_rows(src, rows, one, weight, threads=1)
     np.testing.assert_array_equal(out, one)  # the same compiled loop as one thread

@@ -28,14 +28,7 @@ import numba
 import numpy as np
 import torch
 
-from biocnn.jit import (
-    FASTMATH,
-    limited_threads,
-    parallel_ran,
-    parallel_threads,
-    prefetch,
-    run_split,
-)
+from biocnn.jit import FASTMATH, prefetch, run_parallel, run_split
 
 __all__ = ["normalize_rows"]
 
@@ -204,18 +197,9 @@ def normalize_rows(
     sign = -1.0 if invert else 1.0
     threads = max(1, threads or torch.get_num_threads())
     parts = min(threads, max(1, len(rows) * h * w // _MIN_PIXELS_PER_THREAD))
-    n_par = parallel_threads(parts)
-    if n_par:
-        try:
-            with limited_threads(n_par):
-                flagged = _kernel_parallel(flat_src, rows, dest, flat_weight, w, normalize,
-                                           sign, flat_out, flags, n_par)
-        except ValueError as exc:  # numba: "No threading layer could be loaded"
-            if "threading layer" not in str(exc):
-                raise
-            n_par = 0
-        parallel_ran(ok=bool(n_par))
-    if not n_par:
+    flagged = run_parallel(_kernel_parallel, parts, flat_src, rows, dest, flat_weight, w,
+                           normalize, sign, flat_out, flags)
+    if flagged is None:
         flagged = sum(run_split(_kernel, len(rows), parts, lambda a, b: (
             flat_src, rows[a:b], dest[a:b], flat_weight, w, normalize, sign, flat_out,
             flags[a:b])))
