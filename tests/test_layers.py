@@ -14,6 +14,7 @@ from biocnn.models.layers import (
     BlurPool2d,
     CircularConv2d,
     ConvBlock,
+    DownConv2d,
     GlobalPool2d,
     MaxPoolStride1,
     _crop_windows,
@@ -127,8 +128,33 @@ def test_aps_conv_on_odd_sizes_is_a_plain_circular_conv() -> None:
     plain.load_state_dict(fused.state_dict())
     x = torch.randn(2, 2, 7, 8)
     torch.testing.assert_close(fused(x), plain(x))
-    with pytest.raises(ValueError, match="circular"):
-        ConvBlock(2, 4, padding="zeros", aps=True)
+
+
+@pytest.mark.parametrize("padding", ["circular", "zeros"])
+def test_conv_block_fast_layer_is_the_same_composition(padding: str) -> None:
+    """conv → APS → norm → act: the fused APSConv2d (circular only) and the reference
+    DownConv2d have the same state_dict keys and outputs, in train mode with gradients."""
+    torch.manual_seed(0)
+    fast = ConvBlock(3, 8, 3, padding, down=APS2d(), fast=True)
+    slow = ConvBlock(3, 8, 3, padding, down=APS2d(), fast=False)
+    assert isinstance(fast[0], APSConv2d if padding == "circular" else DownConv2d)
+    assert isinstance(slow[0], DownConv2d)
+    assert list(fast.state_dict()) == list(slow.state_dict())
+    slow.load_state_dict(fast.state_dict())
+    x = torch.randn(4, 3, 10, 12)
+    out_fast, out_slow = fast(x), slow(x)
+    assert out_fast.shape == (4, 8, 5, 6)
+    torch.testing.assert_close(out_fast, out_slow)
+    out_fast.square().sum().backward()
+    out_slow.square().sum().backward()
+    torch.testing.assert_close(fast[0].weight.grad, slow[0].weight.grad)
+
+
+def test_conv_block_with_blurred_aps_keeps_the_keys_of_plain_aps() -> None:
+    blurred = ConvBlock(2, 4, down=APS2d(4, filt_size=3))
+    assert isinstance(blurred[0], DownConv2d)
+    assert list(blurred.state_dict()) == list(ConvBlock(2, 4, down=APS2d()).state_dict())
+    assert blurred(torch.randn(1, 2, 8, 8)).shape == (1, 4, 4, 4)
 
 
 @pytest.mark.parametrize("mode", ["avg", "max", "avgmax"])

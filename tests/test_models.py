@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from biocnn import BiocnnError, create_model, list_models
 from biocnn.models import model_spec
+from biocnn.models.layers import APS2d
 
 
 def _build(name: str, size: int, chans: int, classes: int = 5) -> torch.nn.Module:
@@ -109,3 +110,49 @@ def test_class_activation_map_pools_to_logits() -> None:
         logits = model(x)
     assert cam.shape[:2] == (3, 10)
     assert torch.allclose(cam.mean((2, 3)) + model.head[-1].bias, logits, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{}, {"depths": 2, "pool": "avg"}, {"norm": "none"}, {"blur": 3}, {"max_filter": True},
+     {"order": "conv_norm_down"}],
+)
+def test_fast_layer_is_the_same_architecture_as_the_reference(kw: dict) -> None:
+    """``fast`` only picks the implementation: same state_dict keys and same outputs and
+    gradients as the reference composition of the same ``order``."""
+    torch.manual_seed(0)
+    fast = create_model("invariant", num_classes=4, widths=(6, 8, 8), **kw)
+    slow = create_model("invariant", num_classes=4, widths=(6, 8, 8), fast=False, **kw)
+    assert list(fast.state_dict()) == list(slow.state_dict())
+    slow.load_state_dict(fast.state_dict())
+    x = torch.randn(3, 1, 20, 20)
+    a, b = fast(x), slow(x)  # train mode: batch statistics
+    torch.testing.assert_close(a, b)
+    a.square().sum().backward()
+    b.square().sum().backward()
+    for (name, p), q in zip(fast.named_parameters(), slow.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+    with torch.no_grad():
+        torch.testing.assert_close(fast.eval()(x), slow.eval()(x))
+
+
+def test_block_order_is_explicit_and_blur_keeps_the_topology() -> None:
+    keys = list(create_model("invariant", widths=(8, 16)).state_dict())
+    assert list(create_model("invariant", widths=(8, 16), blur=3).state_dict()) == keys
+    assert list(create_model("invariant", widths=(8, 16), max_filter=True).state_dict()) == keys
+    # conv → norm → act → APS: a separate downsampling layer between the stages
+    other = create_model("invariant", widths=(8, 16), order="conv_norm_down")
+    assert isinstance(other.features[1], APS2d) and list(other.state_dict()) != keys
+    with pytest.raises(BiocnnError, match="order"):
+        create_model("invariant", order="down_first")
+
+
+@pytest.mark.parametrize("order", ["conv_down_norm", "conv_norm_down"])
+@pytest.mark.parametrize("blur", [1, 3])
+def test_both_orders_are_exactly_shift_invariant(order: str, blur: int) -> None:
+    torch.manual_seed(1)
+    model = create_model("invariant", widths=(8, 16, 16), order=order, blur=blur).eval()
+    x = torch.randn(2, 1, 24, 28)
+    with torch.no_grad():
+        a, b = model(x), model(torch.roll(x, (7, -3), (2, 3)))
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=0)

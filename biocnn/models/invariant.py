@@ -3,9 +3,19 @@
 Stages of stride-1 conv blocks separated by stride-2 downsampling, then a global pool and
 a linear head. The head sees only pooled features, so no absolute position is left to
 learn. With ``padding="circular"`` and ``downsample="aps"`` every layer is equivariant to
-circular shifts and the pooled output is *exactly* invariant to them; the last conv of
-each stage is then an :class:`~biocnn.models.layers.APSConv2d` (``conv → APS → norm →
-act``), which computes and back-propagates a quarter of the full-size activations.
+circular shifts and the pooled output is *exactly* invariant to them.
+
+The block order is an explicit option, ``order``:
+
+* ``"conv_down_norm"`` (default): the last block of each stage but the last is
+  ``conv → down → norm → act``. With plain APS (``blur=1``, no max filter) its conv is an
+  :class:`~biocnn.models.layers.APSConv2d`, which computes and back-propagates a quarter
+  of the full-size activations; otherwise a :class:`~biocnn.models.layers.DownConv2d`
+  with the same parameters (``fast=False`` forces it). Either way the same topology and
+  state_dict keys.
+* ``"conv_norm_down"``: stages of ``conv → norm → act`` blocks with a separate
+  downsampling layer between them (the classic layout; ``gap_zero_pad``,
+  ``invariant_blurpool``).
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from biocnn.models.layers import (
+    BLOCK_ORDERS,
     DOWNSAMPLE_MODES,
     PADDING_MODES,
     ConvBlock,
@@ -59,6 +70,12 @@ class InvariantCNN(nn.Module):
         Dense 2x2 max filter before ``aps`` subsampling.
     dropout
         Dropout on the pooled features.
+    order
+        ``conv_down_norm|conv_norm_down``: downsampling right after the last conv of a
+        stage or after its activation (see the module docstring).
+    fast
+        Use :class:`~biocnn.models.layers.APSConv2d` where it computes the block exactly;
+        ``False`` builds the reference composition. Outputs and state_dict are the same.
 
     Shapes: ``(B, C, H, W)`` → ``(B, K)`` for any ``H, W``.
     """
@@ -77,25 +94,32 @@ class InvariantCNN(nn.Module):
         blur: int = 1,
         max_filter: bool = False,
         dropout: float = 0.0,
+        order: str = "conv_down_norm",
+        fast: bool = True,
     ) -> None:
         super().__init__()
         if padding not in PADDING_MODES:
             raise ValueError(f"padding must be one of {PADDING_MODES}, got {padding!r}")
         if downsample not in DOWNSAMPLE_MODES:
             raise ValueError(f"downsample must be one of {DOWNSAMPLE_MODES}, got {downsample!r}")
+        if order not in BLOCK_ORDERS:
+            raise ValueError(f"order must be one of {BLOCK_ORDERS}, got {order!r}")
         widths = list(widths)
         depths = [depths] * len(widths) if isinstance(depths, int) else list(depths)
         if len(depths) != len(widths):
             raise ValueError("widths and depths must have the same length")
-        fused = downsample == "aps" and padding == "circular" and blur == 1 and not max_filter
+        if min(depths) < 1:
+            raise ValueError("depths must be >= 1")
+        in_block = order == "conv_down_norm" and downsample != "none"
         layers: list[nn.Module] = []
         prev = in_chans
         for i, (width, depth) in enumerate(zip(widths, depths, strict=True)):
-            if i > 0 and not fused:
+            if i > 0 and not in_block:
                 layers.append(make_downsample(downsample, prev, padding, blur, max_filter))
             for d in range(depth):
-                aps = fused and i < len(widths) - 1 and d == depth - 1
-                layers.append(ConvBlock(prev, width, 3, padding, norm, act, aps=aps))
+                last = in_block and i < len(widths) - 1 and d == depth - 1
+                down = make_downsample(downsample, width, padding, blur, max_filter) if last else None
+                layers.append(ConvBlock(prev, width, 3, padding, norm, act, down=down, fast=fast))
                 prev = width
         self.features = nn.Sequential(*layers)
         self.pool = GlobalPool2d(pool)
@@ -131,9 +155,8 @@ def invariant(num_classes: int = 10, in_chans: int = 1, **kw) -> InvariantCNN:
 @register_model
 def invariant_blurpool(num_classes: int = 10, in_chans: int = 1, **kw) -> InvariantCNN:
     """Anti-aliased variant (Zhang 2019): circular padding + BlurPool; nearly invariant."""
-    return InvariantCNN(
-        num_classes, in_chans, **{"padding": "circular", "downsample": "blurpool", "blur": 3, **kw}
-    )
+    defaults = {"padding": "circular", "downsample": "blurpool", "blur": 3, "order": "conv_norm_down"}
+    return InvariantCNN(num_classes, in_chans, **{**defaults, **kw})
 
 
 @register_model
@@ -149,4 +172,5 @@ def invariant_m(num_classes: int = 10, in_chans: int = 1, **kw) -> InvariantCNN:
 @register_model
 def gap_zero_pad(num_classes: int = 10, in_chans: int = 1, **kw) -> InvariantCNN:
     """Global-pooled head with ordinary zero padding and max-pool: no FC position, not exact."""
-    return InvariantCNN(num_classes, in_chans, **{"padding": "zeros", "downsample": "maxpool", **kw})
+    defaults = {"padding": "zeros", "downsample": "maxpool", "order": "conv_norm_down"}
+    return InvariantCNN(num_classes, in_chans, **{**defaults, **kw})

@@ -8,7 +8,8 @@
   ``APS2d()(conv(x))``, with the gradient computed for the kept component only.
 * :func:`circular_pad` — circular padding with a cheap backward pass.
 * :class:`GlobalPool2d` — global average / max / concatenated pooling.
-* :class:`ConvBlock` — conv → norm → activation with a chosen padding mode.
+* :class:`DownConv2d` — a conv followed by a parameter-free downsampling module.
+* :class:`ConvBlock` — conv → [downsample →] norm → activation with a chosen padding mode.
 * :func:`make_downsample` — one switch for ``maxpool|blurpool|aps|none``.
 """
 
@@ -23,11 +24,14 @@ from torch import Tensor, nn
 
 __all__ = [
     "PADDING_MODES",
+    "BLOCK_ORDERS",
     "DOWNSAMPLE_MODES",
     "POOL_MODES",
     "BlurPool2d",
     "APS2d",
     "APSConv2d",
+    "DownConv2d",
+    "aps_conv2d",
     "CircularConv2d",
     "circular_pad",
     "MaxPoolStride1",
@@ -37,6 +41,9 @@ __all__ = [
 ]
 
 PADDING_MODES = ("zeros", "circular", "reflect")
+#: Where a stage's stride-2 downsampling sits in its last block: right after the conv
+#: (``conv → down → norm → act``) or after the activation (``conv → norm → act → down``).
+BLOCK_ORDERS = ("conv_down_norm", "conv_norm_down")
 DOWNSAMPLE_MODES = ("maxpool", "blurpool", "aps", "none")
 POOL_MODES = ("avg", "max", "avgmax")
 
@@ -283,6 +290,72 @@ class CircularConv2d(nn.Conv2d):
                         self.stride, 0, self.dilation, self.groups)
 
 
+def _gram_norms(xp: Tensor, weight: Tensor, h: int, w: int) -> Tensor:
+    """``(B, 4)`` squared norms of the polyphase components of the bias-free conv of the padded
+    input ``xp (B, C, H + k - 1, W + k - 1)`` with ``weight (C_out, C, k, k)``, without forming
+    the output: ``trace(W^T W S_q)`` with the second-moment matrix ``S_q = X_q X_q^T`` of the
+    ``C k^2``-vector input patches ``X_q`` of phase ``q``."""
+    k = weight.shape[-1]
+    flat = weight.reshape(len(weight), -1)
+    gram = flat.t() @ flat  # (C k^2, C k^2)
+    b, c = xp.shape[:2]
+    moments = []
+    for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)):  # (B, C k^2, H W / 4) patches of phase (i, j)
+        patches = torch.stack([xp[:, :, i + dy : i + dy + h : 2, j + dx : j + dx + w : 2]
+                               for dy in range(k) for dx in range(k)], dim=2)
+        patches = patches.reshape(b, c * k * k, -1)  # unfold's (c, dy, dx) order
+        moments.append(torch.bmm(patches, patches.transpose(1, 2)))
+    return (torch.stack(moments, dim=1) * gram).sum(dim=(-1, -2))
+
+
+def _sliced_components(xp: Tensor, weight: Tensor, bias: Tensor | None, h: int, w: int
+                       ) -> tuple[Tensor, Tensor]:
+    """Phases ``(B,)`` and kept components ``(B, C_out, H / 2, W / 2)`` of the full conv output,
+    computed a cache-sized slice of the batch at a time (the full output of the whole batch is
+    never held)."""
+    c_out = len(weight)
+    step = max(1, _NORM_SLICE_BYTES // (c_out * h * w * xp.element_size()))
+    phases = torch.empty(len(xp), dtype=torch.long, device=xp.device)
+    out: Tensor | None = None
+    for s in range(0, len(xp), step):
+        comps = F.conv2d(xp[s : s + step], weight, bias).view(-1, c_out, h // 2, 2, w // 2, 2)
+        phase = phases[s : s + step]
+        torch.argmax(_component_norms(comps), dim=1, out=phase)
+        if out is None:  # dtype of the conv (autocast)
+            out = comps.new_empty((len(xp), c_out, h // 2, w // 2))
+        out[s : s + step] = _pick_component(comps, phase)
+    assert out is not None  # xp holds at least one sample
+    return phases, out
+
+
+def aps_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``APS2d()(conv(x))`` for a circular ``k x k`` conv (odd ``k``), computed as in
+    :class:`APSConv2d`; ``weight`` may be built from other parameters (autograd flows back).
+
+    Shapes: ``x (B, C, H, W)``, ``weight (C_out, C, k, k)`` → ``(B, C_out, H / 2, W / 2)`` for
+    even ``H, W``; odd sizes give the plain circular conv ``(B, C_out, H, W)``.
+    """
+    h, w = x.shape[-2:]
+    p = weight.shape[-1] // 2
+    xp = circular_pad(x, (p, p, p, p))
+    if h % 2 or w % 2:
+        return F.conv2d(xp, weight, bias)
+    c_out = len(weight)
+    gram = bias is None and weight[0].numel() < c_out
+    needs_grad = torch.is_grad_enabled() and (
+        x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
+    if not (needs_grad or gram):  # inference: the full conv's best components are the output
+        return _sliced_components(xp, weight, bias, h, w)[1]
+
+    def select(xp: Tensor, h: int, w: int) -> tuple[Tensor, Tensor | None]:
+        if gram:  # phases from the Gram form; the component itself is left to compute
+            return _gram_norms(xp, weight.detach(), h, w).argmax(dim=1), None
+        return _sliced_components(xp, weight.detach(), None if bias is None else bias.detach(),
+                                  h, w)
+
+    return _PhaseConv.apply(xp, weight, bias, select, h, w)
+
+
 class APSConv2d(CircularConv2d):
     """A circular ``k x k`` conv followed by adaptive polyphase sampling, in one layer.
 
@@ -299,60 +372,38 @@ class APSConv2d(CircularConv2d):
       batch, whose kept component is the output (the gradients come from the stride-2 conv
       of the window).
 
-    Odd-sized inputs pass through APS unchanged: the layer is then a plain conv.
+    Odd-sized inputs pass through APS unchanged: the layer is then a plain conv. Its
+    parameters and state_dict keys are those of :class:`CircularConv2d`.
 
     Shapes: ``(B, C, H, W)`` → ``(B, C_out, H / 2, W / 2)`` for even ``H, W``.
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        h, w = x.shape[-2:]
-        if h % 2 or w % 2:
-            return super().forward(x)
-        xp = circular_pad(x, self._reversed_padding_repeated_twice)
-        gram = self.bias is None and self.weight[0].numel() < self.out_channels
-        needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
-        if not (needs_grad or gram):  # inference: the full conv's best components are the output
-            return self._sliced_components(xp, h, w)[1]
-        select = self._gram_select if gram else self._sliced_components
-        return _PhaseConv.apply(xp, self.weight, self.bias, select, h, w)
+        return aps_conv2d(x, self.weight, self.bias)
 
-    def _gram_select(self, xp: Tensor, h: int, w: int) -> tuple[Tensor, None]:
-        """Phases from :meth:`_gram_norms`; the component itself is left to compute."""
-        return self._gram_norms(xp, h, w).argmax(dim=1), None
 
-    def _sliced_components(self, xp: Tensor, h: int, w: int) -> tuple[Tensor, Tensor]:
-        """Phases ``(B,)`` and kept components ``(B, C_out, H / 2, W / 2)`` of the full conv
-        output, computed a cache-sized slice of the batch at a time (the full output of the
-        whole batch is never held)."""
-        step = max(1, _NORM_SLICE_BYTES // (self.out_channels * h * w * xp.element_size()))
-        phases = torch.empty(len(xp), dtype=torch.long, device=xp.device)
-        out: Tensor | None = None
-        for s in range(0, len(xp), step):
-            comps = F.conv2d(xp[s : s + step], self.weight, self.bias).view(
-                -1, self.out_channels, h // 2, 2, w // 2, 2)
-            phase = phases[s : s + step]
-            torch.argmax(_component_norms(comps), dim=1, out=phase)
-            if out is None:  # dtype of the conv (autocast)
-                out = comps.new_empty((len(xp), self.out_channels, h // 2, w // 2))
-            out[s : s + step] = _pick_component(comps, phase)
-        assert out is not None  # xp holds at least one sample
-        return phases, out
+class DownConv2d(nn.Conv2d):
+    """``k x k`` stride-1 conv (same size) followed by a parameter-free downsampling module.
 
-    def _gram_norms(self, xp: Tensor, h: int, w: int) -> Tensor:
-        """``(B, 4)`` squared norms of the conv output's polyphase components from the padded
-        input ``xp`` without forming the output: ``trace(W^T W S_q)`` with the second-moment
-        matrix ``S_q = X_q X_q^T`` of the ``C k^2``-vector input patches ``X_q`` of phase ``q``."""
-        k = self.kernel_size[0]
-        flat = self.weight.reshape(self.out_channels, -1)
-        gram = flat.t() @ flat  # (C k^2, C k^2)
-        b, c = xp.shape[:2]
-        moments = []
-        for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)):  # (B, C k^2, H W / 4) patches of phase (i, j)
-            patches = torch.stack([xp[:, :, i + dy : i + dy + h : 2, j + dx : j + dx + w : 2]
-                                   for dy in range(k) for dx in range(k)], dim=2)
-            patches = patches.reshape(b, c * k * k, -1)  # unfold's (c, dy, dx) order
-            moments.append(torch.bmm(patches, patches.transpose(1, 2)))
-        return (torch.stack(moments, dim=1) * gram).sum(dim=(-1, -2))
+    The reference composition of a ``conv → down → norm → act`` block: its state_dict keys
+    are those of the conv alone, so :class:`APSConv2d` can stand in for it unchanged.
+
+    Shapes: ``(B, C, H, W)`` → the output shape of ``down`` on ``(B, C_out, H, W)``.
+    """
+
+    def __init__(self, in_chans: int, out_chans: int, kernel_size: int, padding: str,
+                 down: nn.Module, bias: bool = True) -> None:
+        super().__init__(in_chans, out_chans, kernel_size, padding=kernel_size // 2,
+                         padding_mode=padding, bias=bias)
+        self.down = down
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.padding_mode == "circular":
+            y = F.conv2d(circular_pad(x, self._reversed_padding_repeated_twice), self.weight,
+                         self.bias)
+        else:
+            y = super().forward(x)
+        return self.down(y)
 
 
 class MaxPoolStride1(nn.Module):
@@ -448,10 +499,12 @@ def _act(kind: str) -> nn.Module:
 class ConvBlock(nn.Sequential):
     """``conv(k x k, stride 1, same size) → norm → act``: ``(B, Cin, H, W)`` → ``(B, Cout, H, W)``.
 
-    With ``aps=True`` the conv is an :class:`APSConv2d` (circular padding only): the block
-    is ``conv → APS → norm → act`` and halves ``H, W``; normalising and activating after
-    the subsampling keeps the block exactly shift-equivariant and does that work on a
-    quarter of the pixels.
+    With a ``down`` module (parameter-free, e.g. from :func:`make_downsample`) the block is
+    ``conv → down → norm → act``: normalising and activating after the subsampling does
+    that work on a quarter of the pixels. The conv is then a :class:`DownConv2d`, or, when
+    ``fast`` and ``down`` is a plain :class:`APS2d` after a circular conv, the
+    :class:`APSConv2d` that computes the same composition; both have the same state_dict
+    keys, so ``fast`` never changes the architecture.
     """
 
     def __init__(
@@ -462,22 +515,28 @@ class ConvBlock(nn.Sequential):
         padding: str = "circular",
         norm: str = "batch",
         act: str = "relu",
-        aps: bool = False,
+        down: nn.Module | None = None,
+        fast: bool = True,
     ) -> None:
         if padding not in PADDING_MODES:
             raise ValueError(f"padding must be one of {PADDING_MODES}, got {padding!r}")
         bias = norm == "none"
         conv: nn.Module
-        if aps:
-            if padding != "circular":
-                raise ValueError("aps=True needs circular padding")
+        if down is not None and fast and _is_plain_aps(down) and padding == "circular":
             conv = APSConv2d(in_chans, out_chans, kernel_size, bias=bias)
+        elif down is not None:
+            conv = DownConv2d(in_chans, out_chans, kernel_size, padding, down, bias=bias)
         elif padding == "circular":
             conv = CircularConv2d(in_chans, out_chans, kernel_size, bias=bias)
         else:
             conv = nn.Conv2d(in_chans, out_chans, kernel_size, padding=kernel_size // 2,
                              padding_mode=padding, bias=bias)
         super().__init__(conv, _norm(norm, out_chans), _act(act))
+
+
+def _is_plain_aps(module: nn.Module) -> bool:
+    """An :class:`APS2d` without blur: what :class:`APSConv2d` implements."""
+    return isinstance(module, APS2d) and module.blur is None
 
 
 def make_downsample(
