@@ -48,9 +48,9 @@ from _common import (
     spread,
     warm_page_cache,
 )
+from biocnn.loader import make_loader
 
 from biocnn.data import PreprocessConfig, build_dataset, iter_images, preprocess_images
-from biocnn.loader import make_loader
 
 __all__ = ["seconds_per_pass", "main"]
 

@@ -36,7 +36,8 @@ import torch.multiprocessing as mp
 from _common import console, interleaved, paired_ratios, print_table, save_results, spread
 
 from biocnn.config import TrainConfig
-from biocnn.engine import TensorData, fit
+from biocnn.data import TensorData
+from biocnn.engine import fit
 from biocnn.models.registry import create_model
 
 __all__ = ["free_port", "run_config", "main"]

@@ -59,8 +59,8 @@ def write_checkpoint(path: Path, box: int) -> Path:
     preprocessing and view records that ``biocnn predict`` reads."""
     import torch
 
+    from biocnn.checkpoint import save_checkpoint
     from biocnn.data import PreprocessConfig, ViewSpec
-    from biocnn.engine import save_checkpoint
     from biocnn.models.registry import create_model
 
     torch.manual_seed(0)
@@ -131,8 +131,9 @@ def run_child(
 
 def _child_api(stack: str, checkpoint: str, batch_size: int) -> None:
     """The ``api`` runner (in the child): stream, preprocess and classify; print a JSON count."""
+    from biocnn.checkpoint import load_checkpoint
     from biocnn.data import PreprocessConfig, iter_images, preprocess_images
-    from biocnn.engine import load_checkpoint, predict_logits
+    from biocnn.engine import predict_logits
     from biocnn.io.mrc import inspect_mrc
 
     model, ckpt = load_checkpoint(checkpoint, "cpu")

@@ -48,7 +48,8 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from biocnn.config import TrainConfig
-from biocnn.engine import TensorData, fit
+from biocnn.data import TensorData
+from biocnn.engine import fit
 from biocnn.models.registry import create_model
 from biocnn.runtime import resolve_device
 

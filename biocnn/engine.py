@@ -14,7 +14,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,125 +23,37 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import Dataset, DistributedSampler, WeightedRandomSampler
 
-from biocnn import __version__
-from biocnn.atomic import atomic_path
+from biocnn.checkpoint import save_checkpoint
 from biocnn.config import TrainConfig, to_plain
+from biocnn.data.loader import BatchDataset, TensorData, make_loader
 from biocnn.errors import BiocnnError
-from biocnn.loader import make_loader, set_epoch
-from biocnn.models.registry import create_model, model_spec
-from biocnn.runtime import (
-    dist_info,
-    is_main_process,
-    resolve_device,
-    reuse_freed_memory,
-    seed_everything,
-)
+from biocnn.runtime import dist_info, is_main_process, resolve_device, seed_everything
 
 __all__ = [
     "TrainConfig",
-    "TensorData",
     "FitResult",
     "fit",
     "predict_logits",
     "evaluate",
     "recalibrate_batchnorm",
-    "save_checkpoint",
-    "load_checkpoint",
-    "unwrap",
 ]
 
 Augmenter = Callable[[Tensor, torch.Generator], Tensor]
 
 
-class TensorData(Dataset):
-    """Images and labels held in memory: ``images (N, C, H, W)`` float, ``labels (N,)`` long.
-
-    The loop slices whole batches out of it (no per-sample Python work).
-    """
-
-    def __init__(self, images: Tensor, labels: Tensor) -> None:
-        if images.ndim != 4 or labels.ndim != 1 or len(images) != len(labels):
-            raise ValueError("TensorData needs images (N, C, H, W) and labels (N,)")
-        self.images, self.labels = images, labels.long()
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[Tensor, int]:
-        return self.images[i], int(self.labels[i])
+Transform = Callable[[Tensor], Tensor]
 
 
-class _TensorBatches:
-    """Batches of a :class:`TensorData` by index slicing.
-
-    Under DDP every rank draws the same permutation and takes its own ``batch_size`` slice
-    of each global batch of ``batch_size * world_size`` samples, so N ranks with batch B
-    see exactly the samples one process with batch N * B would.
-    """
-
-    def __init__(
-        self, data: TensorData, batch_size: int, shuffle: bool, generator: torch.Generator | None,
-        weights: Tensor | None = None,
-    ) -> None:
-        self.data, self.batch_size, self.shuffle = data, batch_size, shuffle
-        self.generator, self.weights = generator, weights
-        info = dist_info()
-        self.rank, self.world = (info.rank, info.world_size) if shuffle else (0, 1)
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.data) // self.world / self.batch_size)
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        n = len(self.data)
-        if self.weights is not None:
-            order = torch.multinomial(self.weights, n, replacement=True, generator=self.generator)
-        elif self.shuffle:
-            order = torch.randperm(n, generator=self.generator)
-        else:
-            order = torch.arange(n)
-        order = order[: n // self.world * self.world]  # equal shares keep DDP ranks in step
-        step = self.batch_size * self.world
-        for start in range(0, len(order), step):
-            chunk = order[start : start + step]
-            share = len(chunk) // self.world
-            idx = chunk[self.rank * share : (self.rank + 1) * share]
-            yield self.data.images[idx], self.data.labels[idx]
-
-
-def _loader(
-    data: Dataset, cfg: TrainConfig, shuffle: bool, generator: torch.Generator | None,
-    labels: Tensor | None = None,
-) -> Any:
-    """A batch iterator for ``data``: slicing for tensors, a DataLoader for lazy datasets."""
-    weights = None
-    if shuffle and cfg.balance_classes:
-        if labels is None:
-            raise BiocnnError("--balance-classes needs a dataset that exposes its labels")
-        counts = torch.bincount(labels)
-        weights = (1.0 / counts.clamp(min=1).double())[labels]
-    if isinstance(data, TensorData):
-        return _TensorBatches(data, cfg.batch_size, shuffle, generator, weights)
+def _train_loader(data: BatchDataset, cfg: TrainConfig) -> Any:
+    """This rank's shuffled (or class-balanced) batches of ``data``."""
     info = dist_info()
-    sampler = None
-    if weights is not None:
-        sampler = WeightedRandomSampler(weights, len(weights), generator=generator)
-    elif shuffle and info.distributed:
-        sampler = DistributedSampler(data, info.world_size, info.rank, shuffle=True, seed=cfg.seed)
-    return make_loader(data, cfg.batch_size, shuffle=shuffle, sampler=sampler, generator=generator,
-                       num_workers=cfg.num_workers, pin_memory=torch.cuda.is_available())
-
-
-def _dataset_labels(data: Dataset) -> Tensor | None:
-    labels = getattr(data, "labels", None)
-    return None if labels is None else torch.as_tensor(labels).long()
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain model inside DDP and/or ``torch.compile`` wrappers."""
-    model = getattr(model, "module", model)
-    return getattr(model, "_orig_mod", model)
+    try:
+        return make_loader(data, cfg.batch_size, shuffle=True, balance_classes=cfg.balance_classes,
+                           seed=cfg.seed, rank=info.rank, world=info.world_size,
+                           num_workers=cfg.num_workers, pin_memory=torch.cuda.is_available())
+    except ValueError as exc:
+        raise BiocnnError(f"balance_classes: {exc}") from None
 
 
 @dataclass
@@ -246,15 +158,33 @@ def _all_reduce_sum(t: Tensor) -> Tensor:
     return t
 
 
+def _prepare(device: torch.device, standardize: nn.Module | None,
+             channels_last: bool = False) -> Transform:
+    """Move a batch to the device as float32, standardise it there, set its memory format."""
+    if standardize is not None:
+        standardize.to(device)
+
+    def prepare(x: Tensor) -> Tensor:
+        x = x.to(device, non_blocking=True).float()
+        if standardize is not None:
+            x = standardize(x)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    return prepare
+
+
 def fit(
     model: nn.Module,
-    train_data: Dataset,
-    val_data: Dataset | None,
+    train_data: BatchDataset,
+    val_data: BatchDataset | None,
     cfg: TrainConfig,
     *,
     augment: Augmenter | None = None,
     out_dir: Path | None = None,
     checkpoint_meta: dict[str, Any] | None = None,
+    standardize: nn.Module | None = None,
     desc: str = "train",
 ) -> FitResult:
     """Train ``model`` on ``train_data``; evaluate on ``val_data`` after every epoch.
@@ -273,6 +203,9 @@ def fit(
         If given, rank 0 writes ``best.pt``, ``last.pt`` and ``metrics.jsonl`` there.
     checkpoint_meta
         Extra entries stored in each checkpoint (class names, preprocessing, config, ...).
+    standardize
+        Input module applied on the device to every batch before augmentation and the
+        model (e.g. :class:`~biocnn.data.Standardize`); prediction applies the same one.
     desc
         Label of the progress bar.
 
@@ -283,13 +216,11 @@ def fit(
         weights of the best validation epoch (the last epoch without validation data).
     """
     device = resolve_device(cfg.device)
-    if device.type == "cpu":
-        reuse_freed_memory()  # no page fault per activation per step (see its docstring)
     _setup_distributed(device)
     info = dist_info()
     main = is_main_process()
     aug_generator = seed_everything(cfg.seed + info.rank)  # augmentation differs per rank
-    order_generator = torch.Generator().manual_seed(cfg.seed)  # data order is shared
+    prepare = _prepare(device, standardize, cfg.channels_last)
 
     model.to(device)
     if cfg.channels_last:
@@ -302,7 +233,7 @@ def fit(
     if cfg.compile:
         net = torch.compile(net)
 
-    train_loader = _loader(train_data, cfg, True, order_generator, _dataset_labels(train_data))
+    train_loader = _train_loader(train_data, cfg)
     steps_per_epoch = len(train_loader)
     if steps_per_epoch == 0:
         raise BiocnnError("the training set is empty")
@@ -321,7 +252,7 @@ def fit(
     t_start = time.perf_counter()
     with _progress(cfg.progress and main) as bar:
         for epoch in range(1, cfg.epochs + 1):
-            set_epoch(train_loader, epoch)
+            train_loader.set_epoch(epoch)
             net.train()
             task = bar.add_task(f"{desc} {epoch}/{cfg.epochs}", total=steps_per_epoch, stats="")
             loss_sum = torch.zeros((), device=device)
@@ -329,10 +260,8 @@ def fit(
             seen = 0
             t_epoch = time.perf_counter()
             for step, (x, y) in enumerate(train_loader, start=1):
-                x = x.to(device, non_blocking=True).float()
+                x = prepare(x)
                 y = y.to(device, non_blocking=True)
-                if cfg.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
                 if augment is not None:
                     x = augment(x, aug_generator)
                 with _autocast(device, cfg.amp):
@@ -355,8 +284,8 @@ def fit(
             if cfg.bn_recalibrate > 0 and (val_data is not None or out_dir is not None
                                            or epoch == cfg.epochs):
                 # the running statistics are about to be used: validation, a checkpoint
-                recalibrate_batchnorm(model, train_loader, cfg.bn_recalibrate, device,
-                                      amp=cfg.amp, channels_last=cfg.channels_last)
+                recalibrate_batchnorm(model, train_loader, cfg.bn_recalibrate, prepare,
+                                      amp=cfg.amp)
             _sync_buffers(model)
             totals = _all_reduce_sum(torch.stack([loss_sum, correct.double(),
                                                   torch.tensor(seen, device=device).double()]))
@@ -370,7 +299,7 @@ def fit(
             }
             if val_data is not None:
                 ev = evaluate(model, val_data, batch_size=max(256, cfg.batch_size), device=device,
-                              num_workers=cfg.num_workers, amp=cfg.amp)
+                              num_workers=cfg.num_workers, amp=cfg.amp, standardize=standardize)
                 row.update(val_loss=ev["loss"], val_acc=ev["accuracy"])
             result.history.append(row)
             score = row.get("val_acc", row["train_acc"])
@@ -402,8 +331,7 @@ def fit(
 
 @torch.no_grad()
 def recalibrate_batchnorm(
-    model: nn.Module, batches: Any, images: int, device: torch.device, *, amp: bool = False,
-    channels_last: bool = False,
+    model: nn.Module, batches: Any, images: int, prepare: Transform, *, amp: bool = False,
 ) -> int:
     """Re-estimate every BatchNorm layer's running mean/variance from the first batches of
     ``batches`` (an iterable of ``(x (B, C, H, W), y)``) that hold at least ``images``
@@ -412,11 +340,11 @@ def recalibrate_batchnorm(
 
     During training the running statistics are momentum averages over batches seen while
     the weights were still moving, so at evaluation time they can lag far behind the
-    final weights -- on small cryo-EM sets the validation accuracy then jumps from epoch to
-    epoch (measured: 0.25-0.97 on the demo set while training accuracy held at 0.97). Here
-    they are replaced by plain averages over batches of the final weights ("precise BN").
-    The batches are used as read (no augmentation), as the model will see data in
-    evaluation. Returns the number of images used (0 when the model has no BatchNorm).
+    final weights and the validation accuracy jumps from epoch to epoch (BENCHMARKS.md).
+    Here they are replaced by plain averages over batches of the final weights ("precise
+    BN"). The batches go through ``prepare`` (device, standardisation) but no augmentation,
+    as the model will see data in evaluation. Returns the number of images used (0 when the
+    model has no BatchNorm).
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
              and m.track_running_stats]
@@ -431,10 +359,8 @@ def recalibrate_batchnorm(
     seen = 0
     try:
         for x, _ in batches:
-            x = x.to(device, non_blocking=True).float()
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with _autocast(device, amp):
+            x = prepare(x)
+            with _autocast(x.device, amp):
                 model(x)
             seen += len(x)
             if seen >= images:
@@ -456,14 +382,16 @@ def _tta_views(x: Tensor) -> list[Tensor]:
 def _forward_all(
     model: nn.Module, loader: Any, device: torch.device, *, amp: bool = False,
     tta: bool = False, progress: bool = False, total: int | None = None,
+    standardize: nn.Module | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Logits ``(N, K)`` and labels ``(N,)`` of every batch of ``loader`` (CPU, float32)."""
     model.eval()
+    prepare = _prepare(device, standardize)
     logits, labels = [], []
     with _progress(progress) if progress else contextlib.nullcontext() as bar:
         task = bar.add_task("predict", total=total, stats="") if bar else None
         for x, y in loader:
-            x = x.to(device, non_blocking=True).float()
+            x = prepare(x)
             with _autocast(device, amp):
                 if tta:
                     probs = torch.stack([model(v).float().softmax(1) for v in _tta_views(x)])
@@ -479,19 +407,17 @@ def _forward_all(
     return torch.cat(logits), torch.cat(labels)
 
 
-def _eval_loader(data: Dataset | Tensor, batch_size: int, num_workers: int) -> Any:
-    """Batches of ``data`` in order: slices of tensors, a batched loader for datasets."""
+def _eval_loader(data: BatchDataset | Tensor, batch_size: int, num_workers: int) -> Any:
+    """Batches of ``data`` in order (a tensor is read as unlabelled images)."""
     if isinstance(data, Tensor):
         data = TensorData(data, torch.full((len(data),), -1, dtype=torch.long))
-    if isinstance(data, TensorData):
-        return _TensorBatches(data, batch_size, shuffle=False, generator=None)
     return make_loader(data, batch_size, num_workers=num_workers,
                        pin_memory=torch.cuda.is_available())
 
 
 def predict_logits(
     model: nn.Module,
-    data: Dataset | Tensor,
+    data: BatchDataset | Tensor,
     *,
     batch_size: int = 256,
     device: str | torch.device = "auto",
@@ -499,6 +425,7 @@ def predict_logits(
     amp: bool = False,
     tta: bool = False,
     progress: bool = False,
+    standardize: nn.Module | None = None,
 ) -> Tensor:
     """Class logits for every image.
 
@@ -509,6 +436,8 @@ def predict_logits(
     tta
         Test-time symmetrisation: average the class probabilities over the 8 rotations
         and flips of each image (returned as log-probabilities).
+    standardize
+        Input module applied on the device first (as in training).
 
     Returns
     -------
@@ -519,75 +448,25 @@ def predict_logits(
     model.to(device)
     loader = _eval_loader(data, batch_size, num_workers)
     logits, _ = _forward_all(model, loader, device, amp=amp, tta=tta, progress=progress,
-                             total=len(data))
+                             total=len(data), standardize=standardize)
     return logits
 
 
 def evaluate(
     model: nn.Module,
-    data: Dataset,
+    data: BatchDataset,
     *,
     batch_size: int = 256,
     device: str | torch.device = "auto",
     num_workers: int = 0,
     amp: bool = False,
+    standardize: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Loss and accuracy on a labelled dataset; also returns ``logits (N, K)`` and ``labels (N,)``."""
     device = device if isinstance(device, torch.device) else resolve_device(device)
     model.to(device)
     loader = _eval_loader(data, batch_size, num_workers)
-    logits, labels = _forward_all(model, loader, device, amp=amp)
+    logits, labels = _forward_all(model, loader, device, amp=amp, standardize=standardize)
     loss = F.cross_entropy(logits, labels).item() if len(labels) else float("nan")
     acc = (logits.argmax(1) == labels).float().mean().item() if len(labels) else float("nan")
     return {"loss": loss, "accuracy": acc, "logits": logits, "labels": labels}
-
-
-def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> Path:
-    """Atomically save ``meta`` + model spec + ``state_dict`` as a plain dict (``weights_only``-safe).
-
-    The dict holds ``model_name``, ``model_kwargs``, ``state_dict``, ``biocnn_version`` and
-    everything in ``meta`` (class names, preprocessing, resolved config, metrics).
-    """
-    plain = unwrap(model)
-    spec = model_spec(plain)
-    ckpt = {
-        **to_plain(meta),
-        "model_name": spec["name"],
-        "model_kwargs": to_plain(spec["kwargs"]),
-        "state_dict": {k: v.detach().cpu() for k, v in plain.state_dict().items()},
-        "biocnn_version": __version__,
-    }
-    with atomic_path(path) as tmp:
-        torch.save(ckpt, tmp)
-    return Path(path)
-
-
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """Load a checkpoint written by :func:`save_checkpoint` and rebuild its model (eval mode).
-
-    Raises :class:`BiocnnError` for a missing, corrupt or foreign file, or weights that do
-    not fit the recorded model.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise BiocnnError(f"checkpoint {path} not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001  a corrupt file can fail anywhere in the unpickler
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BiocnnError(f"{path}: not a readable biocnn checkpoint ({first[:120]})") from None
-    if not isinstance(ckpt, dict) or not {"model_name", "model_kwargs", "state_dict"} <= set(ckpt):
-        raise BiocnnError(f"{path}: not a biocnn checkpoint (no model_name/state_dict)")
-    kwargs = dict(ckpt["model_kwargs"])
-    model = create_model(ckpt["model_name"], **kwargs)
-    try:
-        model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0].rstrip(":")
-        saved = ckpt.get("biocnn_version")
-        hint = (f"; saved by biocnn {saved}, this is {__version__}: retrain, or predict with "
-                f"biocnn {saved}" if saved and saved != __version__ else "")
-        raise BiocnnError(
-            f"{path}: weights do not fit model {ckpt['model_name']!r} ({first}{hint})") from None
-    device = device if isinstance(device, torch.device) else resolve_device(device)
-    return model.to(device).eval(), ckpt

@@ -13,7 +13,6 @@ from biocnn.errors import BiocnnError
 
 __all__ = [
     "resolve_device", "seed_everything", "DistInfo", "dist_info", "is_main_process",
-    "cap_malloc_cache", "reuse_freed_memory",
 ]
 
 
@@ -72,52 +71,3 @@ def dist_info() -> DistInfo:
 def is_main_process() -> bool:
     """True on rank 0: the only process that prints progress and writes files."""
     return dist_info().rank == 0
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4  # glibc mallopt parameters
-_INT_MAX = 2**31 - 1
-
-
-def _mallopt(*settings: tuple[int, int]) -> bool:
-    """Apply glibc ``mallopt(param, value)`` settings; False where there is no glibc."""
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return all(bool(libc.mallopt(param, value)) for param, value in settings)
-    except (OSError, AttributeError):
-        return False
-
-
-def cap_malloc_cache(threshold: int = 1 << 20) -> bool:
-    """Keep freed batch buffers from piling up in the C heap (glibc only; else a no-op).
-
-    glibc raises its mmap threshold after large buffers are freed, so later batches are
-    carved out of a fragmented heap that grows with the number of batches. Fixing the
-    threshold returns every buffer above ``threshold`` bytes to the OS when freed: measured
-    peak RSS of predicting a 2 GB stack went from 1.44 GB to 0.92 GB. Returns True if set.
-    """
-    return _mallopt((_M_MMAP_THRESHOLD, int(threshold)))
-
-
-def reuse_freed_memory() -> bool:
-    """Let training reuse the memory of freed tensors instead of returning it to the OS
-    (glibc only; else a no-op). Called by :func:`biocnn.engine.fit`.
-
-    PyTorch's CPU allocator takes every activation and gradient of every step from malloc.
-    glibc serves large blocks with ``mmap`` and trims its heap when they are freed, so each
-    step's tensors arrive as fresh pages and every first touch of a 4 KiB page is a page
-    fault. Measured for ``invariant`` at 128 px on one thread: 24,700 faults per step at
-    batch 32 (11.5 → 10.1 ms per image without them) and 161,000 at batch 64 (15.3 → 10.4
-    ms per image). With ``mmap`` off for allocations and no trimming, freed blocks are
-    reused; the process's RSS then stays at its peak until it exits.
-
-    Skipped (returns False) when ``BIOCNN_MALLOC=system`` or when glibc's malloc is
-    already tuned through ``GLIBC_TUNABLES`` or ``MALLOC_*_`` variables. Returns True when
-    applied.
-    """
-    if os.environ.get("BIOCNN_MALLOC", "").lower() == "system" or "GLIBC_TUNABLES" in os.environ:
-        return False
-    if any(k.startswith("MALLOC_") and k.endswith("_") for k in os.environ):
-        return False
-    return _mallopt((_M_TRIM_THRESHOLD, _INT_MAX), (_M_MMAP_MAX, 0))

@@ -18,8 +18,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from biocnn.checkpoint import save_checkpoint
 from biocnn.config import TrainConfig, to_plain
-from biocnn.engine import TensorData, fit, predict_logits, save_checkpoint
+from biocnn.data import TensorData
+from biocnn.engine import fit, predict_logits
 from biocnn.errors import BiocnnError
 from biocnn.metrics import accuracy, agreement, circular_consistency
 from biocnn.models import create_model, list_models

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from biocnn.config import TrainConfig
-from biocnn.engine import FitResult, TensorData, fit
+from biocnn.data import TensorData
+from biocnn.engine import FitResult, fit
 from biocnn.models.registry import create_model
 
 

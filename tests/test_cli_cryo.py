@@ -16,9 +16,9 @@ import starfile
 import torch
 from typer.testing import CliRunner
 
+from biocnn.checkpoint import save_checkpoint
 from biocnn.cli import app
 from biocnn.config import load_toml, resolve, to_plain
-from biocnn.engine import save_checkpoint
 from biocnn.io.mrc import write_mrc
 from biocnn.io.star import format_image_name, read_star, write_star
 from biocnn.models import create_model

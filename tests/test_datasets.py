@@ -11,7 +11,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from biocnn.data import (
     PreprocessConfig,
@@ -19,12 +19,11 @@ from biocnn.data import (
     files_dataset,
     stratified_split,
 )
-from biocnn.data.preprocess import preprocess_images
+from biocnn.data.loader import make_loader
+from biocnn.data.preprocess import preprocess_images, resample_images
 from biocnn.errors import BiocnnError
-from biocnn.io import mrc as mrc_mod
 from biocnn.io.mrc import ViewSpec, read_view, write_mrc
 from biocnn.io.star import format_image_name, optics_block, write_star
-from biocnn.loader import make_loader, set_epoch
 
 AUTO = PreprocessConfig()
 
@@ -141,9 +140,9 @@ def test_dataloader_with_two_workers_matches_serial(cryo_class_folder: Path) -> 
 
 
 def test_batches_match_the_image_by_image_pipeline(tmp_path: Path) -> None:
-    """A batch mixing a stack read by the fused path (already at the box and pixel size)
-    with one that is resampled, in any order with repeats, equals reading and
-    preprocessing every image alone."""
+    """A batch mixing a stack read as is (already at the box and pixel size) with one that
+    is resampled, in any order with repeats, equals reading and resampling every image
+    alone; standardised, it equals the whole pipeline."""
     rng = np.random.default_rng(4)
     _stack(tmp_path / "maps" / "a" / "s.mrcs", 8, size=32, apix=2.0, seed=1)  # resampled
     data = (50 + 3 * rng.standard_normal((5, 40, 40))).astype(np.float32)
@@ -156,8 +155,10 @@ def test_batches_match_the_image_by_image_pipeline(tmp_path: Path) -> None:
     for got, i in zip(images, rows, strict=True):
         f = ds.index.files[ds.index.file_id[i]]
         one = read_view(f, int(ds.index.kind[i]), int(ds.index.section[i]))[None]
+        torch.testing.assert_close(got, resample_images(one, ds.preprocess, float(ds.index.apix[i])),
+                                   atol=1e-5, rtol=1e-5)
         expected = preprocess_images(one, ds.preprocess, float(ds.index.apix[i]))
-        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ds.preprocess.standardizer()(got), expected, atol=1e-5, rtol=1e-5)
     assert len(ds.__getitems__([3, 1])) == 2
     empty, none = ds.batch([])
     assert empty.shape == (0, 1, 40, 40) and none.shape == (0,)
@@ -172,15 +173,13 @@ def test_make_loader_reads_whole_batches_and_sets_the_epoch(cryo_class_folder: P
         assert [len(x) for x in xs] == [5, 5, 2]
         torch.testing.assert_close(torch.cat(xs), serial)
         np.testing.assert_array_equal(torch.cat(ys).numpy(), ds.labels)
-    shuffled = make_loader(ds, 4, shuffle=True, generator=torch.Generator().manual_seed(0))
-    seen = torch.cat([x for x, _ in shuffled])
-    torch.testing.assert_close(seen.sum(0), serial.sum(0), atol=1e-4, rtol=1e-4)  # each once
-    sampler = DistributedSampler(ds, num_replicas=1, rank=0, shuffle=True, seed=0)
-    for data in (ds, torch.utils.data.TensorDataset(serial, torch.zeros(len(ds)))):
-        loader = make_loader(data, 4, sampler=sampler)
-        set_epoch(loader, 3)
-        assert sampler.epoch == 3
-        sampler.set_epoch(0)
+    shuffled = make_loader(ds, 4, shuffle=True, seed=0)
+    first = torch.cat([x for x, _ in shuffled])
+    torch.testing.assert_close(first.sum(0), serial.sum(0), atol=1e-4, rtol=1e-4)  # each once
+    assert not torch.equal(first, serial)
+    torch.testing.assert_close(torch.cat([x for x, _ in shuffled]), first)  # same epoch, same order
+    shuffled.set_epoch(3)
+    assert not torch.equal(torch.cat([x for x, _ in shuffled]), first)
 
 
 def test_dataset_holds_no_pixels(cryo_class_folder: Path) -> None:
@@ -192,45 +191,6 @@ def test_dataset_holds_no_pixels(cryo_class_folder: Path) -> None:
     pixels = sum(p.stat().st_size for p in cryo_class_folder.rglob("*.m*"))
     assert before < pixels / 10
     assert pickle.loads(pickle.dumps(ds))[5][0].shape == (1, 32, 32)
-
-
-def _rss_file_kb() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("RssFile:"):
-            return int(line.split()[1])
-    pytest.skip("no RssFile in /proc/self/status")
-
-
-def test_reading_a_whole_stack_keeps_resident_memory_flat(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Mapped pages are released after every few MiB copied out of maps larger than a
-    limit (64 MiB of 128 MiB by default, 4 of 8 MiB here): reading all of a 32 MiB stack
-    through the dataset, batch by batch and image by image, leaves a small fraction of
-    what a plain mmap read keeps mapped."""
-    import mrcfile
-
-    monkeypatch.setattr(mrc_mod, "_RELEASE_BYTES", 4 << 20)
-    monkeypatch.setattr(mrc_mod, "_MAPPED_LIMIT", 8 << 20)
-    stack = tmp_path / "big" / "stack.mrcs"
-    write_mrc(stack, np.zeros((512, 128, 128), np.float32), apix=1.0, is_stack=True)  # 32 MiB
-    ds = files_dataset([stack], preprocess=AUTO)
-    ds[0]  # warm up torch's code paths (shared-library pages are file-backed too)
-    mrc_mod._CACHE.clear()
-    r0 = _rss_file_kb()
-    for start in range(0, len(ds), 100):
-        ds.batch(np.arange(start, min(start + 100, len(ds))))
-    for i in range(len(ds)):
-        ds.index.read(i)
-    via_dataset = _rss_file_kb() - r0
-    mrc_mod._CACHE.clear()
-    with mrcfile.mmap(stack, mode="r") as mrc:  # the control: every page stays mapped
-        r1 = _rss_file_kb()
-        float(np.asarray(mrc.data).sum())
-        raw = _rss_file_kb() - r1
-    if raw < 0.9 * 32 * 1024:
-        pytest.skip(f"RssFile does not track mapped file pages here ({raw} kB)")
-    assert via_dataset < raw / 4, (via_dataset, raw)
 
 
 @settings(max_examples=40, deadline=None)

@@ -22,7 +22,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from biocnn.config import TrainConfig
-from biocnn.engine import TensorData, fit
+from biocnn.data import TensorData
+from biocnn.engine import fit
 from biocnn.models.registry import create_model
 
 _RANK_VARS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE")

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from biocnn.data.preprocess import (
     PreprocessConfig,
+    Standardize,
     circular_mask,
     crop_or_pad,
     fourier_resize,
@@ -140,15 +141,47 @@ def test_unknown_pixel_size_resizes_to_box_and_non_square_is_padded() -> None:
     torch.testing.assert_close(preprocess_images(x, cfg), expected, atol=1e-5, rtol=1e-5)
 
 
-def test_input_is_kept_unless_inplace() -> None:
+def test_input_is_kept() -> None:
     x = (band_limited(32, 8, batch=2) * 5 + 3).numpy()
     before = x.copy()
-    cfg = PreprocessConfig(box=32, apix=0.0)
-    y = preprocess_images(x, cfg)
+    preprocess_images(x, PreprocessConfig(box=32, apix=0.0))
     np.testing.assert_array_equal(x, before)  # the caller's images are untouched
-    z = preprocess_images(x, cfg, inplace=True)
-    torch.testing.assert_close(z, y)
-    assert np.shares_memory(z.numpy(), x)  # no second batch-sized buffer
+
+
+def _reference(x: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """Float64 background normalisation (the definition)."""
+    x = x.astype(np.float64)
+    bg = x[:, background]
+    mean, std = bg.mean(1), bg.std(1)
+    flat = ~(std > 1e-3 * x.reshape(len(x), -1).std(1))
+    std = np.where(flat, x.reshape(len(x), -1).std(1), std)
+    scale = np.where(std > 0, 1 / np.where(std > 0, std, 1), 0)
+    return (x - mean[:, None, None]) * scale[:, None, None]
+
+
+@settings(max_examples=60, deadline=None)
+@given(size=st.integers(8, 40), offset=st.sampled_from([0.0, -3.0, 1e2, 1e4]),
+       scale=st.sampled_from([1e-2, 1.0, 50.0]), invert=st.booleans(), seed=st.integers(0, 99))
+def test_standardize_matches_float64_reference(size: int, offset: float, scale: float,
+                                               invert: bool, seed: int) -> None:
+    """The device module equals the float64 definition, also for raw counts far from 0."""
+    rng = np.random.default_rng(seed)
+    x = (offset + scale * rng.standard_normal((3, size, size))).astype(np.float32)
+    x[1] = offset  # a constant image
+    std = Standardize(size, 0.4 * size, invert=invert)
+    got = std(torch.from_numpy(x)[:, None])[:, 0].numpy()
+    expected = _reference(x, ~circular_mask(size, 0.4 * size).numpy()) * (-1 if invert else 1)
+    np.testing.assert_allclose(got, expected, atol=2e-3, rtol=1e-3)
+    assert (got[1] == 0).all()
+
+
+def test_standardize_is_a_buffered_module_on_any_device() -> None:
+    std = PreprocessConfig(box=16, apix=1.0, mask_radius=5).standardizer()
+    assert not list(std.parameters()) and "background" not in std.state_dict()
+    assert std.background.shape == (16, 16) and int((~std.background).sum()) == int(
+        circular_mask(16, 5).sum())
+    x = torch.randn(2, 1, 16, 16, dtype=torch.float64)
+    assert std(x).dtype == torch.float32 and std(x).shape == (2, 1, 16, 16)
 
 
 def test_numpy_int_input_accepted() -> None:

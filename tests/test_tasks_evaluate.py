@@ -12,8 +12,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from biocnn.checkpoint import save_checkpoint
 from biocnn.data import PreprocessConfig, ViewSpec
-from biocnn.engine import save_checkpoint
 from biocnn.errors import BiocnnError
 from biocnn.io.mrc import write_mrc
 from biocnn.metrics import classification_summary, shifted_correct

@@ -9,8 +9,8 @@ import mrcfile
 import numpy as np
 import pytest
 
+from biocnn.checkpoint import save_checkpoint
 from biocnn.data import PreprocessConfig, ViewSpec
-from biocnn.engine import save_checkpoint
 from biocnn.errors import BiocnnError
 from biocnn.io.mrc import write_mrc
 from biocnn.models import create_model

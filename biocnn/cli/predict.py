@@ -56,11 +56,6 @@ def predict(
     """Predict the class of every image; print a table (or JSON) and write the outputs asked for."""
     with cli_errors():
         from biocnn.config import resolve
-        from biocnn.data import buffers
-        from biocnn.runtime import cap_malloc_cache
-
-        cap_malloc_cache()  # flat memory over stacks larger than RAM:
-        buffers.retain(0)  # freed batches go back to the OS, none kept idle for reuse
         from biocnn.tasks.predict import (
             PredictConfig,
             prediction_json,

@@ -7,9 +7,9 @@ workers; each worker memory-maps files lazily (:func:`biocnn.io.mrc.open_mrc`).
 Memory stays flat however large the stacks are.
 
 Reading is batched (:meth:`MrcDataset.batch`, used by :func:`biocnn.data.make_loader`):
-the images of a batch are grouped by file, and where the preprocessing has nothing to
-resample (the usual case: one box and pixel size) one fused pass copies, checks and
-normalises them straight out of the memory map.
+the images of a batch are grouped by file and copied out of the memory map in section
+order, then resampled to the box in torch where needed. Standardisation (background
+mean/std, inversion) is not done here but on the device, by the model's input module.
 
 Sources (:func:`build_dataset`):
 
@@ -34,24 +34,14 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from biocnn.data import buffers
-from biocnn.data.kernels import normalize_rows
-from biocnn.data.preprocess import (
-    NonFiniteImages,
-    PreprocessConfig,
-    background_weight,
-    preprocess_images,
-)
+from biocnn.data.preprocess import PreprocessConfig, resample_images
 from biocnn.errors import BiocnnError
 from biocnn.io.mrc import (
     MRC_SUFFIXES,
     MrcInfo,
     ViewKind,
     ViewSpec,
-    check_sections,
     inspect_mrc,
-    note_mapped_read,
-    open_mrc,
     read_sections,
     read_view,
     view_name,
@@ -199,9 +189,6 @@ class MrcDataset(Dataset):
         self.class_names = list(class_names)
         self.preprocess = preprocess
         self.views = views
-        # every image from one file, as one view kind, at one pixel size: batches need no grouping
-        self._one_source = bool(len(index)) and all(
-            (a == a[0]).all() for a in (index.file_id, index.kind, index.apix))
 
     def __len__(self) -> int:
         return len(self.index)
@@ -216,7 +203,8 @@ class MrcDataset(Dataset):
         return list(zip(images.unbind(0), labels.tolist(), strict=True))
 
     def batch(self, indices: Sequence[int] | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Read and preprocess images ``indices`` together.
+        """Read images ``indices`` together and resample them to the box (not standardised:
+        that runs on the device, :meth:`PreprocessConfig.standardizer`).
 
         Returns
         -------
@@ -227,65 +215,26 @@ class MrcDataset(Dataset):
         """
         rows = np.asarray(indices, dtype=np.int64).reshape(-1)
         box = int(self.preprocess.box)  # type: ignore[arg-type]
-        out = buffers.take((len(rows), box, box))
+        out = torch.empty((len(rows), 1, box, box))
         idx = self.index
         sec = idx.section[rows]
-        if len(rows) == 0:
-            groups = []
-        elif self._one_source:  # the usual data set: one stack
-            groups = [np.argsort(sec, kind="stable")]
-        else:  # by file, view kind, pixel size; then section
-            fid, kind, apix = idx.file_id[rows], idx.kind[rows], idx.apix[rows]
-            order = np.lexsort((sec, apix, kind, fid))
-            f, k, a = fid[order], kind[order], apix[order]
-            cuts = np.flatnonzero((f[1:] != f[:-1]) | (k[1:] != k[:-1]) | (a[1:] != a[:-1])) + 1
-            groups = np.split(order, cuts)
-        for group in groups:
+        # by file, view kind and pixel size, then section: each group is one sorted read
+        fid, kind, apix = idx.file_id[rows], idx.kind[rows], idx.apix[rows]
+        order = np.lexsort((sec, apix, kind, fid))
+        f, k, a = fid[order], kind[order], apix[order]
+        cuts = np.flatnonzero((f[1:] != f[:-1]) | (k[1:] != k[:-1]) | (a[1:] != a[:-1])) + 1
+        for group in np.split(order, cuts) if len(rows) else []:
             first = rows[group[0]]
-            self._read_group(int(idx.file_id[first]), int(idx.kind[first]), sec[group],
-                             float(idx.apix[first]), out, group)
-        return torch.from_numpy(out)[:, None], torch.from_numpy(self.labels[rows])
-
-    def _read_group(
-        self, file: int, kind: int, sections: np.ndarray, apix: float, out: np.ndarray,
-        dest: np.ndarray,
-    ) -> None:
-        """Write views ``(kind, sections)`` of one file into ``out[dest]``."""
-        idx, cfg = self.index, self.preprocess
-        path = idx.files[file]
-        try:
-            data = open_mrc(path, idx.permissive).data if kind == ViewKind.IMAGE else None
-            if data is not None and data.dtype.isnative and cfg.is_passthrough(data.shape[-2:], apix):
-                self._fused_read(path, data if data.ndim == 3 else data[None], sections, out, dest)
-                return
-            if kind == ViewKind.IMAGE:
-                images = read_sections(path, sections, idx.permissive)
+            file, view = int(idx.file_id[first]), int(idx.kind[first])
+            path = idx.files[file]
+            if view == ViewKind.IMAGE:
+                images = read_sections(path, sec[group], idx.permissive)
             else:
-                images = np.stack([read_view(path, kind, int(s), idx.slice_axis, idx.permissive)
-                                   for s in sections])
-            out[dest] = preprocess_images(images, cfg, apix, inplace=True).numpy()
-        except NonFiniteImages as exc:
-            section = int(sections[exc.index[0]])
-            name = (f"{path}: image {section + 1}" if kind == ViewKind.IMAGE
-                    else view_name(path, idx.layouts[file], kind, section, idx.slice_axis))
-            raise BiocnnError(f"{name} contains NaN or Inf pixels") from None
-
-    def _fused_read(
-        self, path: str, src: np.ndarray, sections: np.ndarray, out: np.ndarray, dest: np.ndarray
-    ) -> None:
-        """Copy, check and normalise stack images ``src[sections]`` into ``out[dest]`` in
-        one pass over the memory map (no resampling needed)."""
-        cfg = self.preprocess
-        box = int(cfg.box)  # type: ignore[arg-type]
-        try:
-            bad = normalize_rows(src, sections, out, background_weight(box, cfg.mask_radius_px(box)),
-                                 dest=dest, normalize=cfg.normalize, invert=cfg.invert)
-        except IndexError:  # the file has fewer images than when it was indexed
-            check_sections(path, sections, len(src))
-            raise
-        note_mapped_read(len(sections) * src.strides[0])  # bytes per (C-contiguous) image
-        if bad.any():
-            raise NonFiniteImages(np.flatnonzero(bad))
+                images = np.stack([read_view(path, view, int(s), idx.slice_axis, idx.permissive)
+                                   for s in sec[group]])
+            out[torch.from_numpy(group), 0] = resample_images(images, self.preprocess,
+                                                              float(idx.apix[first]))
+        return out, torch.from_numpy(self.labels[rows])
 
     def name(self, i: int) -> str:
         """Name of image ``i`` (see :meth:`ImageIndex.name`)."""

@@ -12,9 +12,10 @@ For a batch ``(B, H, W)`` of images with pixel size ``a`` Å, :func:`preprocess_
    whole image's, e.g. a noiseless projection) the whole image's std is used instead;
 6. inverts the contrast (optional).
 
-Steps 5-6 and the NaN/Inf check run as one fused pass (:mod:`biocnn.data.kernels`); when
-steps 1-4 have nothing to do (:meth:`PreprocessConfig.is_passthrough`) a dataset runs
-that pass straight on the memory-mapped pixels.
+Steps 1-4 (geometry, :func:`resample_images`) run where the pixels are read, in the
+dataset; steps 5-6 (:class:`Standardize`) run as batched torch ops on the training or
+prediction device. Training and prediction build the same :class:`Standardize` from the
+checkpoint's config (:meth:`PreprocessConfig.standardizer`), so they cannot disagree.
 
 :meth:`PreprocessConfig.resolved` fills in ``box``/``apix`` left as None from the data; a
 checkpoint stores the resolved config so prediction repeats training exactly.
@@ -22,7 +23,6 @@ checkpoint stores the resolved config so prediction repeats training exactly.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
@@ -30,20 +30,21 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor, nn
 
-from biocnn.data.kernels import normalize_rows
 from biocnn.errors import BiocnnError
 
 __all__ = [
     "PreprocessConfig",
+    "Standardize",
+    "standardize_images",
+    "resample_images",
     "preprocess_images",
     "fourier_resize",
     "crop_or_pad",
     "lowpass_filter",
     "circular_mask",
     "normalize_background",
-    "background_weight",
-    "NonFiniteImages",
     "MIN_BOX",
 ]
 
@@ -147,11 +148,17 @@ class PreprocessConfig:
 
     def is_passthrough(self, shape: tuple[int, int], apix: float) -> bool:
         """True when ``(H, W)`` images of pixel size ``apix`` need no padding, resampling
-        or filtering (steps 1-4), only the fused normalisation pass; needs a resolved config."""
+        or filtering (steps 1-4); needs a resolved config."""
         h, w = int(shape[0]), int(shape[1])
         if h != w or h != self.box or self.lowpass > 0:
             return False
         return not (apix > 0 and self.apix) or round(h * apix / self.apix) == h
+
+    def standardizer(self) -> Standardize:
+        """Steps 5-6 as a module for the device (needs a resolved config)."""
+        box = int(self.box)  # type: ignore[arg-type]
+        return Standardize(box, self.mask_radius_px(box), normalize=self.normalize,
+                           invert=self.invert)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON/checkpoint-friendly dict."""
@@ -257,57 +264,88 @@ def circular_mask(box: int, radius: float, device: torch.device | None = None) -
     return c.view(-1, 1) ** 2 + c.view(1, -1) ** 2 <= radius**2
 
 
-class NonFiniteImages(BiocnnError):
-    """Images with NaN or Inf pixels; ``index`` holds their positions in the batch."""
-
-    def __init__(self, index: np.ndarray) -> None:
-        self.index = np.asarray(index, dtype=np.int64)
-        super().__init__(f"image {int(self.index[0]) + 1} of the batch contains NaN or Inf pixels")
+#: A background std below this fraction of the whole image's counts as flat.
+_FLAT_BACKGROUND = 1e-3
 
 
-@functools.lru_cache(maxsize=16)
-def background_weight(box: int, radius: float) -> np.ndarray:
-    """``(box, box)`` float32, 1 outside the circle of ``radius`` px around ``box // 2``
-    (the background) and 0 inside; read-only and cached."""
-    weight = (~circular_mask(box, radius)).numpy().astype(np.float32)
-    weight.flags.writeable = False
-    return weight
+def standardize_images(
+    x: Tensor, background: Tensor, normalize: bool = True, invert: bool = False
+) -> Tensor:
+    """Mean 0 / std 1 over the ``background`` pixels of each image, then optional inversion.
 
+    Parameters
+    ----------
+    x
+        ``(..., H, W)`` float images on any device.
+    background
+        ``(H, W)`` bool or 0/1 float, True on the background pixels.
+    normalize
+        False: only invert (if asked).
+    invert
+        Multiply the result by -1.
 
-def _fused_pass(
-    x: torch.Tensor, radius: float, normalize: bool, invert: bool, overwrite: bool = False
-) -> torch.Tensor:
-    """Check, normalise and/or invert ``x (B, H, H)`` in one pass into a CPU float32 tensor:
-    into ``x``'s own memory when ``overwrite`` (or when a conversion copied it anyway)."""
-    cpu = x.detach().to("cpu", torch.float32).contiguous()
-    src = cpu.numpy()
-    out = src if overwrite or not _same_memory(cpu, x) else np.empty_like(src)
-    bad = normalize_rows(src, np.arange(len(src)), out, background_weight(src.shape[-1], radius),
-                         normalize=normalize, invert=invert)
-    if bad.any():
-        raise NonFiniteImages(np.flatnonzero(bad))
-    return torch.from_numpy(out)
-
-
-def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.device == b.device and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
-
-
-def normalize_background(x: torch.Tensor, radius: float) -> torch.Tensor:
-    """Shift/scale ``x`` ``(B, H, H)`` to mean 0 / std 1 outside the circle of ``radius`` px.
-
-    If an image's background std is below 1e-3 of its overall std (a flat background),
-    the overall std is used; a constant image becomes all zeros. Returns a new float32
-    tensor on ``x``'s device; raises :class:`NonFiniteImages` for NaN/Inf pixels.
+    Returns
+    -------
+    Tensor
+        ``(..., H, W)`` float32. A flat background (std below 1e-3 of the whole image's, e.g.
+        a noiseless projection) is scaled by the whole image's std; a constant image becomes 0.
     """
-    return _fused_pass(x, radius, normalize=True, invert=False).to(x.device)
+    x = x.float()
+    if normalize:
+        # a per-image offset taken from the first row first: float32 sums of raw counts
+        # around 1e4 would otherwise cancel the background std of a clean image
+        x = x - x[..., :1, :].mean(-1, keepdim=True)
+        w = background.to(x.device, torch.float32)
+        n_bg = w.sum()
+        mean = (x * w).sum((-2, -1), keepdim=True) / n_bg
+        x = x - mean
+        var_bg = (x.square() * w).sum((-2, -1), keepdim=True) / n_bg
+        var_all = x.var((-2, -1), unbiased=False, keepdim=True)
+        var = torch.where(var_bg > _FLAT_BACKGROUND**2 * var_all, var_bg, var_all)
+        x = x * torch.where(var > 0, var.rsqrt(), torch.zeros_like(var))
+    return -x if invert else x
 
 
-def preprocess_images(
-    images: torch.Tensor | np.ndarray, cfg: PreprocessConfig, apix: float = 0.0, *,
-    inplace: bool = False,
-) -> torch.Tensor:
-    """Apply the preprocessing pipeline (module docstring) to a batch of images.
+class Standardize(nn.Module):
+    """Steps 5-6 of the pipeline as a non-trainable module: ``(B, C, box, box)`` -> same.
+
+    Parameters
+    ----------
+    box
+        Image size in pixels.
+    mask_radius
+        Radius in px of the circle around ``box // 2`` whose outside is the background.
+    normalize, invert
+        As in :func:`standardize_images`.
+    """
+
+    def __init__(self, box: int, mask_radius: float, normalize: bool = True,
+                 invert: bool = False) -> None:
+        super().__init__()
+        self.box, self.mask_radius = int(box), float(mask_radius)
+        self.normalize, self.invert = bool(normalize), bool(invert)
+        self.register_buffer("background", ~circular_mask(self.box, self.mask_radius),
+                             persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return standardize_images(x, self.background, self.normalize, self.invert)
+
+    def extra_repr(self) -> str:
+        return (f"box={self.box}, mask_radius={self.mask_radius:g}, normalize={self.normalize}, "
+                f"invert={self.invert}")
+
+
+def normalize_background(x: Tensor, radius: float) -> Tensor:
+    """Shift/scale ``x`` ``(B, H, H)`` to mean 0 / std 1 outside the circle of ``radius`` px
+    (see :func:`standardize_images`); float32 on ``x``'s device."""
+    return standardize_images(x, ~circular_mask(x.shape[-1], radius, x.device))
+
+
+def resample_images(
+    images: Tensor | np.ndarray, cfg: PreprocessConfig, apix: float = 0.0
+) -> Tensor:
+    """Steps 1-4 of the pipeline (module docstring): pad to square, resample, crop/pad to
+    the box, low-pass.
 
     Parameters
     ----------
@@ -317,27 +355,21 @@ def preprocess_images(
         A resolved config (:meth:`PreprocessConfig.resolved`).
     apix
         Pixel size of ``images`` in Å; 0 = unknown.
-    inplace
-        Allow the result to overwrite ``images`` (float32 CPU input of the output size):
-        saves a batch-sized buffer when streaming blocks that are not needed afterwards.
 
     Returns
     -------
-    torch.Tensor
-        ``(B, box, box)`` float32 on the input's device.
-
-    Raises
-    ------
-    NonFiniteImages
-        Images with NaN or Inf pixels (their batch positions in ``.index``).
+    Tensor
+        ``(B, box, box)`` float32 on the input's device (``images`` itself when it is float32
+        and needs nothing).
     """
     if not cfg.is_resolved:
-        raise ValueError("preprocess_images needs a resolved PreprocessConfig (box and apix set)")
+        raise ValueError("resample_images needs a resolved PreprocessConfig (box and apix set)")
     box = int(cfg.box)  # type: ignore[arg-type]
-    given = torch.as_tensor(images)
-    x = given.to(torch.float32)
+    x = torch.as_tensor(images).to(torch.float32)
     if x.ndim != 3:
         raise ValueError(f"expected (B, H, W) images, got shape {tuple(x.shape)}")
+    if cfg.is_passthrough(tuple(x.shape[-2:]), apix):
+        return x
     n = max(x.shape[-2:])
     x = crop_or_pad(x, (n, n))
     m = max(1, round(n * apix / cfg.apix)) if (apix > 0 and cfg.apix) else box
@@ -345,5 +377,13 @@ def preprocess_images(
     x = crop_or_pad(x, (box, box))
     if cfg.lowpass > 0:
         x = lowpass_filter(x, cfg.lowpass_fraction(), cfg.lowpass_edge)
-    owned = inplace or not _same_memory(x, given)  # a step above made x a new tensor
-    return _fused_pass(x, cfg.mask_radius_px(box), cfg.normalize, cfg.invert, owned).to(x.device)
+    return x
+
+
+def preprocess_images(
+    images: Tensor | np.ndarray, cfg: PreprocessConfig, apix: float = 0.0
+) -> Tensor:
+    """The whole pipeline (steps 1-6) on a batch ``(B, H, W)`` -> ``(B, box, box)`` float32:
+    :func:`resample_images` then the config's :class:`Standardize`."""
+    x = resample_images(images, cfg, apix)
+    return cfg.standardizer().to(x.device)(x)

@@ -12,8 +12,9 @@ Example
     >>> run_train(CryoTrainConfig(data="maps/", out="runs/demo"))  # doctest: +SKIP
 """
 
+from biocnn.checkpoint import Classifier, load_classifier
 from biocnn.tasks.evaluate import EvaluateConfig, EvaluateResult, run_evaluate
-from biocnn.tasks.predict import Classifier, PredictConfig, PredictResult, load_classifier, run_predict
+from biocnn.tasks.predict import PredictConfig, PredictResult, run_predict
 from biocnn.tasks.train import CryoTrainConfig, TrainResult, run_train
 
 __all__ = [

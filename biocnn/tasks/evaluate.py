@@ -33,14 +33,13 @@ from rich.table import Table
 from torch import Tensor
 
 from biocnn.atomic import atomic_dir, write_json
+from biocnn.checkpoint import load_classifier
 from biocnn.config import run_metadata, to_plain
-from biocnn.data import build_dataset
+from biocnn.data import build_dataset, make_loader
 from biocnn.engine import predict_logits
 from biocnn.errors import BiocnnError
-from biocnn.loader import make_loader
 from biocnn.metrics import classification_summary, consistency, placement_summary, shifted_correct
 from biocnn.plots import plot_accuracy_vs_shift, plot_confusion
-from biocnn.tasks.predict import load_classifier
 
 __all__ = [
     "EvaluateConfig",
@@ -141,6 +140,8 @@ def run_evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = print) -> Eva
         logits, correct, agree = [], [], 0.0
         for x, y in track(loader, description="evaluate", console=Console(stderr=True),
                           disable=not cfg.progress):
+            # standardised before the zero-filled shifts, as in training (fill = background)
+            x = clf.standardize(x.to(clf.device))
             logits.append(predict(x))
             correct.append(shifted_correct(predict, x, y, shifts, generator))
             agree += consistency(predict, x, c_shift, generator) * len(x)

@@ -40,26 +40,22 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from rich.table import Table
-from torch import nn
 
 from biocnn.atomic import atomic_path
+from biocnn.checkpoint import Classifier, load_classifier
 from biocnn.data import (
     MrcDataset,
-    PreprocessConfig,
     ViewSpec,
     files_dataset,
     star_dataset,
 )
-from biocnn.engine import load_checkpoint, predict_logits
+from biocnn.engine import predict_logits
 from biocnn.errors import BiocnnError
 from biocnn.io.mrc import MRC_SUFFIXES, ViewKind, inspect_mrc
 from biocnn.io.star import StarTable, format_image_name, optics_block, read_star, write_star
 from biocnn.plots import plot_heatmap_gallery
-from biocnn.runtime import resolve_device
 
 __all__ = [
-    "Classifier",
-    "load_classifier",
     "PredictConfig",
     "PredictSource",
     "PredictResult",
@@ -74,49 +70,6 @@ __all__ = [
 CHUNK = 4096
 #: Largest number of images listed one by one in the terminal.
 SHOW_IMAGES = 50
-
-
-@dataclass
-class Classifier:
-    """A trained model with everything needed to repeat its preprocessing."""
-
-    path: Path
-    model: nn.Module
-    class_names: list[str]
-    preprocess: PreprocessConfig
-    views: ViewSpec
-    device: torch.device
-    meta: dict[str, Any]
-
-    @property
-    def box(self) -> int:
-        """Input size in pixels: images are ``(B, 1, box, box)``."""
-        return int(self.preprocess.box)  # type: ignore[arg-type]
-
-
-def load_classifier(path: str | os.PathLike, device: str = "auto") -> Classifier:
-    """Load a checkpoint written by ``biocnn train`` (model in eval mode on ``device``).
-
-    Raises
-    ------
-    BiocnnError
-        Missing, corrupt or foreign checkpoint (e.g. an MNIST baseline one, which has no
-        recorded preprocessing), or weights that do not fit the recorded model.
-    """
-    path = Path(path)
-    dev = resolve_device(device)
-    model, ckpt = load_checkpoint(path, dev)
-    missing = [k for k in ("class_names", "preprocess", "views") if k not in ckpt]
-    if missing:
-        raise BiocnnError(f"{path}: not a `biocnn train` checkpoint (no {missing[0]} recorded)")
-    try:
-        pre = PreprocessConfig.from_dict(ckpt["preprocess"])
-        views = ViewSpec.from_dict(ckpt["views"])
-    except (BiocnnError, TypeError) as exc:
-        raise BiocnnError(f"{path}: bad preprocessing record ({exc})") from None
-    if not pre.is_resolved:
-        raise BiocnnError(f"{path}: the recorded preprocessing has no box/pixel size")
-    return Classifier(path, model, list(ckpt["class_names"]), pre, views, dev, ckpt)
 
 
 @dataclass
@@ -453,6 +406,7 @@ def write_cam_gallery(path: Path, result: PredictResult, clf: Classifier, count:
     """
     n = min(count, len(result.probabilities))
     x = torch.stack([src.dataset[j][0] for src, j in map(result.locate, range(n))])  # (n, 1, box, box)
+    x = clf.standardize(x.to(clf.device)).cpu()
     pred = torch.from_numpy(result.predicted[:n])
     with torch.no_grad():
         cams = clf.model.class_activation_map(x.to(clf.device)).float().cpu()  # (n, K, h, w)
@@ -515,7 +469,7 @@ def run_predict(cfg: PredictConfig, log: Callable[[str], None] = print) -> Predi
     probs = np.concatenate([
         predict_logits(clf.model, s.dataset, batch_size=cfg.batch_size, device=clf.device,
                        num_workers=cfg.num_workers, amp=cfg.amp, tta=cfg.tta,
-                       progress=cfg.progress).softmax(1).numpy()
+                       progress=cfg.progress, standardize=clf.standardize).softmax(1).numpy()
         for s in sources
     ]).astype(np.float32)
     result = PredictResult(

@@ -39,10 +39,17 @@ from torch import nn
 from biocnn.atomic import atomic_dir, write_json, write_text
 from biocnn.augment import Augment
 from biocnn.config import TrainConfig, run_metadata, to_plain
-from biocnn.data import MrcDataset, PreprocessConfig, ViewSpec, build_dataset, stratified_split
-from biocnn.engine import FitResult, TensorData, evaluate, fit
+from biocnn.data import (
+    MrcDataset,
+    PreprocessConfig,
+    TensorData,
+    ViewSpec,
+    build_dataset,
+    make_loader,
+    stratified_split,
+)
+from biocnn.engine import FitResult, evaluate, fit
 from biocnn.errors import BiocnnError
-from biocnn.loader import make_loader
 from biocnn.metrics import classification_summary
 from biocnn.models import create_model
 from biocnn.plots import plot_confusion, plot_curves
@@ -147,7 +154,8 @@ def build_classifier(
 
 
 def _preload(data: MrcDataset, num_workers: int) -> TensorData:
-    """Preprocess every image of ``data`` once into memory: ``(N, 1, box, box)`` float32."""
+    """Read and resample every image of ``data`` once into memory: ``(N, 1, box, box)``
+    float32 (standardised on the device, per batch)."""
     box = int(data.preprocess.box)  # type: ignore[arg-type]
     images = torch.empty(len(data), 1, box, box)
     loader = make_loader(data, 256, num_workers=num_workers)
@@ -274,11 +282,13 @@ def run_train(cfg: CryoTrainConfig, log: Callable[[str], None] = print) -> Train
             "label_column": cfg.label_column,
             "apix_summary": data.apix_summary,
         }
-        result = fit(model, train, val, cfg, augment=augment, out_dir=tmp, checkpoint_meta=meta)
+        standardize = pre.standardizer()
+        result = fit(model, train, val, cfg, augment=augment, out_dir=tmp, checkpoint_meta=meta,
+                     standardize=standardize)
         report = None
         if val is not None:
             ev = evaluate(model, val, batch_size=max(256, cfg.batch_size), device=cfg.device,
-                          num_workers=cfg.num_workers, amp=cfg.amp)
+                          num_workers=cfg.num_workers, amp=cfg.amp, standardize=standardize)
             report = classification_summary(ev["logits"], ev["labels"], names)
             plot_confusion(np.asarray(report["confusion"]), names, tmp / "confusion.png",
                            title=f"validation (epoch {result.best_epoch})")
