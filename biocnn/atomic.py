@@ -1,22 +1,66 @@
-"""Atomic output: write to a temporary sibling, then rename into place.
+"""Safe output: atomic files, checked destinations, one-line errors for full disks.
 
-A crash or a bad-input error never leaves a half-written file or run directory behind.
+Every file is written to a temporary sibling and renamed into place, so a crash or an
+error never leaves a half-written file at a requested path; the temporary file is removed
+on any error. Files and folders get the permissions the umask allows (0644 / 0755 by
+default), like any other tool's output on a shared disk. A full disk (ENOSPC) or a file
+size limit (EFBIG, SIGXFSZ ignored) becomes one line naming the path.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
+import signal
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from biocnn.errors import BiocnnError
 
-__all__ = ["atomic_path", "atomic_dir", "write_json", "write_text"]
+__all__ = [
+    "atomic_path",
+    "atomic_dir",
+    "write_json",
+    "write_text",
+    "check_outputs",
+    "disk_errors",
+    "umask_mode",
+]
+
+_NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+if hasattr(signal, "SIGXFSZ"):  # a file size limit then fails the write with EFBIG instead
+    with contextlib.suppress(ValueError):  # not in the main thread: leave the handler be
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
+def umask_mode(base: int = 0o666) -> int:
+    """``base`` permissions less the process umask (0o644 for files with umask 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return base & ~mask
+
+
+@contextlib.contextmanager
+def disk_errors(path: str | os.PathLike) -> Iterator[None]:
+    """Turn a full disk or file-size limit while writing ``path`` into one BiocnnError line."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in _NO_SPACE:
+            why = "disk full" if exc.errno != errno.EFBIG else "file size limit reached"
+            raise BiocnnError(f"cannot write {path}: {why}") from None
+        raise
+    except RuntimeError as exc:  # torch.save reports ENOSPC as "[enforce fail ...]"
+        text = str(exc)
+        if "enforce fail" in text or "No space left" in text or "file write failed" in text:
+            raise BiocnnError(f"cannot write {path}: disk full or file size limit reached") from None
+        raise
 
 
 @contextlib.contextmanager
@@ -32,18 +76,21 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         Defaults to the suffix of ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=(path.suffix if suffix is None else suffix) + ".tmp",
-        dir=path.parent,
-    )
-    os.close(fd)
+    with disk_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.name}.", suffix=(path.suffix if suffix is None else suffix) + ".tmp",
+            dir=path.parent,
+        )
+        os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        os.replace(tmp_path, path)
+        with disk_errors(path):
+            yield tmp_path
+            os.chmod(tmp_path, umask_mode())  # mkstemp makes 0600 files
+            os.replace(tmp_path, path)
     finally:
-        if tmp_path.exists():
+        with contextlib.suppress(OSError):
             tmp_path.unlink()
 
 
@@ -67,16 +114,78 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        os.chmod(tmp, umask_mode(0o777))  # mkdtemp makes 0700 folders
     except OSError as exc:
         raise BiocnnError(f"cannot write output directory {path}: {exc.strerror}") from exc
     try:
-        yield tmp
+        with disk_errors(path):
+            yield tmp
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
+    except OSError:
+        return False
+
+
+def check_outputs(
+    outputs: Mapping[str, str | os.PathLike | None],
+    inputs: Iterable[str | os.PathLike] = (),
+    *,
+    overwrite: bool = False,
+) -> dict[str, Path]:
+    """Check requested output files before any work; nothing is created.
+
+    Parameters
+    ----------
+    outputs
+        ``{option: path}`` (e.g. ``{"--csv": "pred.csv"}``); None values are skipped.
+    inputs
+        Files the command reads (inputs, the checkpoint): no output may be one of them.
+    overwrite
+        Allow replacing existing output files.
+
+    Returns
+    -------
+    dict
+        ``{option: Path}`` of the outputs given.
+
+    Raises
+    ------
+    BiocnnError
+        One line naming the option: an output that is an input, two options naming one
+        file, an existing file without ``overwrite``, a folder, or an unwritable parent.
+    """
+    given = {opt: Path(p) for opt, p in outputs.items() if p is not None and str(p) != ""}
+    read = [Path(p) for p in inputs]
+    seen: dict[Path, str] = {}
+    for opt, path in given.items():
+        for src in read:
+            if _same_file(path, src):
+                raise BiocnnError(f"{opt} {path}: is one of the inputs; choose another file")
+        key = path.resolve()
+        if key in seen:
+            raise BiocnnError(f"{opt} {path}: also given as {seen[key]}")
+        seen[key] = opt
+        if path.is_dir():
+            raise BiocnnError(f"{opt} {path}: is a directory")
+        if path.exists() and not overwrite:
+            raise BiocnnError(f"{opt} {path}: exists (use --overwrite to replace it)")
+        parent = path.parent
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir():
+            raise BiocnnError(f"{opt} {path}: cannot write, {parent} is not a directory")
+        if not os.access(parent, os.W_OK):
+            raise BiocnnError(f"{opt} {path}: cannot write, {parent} is not writable")
+    return given
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

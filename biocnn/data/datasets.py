@@ -22,6 +22,7 @@ Sources (:func:`build_dataset`):
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from collections.abc import Sequence
@@ -170,6 +171,8 @@ class MrcDataset(Dataset):
         The resolved :class:`PreprocessConfig` (store ``preprocess.to_dict()`` in checkpoints).
     views
         The :class:`ViewSpec` the index was built with (store ``views.to_dict()`` too).
+    source_shapes
+        ``(H, W)`` of each file's images, for :meth:`bytes_per_image`.
     """
 
     def __init__(
@@ -179,6 +182,7 @@ class MrcDataset(Dataset):
         class_names: Sequence[str],
         preprocess: PreprocessConfig,
         views: ViewSpec,
+        source_shapes: Sequence[tuple[int, int]] = (),
     ) -> None:
         if not preprocess.is_resolved:
             raise ValueError("MrcDataset needs a resolved PreprocessConfig")
@@ -189,6 +193,8 @@ class MrcDataset(Dataset):
         self.class_names = list(class_names)
         self.preprocess = preprocess
         self.views = views
+        #: ``(H, W)`` of the images of each file (headers only)
+        self.source_shapes = [tuple(s) for s in source_shapes]
 
     def __len__(self) -> int:
         return len(self.index)
@@ -236,6 +242,20 @@ class MrcDataset(Dataset):
                                                               float(idx.apix[first]))
         return out, torch.from_numpy(self.labels[rows])
 
+    def image_keys(self) -> np.ndarray:
+        """``(N,)`` int64, equal for rows that read the same image of the same file."""
+        idx = self.index
+        return (idx.file_id.astype(np.int64) << 40) | (idx.kind.astype(np.int64) << 32) | (
+            idx.section.astype(np.int64))
+
+    def bytes_per_image(self) -> int:
+        """Peak bytes one image costs while its batch is read and resampled: the largest
+        source image as float32 plus its Fourier resampling (complex, a few copies) and the
+        output. Size batches by bytes with it (:func:`batch_size_for`)."""
+        box = int(self.preprocess.box)  # type: ignore[arg-type]
+        src = max((max(h, w) ** 2 for h, w in self.source_shapes), default=box * box)
+        return 4 * (4 * src + 2 * box * box)
+
     def name(self, i: int) -> str:
         """Name of image ``i`` (see :meth:`ImageIndex.name`)."""
         return self.index.name(i)
@@ -243,9 +263,8 @@ class MrcDataset(Dataset):
     def subset(self, indices: np.ndarray | Sequence[int]) -> MrcDataset:
         """A dataset of the rows ``indices`` with the same classes and preprocessing."""
         idx = np.asarray(indices, dtype=np.int64)
-        return MrcDataset(
-            self.index.subset(idx), self.labels[idx], self.class_names, self.preprocess, self.views
-        )
+        return MrcDataset(self.index.subset(idx), self.labels[idx], self.class_names,
+                          self.preprocess, self.views, self.source_shapes)
 
     @property
     def apix_summary(self) -> dict[str, Any]:
@@ -267,12 +286,15 @@ class MrcDataset(Dataset):
 
 
 def stratified_split(
-    labels: np.ndarray | Sequence[int], val_fraction: float, seed: int
+    labels: np.ndarray | Sequence[int], val_fraction: float, seed: int,
+    groups: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split indices into train/validation keeping class proportions.
 
     Each class contributes ``round(n_c * val_fraction)`` images to validation, at least 1
     and at most ``n_c - 1`` when it has two or more (a single-image class stays in train).
+    Rows sharing a ``groups`` value (e.g. the same image listed twice) all follow the
+    first of them, so no copy of a training image is validated on.
 
     Returns
     -------
@@ -294,6 +316,10 @@ def stratified_split(
     val_idx = np.sort(np.concatenate(val)) if val else np.zeros(0, dtype=np.int64)
     train_mask = np.ones(len(labels), dtype=bool)
     train_mask[val_idx] = False
+    if groups is not None and len(groups):
+        _, first, inverse = np.unique(np.asarray(groups), return_index=True, return_inverse=True)
+        train_mask = train_mask[first][inverse]
+        val_idx = np.flatnonzero(~train_mask)
     return np.flatnonzero(train_mask).astype(np.int64), val_idx.astype(np.int64)
 
 
@@ -316,6 +342,20 @@ def _warn_unknown_apix(index: ImageIndex) -> None:
         )
 
 
+def _placeholder_apix(index: ImageIndex, expected: float) -> None:
+    """Warn, once per file, where a header's 0 or exactly 1 Å (what many tools write when
+    they know no pixel size) differs from the pixel size the model expects."""
+    for f in np.unique(index.file_id).tolist():
+        a = float(index.apix[np.argmax(index.file_id == f)])
+        if a in (0.0, 1.0) and expected and abs(a - expected) > 0.01 * expected:
+            used = f"{a:g} Å/px" if a else "none (resized to the box)"
+            warnings.warn(
+                f"{index.files[f]}: header pixel size {a:g} Å looks like a placeholder; the "
+                f"model expects {expected:g} Å/px; using {used} (set it with --apix)",
+                stacklevel=3,
+            )
+
+
 def _finish(
     index: ImageIndex,
     labels: np.ndarray,
@@ -323,12 +363,21 @@ def _finish(
     preprocess: PreprocessConfig,
     views: ViewSpec,
     shapes: dict[int, tuple[int, int]],
+    apix: float | None = None,
 ) -> MrcDataset:
-    """Resolve the preprocessing from per-file image shapes and build the dataset."""
+    """Apply a pixel size override, resolve the preprocessing from per-file image shapes
+    and build the dataset."""
+    if apix is not None:
+        if not (np.isfinite(apix) and apix > 0):
+            raise BiocnnError(f"--apix {apix}: must be > 0")
+        index = dataclasses.replace(index, apix=np.full(len(index), float(apix)))
+    elif preprocess.is_resolved:
+        _placeholder_apix(index, float(preprocess.apix or 0.0))
     _warn_unknown_apix(index)
     pairs = {(shapes[int(f)], float(a)) for f, a in zip(index.file_id, index.apix, strict=True)}
     resolved = preprocess.resolved([s for s, _ in pairs], [a for _, a in pairs])
-    return MrcDataset(index, labels, class_names, resolved, views)
+    return MrcDataset(index, labels, class_names, resolved, views,
+                      [shapes[f] for f in range(len(index.files))])
 
 
 def _labels_from_names(
@@ -365,6 +414,7 @@ def folder_dataset(
     views: ViewSpec | None = None,
     class_names: Sequence[str] | None = None,
     permissive: bool = False,
+    apix: float | None = None,
 ) -> MrcDataset:
     """Dataset of ``root/<class>/*.mrc|*.mrcs|*.map`` (one sub-folder per class).
 
@@ -380,6 +430,8 @@ def folder_dataset(
         The model's classes (evaluation); None derives sorted folder names and needs >= 2.
     permissive
         Open files with mrcfile's permissive mode.
+    apix
+        Pixel size in Å of every input image, instead of the headers'.
 
     Raises
     ------
@@ -408,7 +460,7 @@ def folder_dataset(
         [file_class[f] for f in index.file_id.tolist()], class_names, str(root)
     )
     shapes = {f: views.image_shape(info) for f, info in enumerate(infos)}
-    return _finish(index, labels, names, preprocess, views, shapes)
+    return _finish(index, labels, names, preprocess, views, shapes, apix)
 
 
 def files_dataset(
@@ -417,15 +469,18 @@ def files_dataset(
     preprocess: PreprocessConfig,
     views: ViewSpec | None = None,
     permissive: bool = False,
+    apix: float | None = None,
 ) -> MrcDataset:
-    """Unlabelled dataset of every view of the given MRC files (labels -1)."""
+    """Unlabelled dataset of every view of the given MRC files (labels -1); ``apix``
+    overrides the headers' pixel size."""
     views = views or ViewSpec()
     if not paths:
         raise BiocnnError("no MRC files given")
     infos = [inspect_mrc(p, as_volume=views.as_volume, permissive=permissive) for p in paths]
     index = ImageIndex.from_infos(infos, views, permissive)
     shapes = {f: views.image_shape(info) for f, info in enumerate(infos)}
-    return _finish(index, np.full(len(index), -1, dtype=np.int64), [], preprocess, views, shapes)
+    return _finish(index, np.full(len(index), -1, dtype=np.int64), [], preprocess, views, shapes,
+                   apix)
 
 
 def _label_strings(column: pd.Series) -> list[str]:
@@ -443,13 +498,16 @@ def star_dataset(
     label_column: str | None = "rlnClassNumber",
     class_names: Sequence[str] | None = None,
     permissive: bool = False,
+    apix: float | None = None,
 ) -> MrcDataset:
     """Dataset of the particles of a RELION 3.0/3.1+ STAR file.
 
     Each row's ``rlnImageName`` (``index@stack.mrcs``, 1-based; relative to the STAR
     file's folder) is one image, always read as a stack section whatever the file's
-    header says. The pixel size comes from the STAR file (optics group, or detector pixel
-    size / magnification) and falls back to the MRC header.
+    header says. The pixel size comes from ``apix`` if given, else the STAR file (optics
+    group, or detector pixel size / magnification; a header that disagrees by more than 1 %
+    is warned about), else the MRC header. Rows naming the same image twice are warned
+    about; :func:`stratified_split` keeps them in one split.
 
     Parameters
     ----------
@@ -496,6 +554,7 @@ def star_dataset(
             f"({counts[j]} images in the file)"
         )
     header_apix = np.asarray([info.apix for info in infos])[file_id]
+    _check_star_apix(table.path, infos, file_id, star_apix)
     index = ImageIndex(
         files=tuple(str(i.path) for i in infos),
         layouts=tuple(i.layout for i in infos),
@@ -510,7 +569,33 @@ def star_dataset(
     else:
         labels, classes = _labels_from_names(names, class_names, f"{table.path} [{label_column}]")
     shapes = {f: (info.shape[1], info.shape[2]) for f, info in enumerate(infos)}
-    return _finish(index, labels, classes, preprocess, ViewSpec(), shapes)
+    dup = _duplicates(file_id, sections)
+    if dup.any():
+        warnings.warn(f"{table.path}: {int(dup.sum())} row(s) name an image already listed "
+                      "(kept; copies stay in one train/validation split)", stacklevel=2)
+    return _finish(index, labels, classes, preprocess, ViewSpec(), shapes, apix)
+
+
+def _duplicates(file_id: np.ndarray, section: np.ndarray) -> np.ndarray:
+    """``(N,)`` True for rows whose ``(file, section)`` appeared in an earlier row."""
+    key = file_id.astype(np.int64) << 32 | section.astype(np.int64)
+    _, first = np.unique(key, return_index=True)
+    dup = np.ones(len(key), dtype=bool)
+    dup[first] = False
+    return dup
+
+
+def _check_star_apix(star: Path, infos: Sequence[MrcInfo], file_id: np.ndarray,
+                     star_apix: np.ndarray) -> None:
+    """Warn once per file where the STAR pixel size and a real header value differ by > 1 %."""
+    for f, info in enumerate(infos):
+        rows = file_id == f
+        if not rows.any() or info.apix in (0.0, 1.0):  # 0 / 1 Å: placeholders, not a claim
+            continue
+        a = float(star_apix[np.argmax(rows)])
+        if a > 0 and abs(a - info.apix) > 0.01 * a:
+            warnings.warn(f"{star}: pixel size {a:g} Å differs from the header of {info.path} "
+                          f"({info.apix:g} Å); using the STAR value", stacklevel=3)
 
 
 def build_dataset(
@@ -522,6 +607,7 @@ def build_dataset(
     labeled: bool = True,
     class_names: Sequence[str] | None = None,
     permissive: bool = False,
+    apix: float | None = None,
 ) -> MrcDataset:
     """Build a dataset from a folder, a STAR file or an MRC file.
 
@@ -535,7 +621,7 @@ def build_dataset(
     ----------
     source
         Folder, STAR file or MRC file.
-    preprocess, views, class_names, permissive
+    preprocess, views, class_names, permissive, apix
         As in :func:`folder_dataset` / :func:`star_dataset`.
     label_column
         STAR column holding the class.
@@ -551,6 +637,7 @@ def build_dataset(
             label_column=label_column if labeled else None,
             class_names=class_names,
             permissive=permissive,
+            apix=apix,
         )
     if source.is_dir():
         if labeled:
@@ -560,15 +647,18 @@ def build_dataset(
                 views=views,
                 class_names=class_names,
                 permissive=permissive,
+                apix=apix,
             )
         files = _mrc_files(source, recursive=True)
         if not files:
             raise BiocnnError(f"{source}: no .mrc/.mrcs/.map files")
-        return files_dataset(files, preprocess=preprocess, views=views, permissive=permissive)
+        return files_dataset(files, preprocess=preprocess, views=views, permissive=permissive,
+                             apix=apix)
     if not source.exists():
         raise BiocnnError(f"input {source} not found")
     if labeled:
         raise BiocnnError(
             f"{source}: a single file has no labels; use a folder per class or a STAR file"
         )
-    return files_dataset([source], preprocess=preprocess, views=views, permissive=permissive)
+    return files_dataset([source], preprocess=preprocess, views=views, permissive=permissive,
+                         apix=apix)

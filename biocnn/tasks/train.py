@@ -202,7 +202,7 @@ def _split(
     data: MrcDataset, cfg: CryoTrainConfig, log: Callable[[str], None]
 ) -> tuple[TensorData | MrcDataset, TensorData | MrcDataset | None, int, int]:
     """Stratified train/validation split, in memory when it fits ``cfg.preload_gb``."""
-    train_idx, val_idx = stratified_split(data.labels, cfg.val_fraction, cfg.seed)
+    train_idx, val_idx = stratified_split(data.labels, cfg.val_fraction, cfg.seed, data.image_keys())
     if cfg.val_fraction > 0 and len(val_idx) == 0:
         warnings.warn("no class has 2 images: training without a validation set", stacklevel=2)
     box = int(data.preprocess.box)  # type: ignore[arg-type]
