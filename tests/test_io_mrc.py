@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import mrcfile
@@ -17,9 +18,13 @@ from biocnn.io.mrc import (
     inspect_mrc,
     iter_images,
     open_mrc,
+    read_sections,
     read_view,
     write_mrc,
 )
+
+# files written without a pixel size warn once each; the tests that count warnings record them
+pytestmark = pytest.mark.filterwarnings("ignore::biocnn.io.mrc.MrcQuirkWarning")
 
 
 def _raw_mrc(path: Path, data: np.ndarray, ispg: int | None = None, apix: float = 0.0) -> Path:
@@ -51,7 +56,7 @@ def test_inspect_single_image(tmp_path: Path) -> None:
     [
         ("a.mrcs", 1, None, "stack"),  # .mrcs is a stack whatever the header says
         ("a.mrc", 0, None, "stack"),  # ispg 0: image stack
-        ("a.mrc", 1, None, "volume"),  # mrcfile's default for 3D data
+        ("a.mrc", 1, None, "stack"),  # ispg 1 but a particle-like 3 x 8 x 8 shape
         ("a.map", 0, None, "volume"),  # .map is a volume
         ("a.mrc", 1, False, "stack"),  # explicit override
         ("a.mrcs", 0, True, "volume"),
@@ -144,7 +149,7 @@ def test_iter_images_stack_in_chunks(tmp_path: Path) -> None:
 def test_iter_images_volume_views_and_unknown_apix_warning(
     tmp_path: Path, volume: np.ndarray
 ) -> None:
-    p = write_mrc(tmp_path / "v.mrc", volume)  # apix 0
+    p = write_mrc(tmp_path / "v.map", volume)  # apix 0
     with pytest.warns(UserWarning, match="pixel size unknown"):
         chunks = list(iter_images(p, ViewSpec(slices=2, project=True), chunk=2))
     idx = np.concatenate([i for i, _ in chunks])
@@ -185,21 +190,23 @@ def test_not_an_mrc_file(tmp_path: Path) -> None:
     assert "\n" not in str(exc.value)
 
 
-def test_permissive_mode_tolerates_a_bad_map_id(tmp_path: Path) -> None:
-    p = write_mrc(tmp_path / "odd.mrcs", np.ones((2, 8, 8)), is_stack=True)
+def test_a_bad_map_id_is_read_with_one_warning(tmp_path: Path) -> None:
+    p = write_mrc(tmp_path / "odd.mrcs", np.ones((2, 8, 8)), apix=1.0, is_stack=True)
     raw = bytearray(p.read_bytes())
     raw[208:212] = b"XXXX"  # the "MAP " identifier
     p.write_bytes(bytes(raw))
-    with pytest.raises(BiocnnError, match="odd.mrcs: not a readable MRC file"):
-        inspect_mrc(p)
-    assert inspect_mrc(p, permissive=True).shape == (2, 8, 8)
-    assert read_view(p, ViewKind.IMAGE, 1, permissive=True).sum() == 64
+    with pytest.warns(mrc_mod.MrcQuirkWarning, match=r"odd.mrcs: .*no 'MAP ' id string") as rec:
+        assert inspect_mrc(p).shape == (2, 8, 8)
+        assert inspect_mrc(p, permissive=True).shape == (2, 8, 8)
+        assert read_view(p, ViewKind.IMAGE, 1).sum() == 64
+    assert len(rec) == 1
 
 
 def test_truncated_mrc(tmp_path: Path) -> None:
     p = write_mrc(tmp_path / "cut.mrcs", np.zeros((4, 16, 16)), is_stack=True)
     p.write_bytes(p.read_bytes()[:-200])
-    with pytest.raises(BiocnnError, match="cut.mrcs: not a readable MRC file"):
+    with pytest.raises(BiocnnError, match="cut.mrcs: not a readable MRC file .file is truncated: "
+                       r"header says 5120 bytes, file has 4920\)"):
         inspect_mrc(p)
     tiny = tmp_path / "tiny.mrc"
     tiny.write_bytes(b"\0" * 100)
@@ -253,3 +260,241 @@ def test_out_of_range_views(tmp_path: Path) -> None:
     img = write_mrc(tmp_path / "i.mrc", np.zeros((8, 8)))
     with pytest.raises(BiocnnError, match="no volume slices"):
         read_view(img, ViewKind.SLICE, 0)
+
+
+# --- headers as the field's tools write them ------------------------------------------------
+
+REALWORLD = Path(__file__).resolve().parents[2] / "shared" / "data" / "realworld"
+TYPES = {0: "i1", 1: "i2", 2: "f4", 6: "u2", 12: "f2"}
+
+
+def _mrc_file(
+    path: Path,
+    data: np.ndarray,
+    *,
+    mode: int = 2,
+    ispg: int = 0,
+    mz: int | None = None,
+    apix: float = 1.5,
+    map_id: bytes = b"MAP ",
+    stamp: bytes = b"\x44\x44\x00\x00",
+    order: str = "<",
+    ext: bytes = b"",
+    stats: tuple[float, float, float, float] = (-1.0, -2.0, -3.0, -1.0),
+    imod_flags: int | None = None,
+) -> Path:
+    """Write ``data`` ``(Z, Y, X)`` behind a header built field by field (mrcfile's layout)."""
+    from mrcfile.dtypes import HEADER_DTYPE
+
+    nz, ny, nx = data.shape
+    h = np.zeros(1, HEADER_DTYPE.newbyteorder(order)).view(np.recarray)
+    h.nx, h.ny, h.nz, h.mode = nx, ny, nz, mode
+    h.mx, h.my, h.mz = nx, ny, nz if mz is None else mz
+    h.cella.x, h.cella.y, h.cella.z = apix * nx, apix * ny, apix * h.mz[0]
+    h.cellb.alpha = h.cellb.beta = h.cellb.gamma = 90.0
+    h.mapc, h.mapr, h.maps = 1, 2, 3
+    h.dmin, h.dmax, h.dmean, h.rms = stats
+    h.ispg, h.nsymbt = ispg, len(ext)
+    h.map = map_id
+    h.machst = np.frombuffer(stamp, np.uint8)
+    raw = bytearray(h.tobytes())
+    if imod_flags is not None:  # IMOD's stamp and flags live in the "extra" bytes 152..160
+        raw[152:160] = np.array([1146047817, imod_flags], order + "i4").tobytes()
+    path.write_bytes(bytes(raw) + ext + data.astype(order + TYPES[mode]).tobytes())
+    return path
+
+
+def _stack(n: int = 7, box: int = 16, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, box, box)).astype(np.float32)
+
+
+WRITERS = {
+    # RELION: .mrcs, space group 0, MAP id, stamp 0x44 0x44, mz = nz
+    "relion": dict(name="p.mrcs", kw={}, quirk=None),
+    # cryoSPARC: particle stacks named .mrc with space group 1 and mz = nz, stamp 0x44 0x41
+    "cryosparc": dict(name="p.mrc", kw={"ispg": 1, "stamp": b"\x44\x41\x00\x00"}, quirk=None),
+    # cryosparc-tools: space group 0, mx/my/mz = nx/ny/nz
+    "cryosparc-tools": dict(name="p.mrc", kw={"stamp": b"\x44\x41\x00\x00"}, quirk=None),
+    # EMAN2: image stack marked with mz = 1
+    "eman2": dict(name="p.mrcs", kw={"mz": 1, "stats": (0.0, 1.0, 0.5, 0.3)}, quirk=None),
+    # IMOD: int16 with an extended header and IMOD's stamp, space group 0
+    "imod": dict(name="p.mrc", kw={"mode": 1, "ext": b"\0" * 1024, "imod_flags": 1}, quirk=None),
+    # older tools: no MAP id, zero stamp, statistics left at -1 (what relion31.mrcs has)
+    "old": dict(name="p.mrcs", kw={"map_id": b"\0" * 4, "stamp": b"\0" * 4}, quirk="no 'MAP ' id"),
+    # a big-endian writer with a proper stamp
+    "big-endian": dict(name="p.mrcs", kw={"order": ">", "stamp": b"\x11\x11\x00\x00"}, quirk=None),
+    # big-endian data with a zero stamp: the byte order is the one where the header makes sense
+    "big-endian-no-stamp": dict(name="p.mrcs", kw={"order": ">", "stamp": b"\0" * 4},
+                                quirk="read as big-endian"),
+    # non-finite header statistics
+    "nan-stats": dict(name="p.mrcs", kw={"stats": (np.nan, np.inf, 0.0, np.nan)}, quirk="non-finite"),
+    # zero cell
+    "zero-cell": dict(name="p.mrcs", kw={"apix": 0.0}, quirk="pixel size unknown"),
+}
+
+
+@pytest.mark.parametrize("writer", sorted(WRITERS))
+def test_headers_of_the_fields_writers_read_as_stacks(tmp_path: Path, writer: str) -> None:
+    case = WRITERS[writer]
+    data = _stack()
+    mode = case["kw"].get("mode", 2)
+    if mode == 1:
+        data = np.round(data * 100)
+    p = _mrc_file(tmp_path / case["name"], data, **case["kw"])
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        info = inspect_mrc(p)
+        images = np.concatenate([a for _, a in iter_images(p, chunk=3)])
+        read_sections(p, [6, 0])
+    assert (info.layout, info.shape) == ("stack", (7, 16, 16)), info.reason
+    np.testing.assert_array_equal(images, data)
+    quirks = [w for w in rec if issubclass(w.category, mrc_mod.MrcQuirkWarning)]
+    if case["quirk"] is None:
+        assert not quirks, [str(w.message) for w in quirks]
+    else:
+        assert len(quirks) == 1 and case["quirk"] in str(quirks[0].message)
+        assert str(p) in str(quirks[0].message) and "\n" not in str(quirks[0].message)
+    assert info.apix == (0.0 if writer == "zero-cell" else 1.5)
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+@pytest.mark.parametrize("mode", [0, 1, 2, 6, 12])
+def test_every_mode_in_both_byte_orders_reads_as_float32(tmp_path: Path, mode: int, order: str) -> None:
+    values = np.arange(2 * 4 * 6).reshape(2, 4, 6) - (0 if mode == 6 else 20)
+    data = values.astype(TYPES[mode])
+    stamp = b"\x44\x44\0\0" if order == "<" else b"\x11\x11\0\0"
+    p = _mrc_file(tmp_path / "m.mrcs", data, mode=mode, order=order, stamp=stamp)
+    out = read_sections(p, [0, 1])
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, values.astype(np.float32))
+
+
+def test_imod_unsigned_bytes(tmp_path: Path) -> None:
+    """IMOD marks signed bytes with bit 0 of its flags; without it, mode 0 is unsigned."""
+    raw = np.array([[[0, 100, 200, 255]]], np.uint8)
+    p = _mrc_file(tmp_path / "u.mrc", raw.view(np.int8), mode=0, imod_flags=0)
+    np.testing.assert_array_equal(read_sections(p, [0])[0], raw[0])
+    s = _mrc_file(tmp_path / "s.mrc", raw.view(np.int8), mode=0, imod_flags=1)
+    np.testing.assert_array_equal(read_sections(s, [0])[0], raw[0].view(np.int8))
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "kw", "as_volume", "layout"),
+    [
+        ("a.mrc", (7, 64, 64), {"ispg": 1}, None, "stack"),  # issue 13: a 7-image stack, ispg 1
+        ("a.mrc", (64, 16, 16), {"ispg": 1}, None, "stack"),  # more images than pixels a side
+        ("a.mrc", (16, 16, 16), {"ispg": 1}, None, "volume"),  # cubic, volume header
+        ("a.mrc", (16, 16, 16), {"ispg": 1, "mz": 1}, None, "stack"),  # mz = 1: image stack
+        ("a.mrc", (16, 16, 16), {"ispg": 0}, None, "stack"),  # space group 0: images
+        ("a.mrcs", (16, 16, 16), {"ispg": 1}, None, "stack"),  # RELION's suffix wins
+        ("a.map", (7, 64, 64), {"ispg": 0}, None, "volume"),  # CCP4 map suffix
+        ("a.mrc", (8, 16, 16), {"ispg": 401, "mz": 8}, None, "volume"),  # one-volume stack header
+        ("a.mrc", (8, 16, 20), {"ispg": 19}, None, "volume"),  # crystallographic space group
+        ("a.mrc", (8, 16, 16), {"ispg": 999}, None, "stack"),  # invalid space group, shape rule
+        ("a.mrc", (7, 64, 64), {"ispg": 1}, True, "volume"),  # --volume
+        ("a.map", (16, 16, 16), {"ispg": 1}, False, "stack"),  # --stack
+        ("a.mrcs", (1, 16, 16), {"ispg": 0}, None, "image"),  # one section
+    ],
+)
+def test_stack_or_volume_from_header_and_name(
+    tmp_path: Path, name: str, shape: tuple, kw: dict, as_volume: bool | None, layout: str
+) -> None:
+    p = _mrc_file(tmp_path / name, np.zeros(shape, np.float32), **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", mrc_mod.MrcQuirkWarning)
+        info = inspect_mrc(p, as_volume=as_volume)
+    assert info.layout == layout and info.reason
+    assert len(ViewSpec(as_volume=as_volume).views(info)) == (1 if layout != "stack" else shape[0])
+
+
+def test_volume_stack_header_with_several_volumes_is_refused(tmp_path: Path) -> None:
+    p = _mrc_file(tmp_path / "vs.mrc", np.zeros((16, 8, 8), np.float32), ispg=401, mz=8)
+    with pytest.raises(BiocnnError, match=r"vs.mrc: 4D data \(a stack of 2 volumes"):
+        inspect_mrc(p)
+
+
+def test_one_quirk_warning_per_file(tmp_path: Path) -> None:
+    data = _stack(3)
+    a = _mrc_file(tmp_path / "a.mrcs", data, map_id=b"\0" * 4, stamp=b"\0" * 4, apix=0.0)
+    b = _mrc_file(tmp_path / "b.mrcs", data, map_id=b"\0" * 4)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            for p in (a, b):
+                inspect_mrc(p)
+                read_sections(p, [1])
+                list(iter_images(p))
+        mrc_mod._CACHE.clear()  # reopening in the same process does not warn again
+        inspect_mrc(a)
+    messages = sorted(str(w.message) for w in rec)
+    assert len(messages) == 2, messages
+    assert messages[0].startswith(f"{a}: MRC header quirks accepted: machine stamp 00 00 00 00")
+    assert "no 'MAP ' id string" in messages[0] and "pixel size unknown" in messages[0]
+    assert messages[1] == f"{b}: MRC header quirks accepted: no 'MAP ' id string"
+
+
+def test_trailing_bytes_are_a_quirk_not_an_error(tmp_path: Path) -> None:
+    p = _mrc_file(tmp_path / "t.mrcs", _stack(2))
+    p.write_bytes(p.read_bytes() + b"\0" * 100)
+    with pytest.warns(mrc_mod.MrcQuirkWarning, match="100 bytes after the data"):
+        np.testing.assert_array_equal(read_sections(p, [0, 1]), _stack(2))
+
+
+@pytest.mark.parametrize(
+    ("head", "name", "what"),
+    [
+        (b"II*\0" + b"\0" * 2000, "movie.tif", "TIFF"),
+        (b"MM\0*" + b"\0" * 2000, "movie.tiff", "TIFF"),
+        (b"II*\0" + b"\0" * 2000, "movie.eer", "EER"),
+        (b"\x89HDF\r\n\x1a\n" + b"\0" * 2000, "particles.hdf", "HDF5"),
+        (b"\x1f\x8b\x08" + b"\0" * 2000, "map.mrc.gz", "gzip"),
+        (b"", "empty.mrc", "empty"),
+    ],
+)
+def test_other_formats_are_refused_naming_what_is_supported(
+    tmp_path: Path, head: bytes, name: str, what: str
+) -> None:
+    from biocnn.io import sniff_format
+
+    p = tmp_path / name
+    p.write_bytes(head)
+    assert sniff_format(p) in ("tiff", "eer", "hdf5", "gzip", "empty")
+    with pytest.raises(BiocnnError) as exc:
+        inspect_mrc(p)
+    msg = str(exc.value)
+    assert msg.startswith(f"{p}: ") and what in msg and "\n" not in msg
+    assert "biocnn reads MRC .mrc/.mrcs/.map, RELION .star, cryoSPARC .cs" in msg
+
+
+def test_sniff_recognises_our_formats(tmp_path: Path) -> None:
+    from biocnn.io import sniff_format
+
+    stack = write_mrc(tmp_path / "s.mrcs", _stack(2), apix=1.0, is_stack=True)
+    old = _mrc_file(tmp_path / "o.mrcs", _stack(2), map_id=b"\0" * 4, stamp=b"\0" * 4)
+    star = tmp_path / "p.star"
+    star.write_text("\n# version 30001\n\ndata_particles\n\nloop_\n_rlnImageName #1\n1@s.mrcs\n")
+    cs = tmp_path / "p.cs"
+    with open(cs, "wb") as f:
+        np.save(f, np.zeros(2, [("uid", "<u8")]))
+    text = tmp_path / "notes.txt"
+    text.write_text("hello\n")
+    kinds = [sniff_format(p) for p in (stack, old, star, cs, text)]
+    assert kinds == ["mrc", "mrc", "star", "cs", "unknown"]
+
+
+@pytest.mark.skipif(not (REALWORLD / "relion31.mrcs").is_file(), reason="no ../shared real-world data")
+def test_real_relion31_stack_reads_with_one_warning() -> None:
+    """5 real 256 x 256 images whose header has no MAP id and a zero machine stamp."""
+    p = REALWORLD / "relion31.mrcs"
+    mrc_mod._WARNED.clear()
+    mrc_mod._CACHE.clear()
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        info = inspect_mrc(p)
+        images = np.concatenate([a for _, a in iter_images(p)])
+    assert (info.layout, info.shape, info.apix, info.mode) == ("stack", (5, 256, 256), 1.0, 2)
+    assert [str(w.message) for w in rec] == [
+        f"{p}: MRC header quirks accepted: machine stamp 00 00 00 00 (read as little-endian); "
+        "no 'MAP ' id string"
+    ]
+    assert images.shape == (5, 256, 256) and np.isfinite(images).all() and images.std() > 0

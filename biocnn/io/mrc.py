@@ -1,59 +1,84 @@
-"""MRC files: memory-mapped readers for images, stacks and volumes; atomic writer.
+"""MRC files: validated, memory-mapped readers for images, stacks and volumes; atomic writer.
 
-Files are opened with ``mrcfile.mmap(..., mode="r")`` and pixels are copied out one
-image (or one batch) at a time, so a stack larger than RAM is read with flat memory:
-after every 64 MiB copied out of the maps, this process drops the mapped pages it holds
-when its maps add up to more than 128 MiB (:func:`note_mapped_read`). Open handles live
-in a small per-process LRU cache that is rebuilt after a ``fork`` (each DataLoader
-worker opens its own maps) and that notices a file replaced on disk.
+Reading follows what the field's tools (RELION, cryoDRGN, mrcfile in permissive mode)
+accept, while refusing cheaply what cannot be right:
+
+* The 1024-byte header is parsed with NumPy and checked against the file size **before**
+  anything is mapped or allocated: non-positive ``nx``/``ny``/``nz``, a negative or
+  oversized extended header (``nsymbt``), unknown, complex or packed modes, and data that
+  do not fit the file (``file is truncated: header says N bytes, file has M``) are one-line
+  :class:`BiocnnError`. So a hostile header never makes us allocate more than the header.
+* Header *quirks* that older and non-conforming writers leave are accepted with exactly one
+  one-line :class:`MrcQuirkWarning` per file and process: no ``MAP`` id string, a zero or
+  unknown machine stamp (the byte order is then the one in which the header makes sense),
+  a stamp contradicting the header, non-finite min/max/mean/rms, a zero or missing cell
+  (pixel size unknown), an invalid space group, and bytes after the data.
+* Modes 0 (int8; uint8 for IMOD files without its signed-bytes flag), 1 (int16), 2
+  (float32), 6 (uint16) and 12 (float16), in either byte order, read as float32.
+
+The data are mapped read-only with :mod:`mmap` and pixels are copied out one image (or one
+batch) at a time, so a stack larger than RAM is read without loading it (the mapped pages
+are clean file pages the kernel can drop). Open handles live in a small per-process LRU
+cache that is rebuilt after a ``fork`` (each DataLoader worker maps its own files) and that
+notices a file replaced on disk.
 
 Layout rule
 -----------
-The data block of an MRC file is 2D ``(Y, X)`` or 3D ``(N, Y, X)``; mrcfile maps a file
-with one section to 2D. A 2D block is one **image**. A 3D block is:
+A file with one section (``nz == 1``) is one **image**. Otherwise, the first rule that
+applies decides (``MrcInfo.layout`` and ``MrcInfo.reason`` say which was used):
 
-1. a **volume** or a **stack** as forced by ``ViewSpec.as_volume`` when it is not ``None``;
-2. else a **stack** if the file name ends in ``.mrcs`` (RELION convention, whatever the
-   header says) and a **volume** if it ends in ``.map``;
-3. else what the header says: space group ``ispg == 0`` is an image stack, any other
-   space group a volume (mrcfile's ``is_image_stack()`` / ``is_volume()``). Note that
-   ``mrcfile.new`` marks 3D data as a volume unless ``set_image_stack()`` is called.
+1. ``ViewSpec.as_volume`` / ``inspect_mrc(as_volume=...)`` when not None (the CLI's
+   ``--volume`` / ``--stack``; every file reached through a STAR ``index@file`` is read with
+   ``as_volume=False``);
+2. a ``.mrcs`` name: a **stack** (RELION's convention, whatever the header says);
+3. space group 401-630 (a volume stack header holding one volume): a **volume**; more than
+   one volume (``nz > mz``) is refused, as 4D data are not supported;
+4. a ``.map`` name: a **volume** (the CCP4 map suffix);
+5. space group 0: a **stack** (MRC2014 images / image stacks);
+6. space groups 2-230 (crystallographic maps): a **volume**;
+7. space group 1, or an invalid one: a **volume** only for a cubic block (``nz == ny ==
+   nx``) not marked as an image stack (``mz == 1``); a particle-like shape (e.g. 7 x 64 x
+   64, as cryoSPARC writes particle stacks named ``.mrc`` with space group 1) is a
+   **stack**.
 
 A stack yields one image per section. A volume yields 2D views chosen by
 :class:`ViewSpec`: slices perpendicular to ``slice_axis`` and/or the projection (sum)
-along it. Volume stacks (4D data) and complex or packed modes are rejected.
+along it.
 """
 
 from __future__ import annotations
 
 import mmap
 import os
+import struct
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from enum import IntEnum
 from pathlib import Path
 from typing import Any, Literal
 
 import mrcfile
 import numpy as np
-from mrcfile.mrcmemmap import MrcMemmap
+from mrcfile.dtypes import HEADER_DTYPE
 
 from biocnn.atomic import atomic_path
 from biocnn.errors import BiocnnError
+from biocnn.io import refuse_unsupported, sniff_bytes
 
 __all__ = [
     "MRC_SUFFIXES",
     "ViewKind",
     "ViewSpec",
     "MrcInfo",
+    "MrcHandle",
+    "MrcQuirkWarning",
     "inspect_mrc",
     "open_mrc",
     "read_view",
     "read_sections",
     "check_sections",
-    "note_mapped_read",
     "view_name",
     "iter_images",
     "write_mrc",
@@ -62,16 +87,20 @@ __all__ = [
 #: File name suffixes recognised as MRC files when scanning folders (case-insensitive).
 MRC_SUFFIXES: tuple[str, ...] = (".mrc", ".mrcs", ".map")
 
-#: MRC modes that can be read as real pixels: int8, int16, float32, uint16, float16.
-_SUPPORTED_MODES = (0, 1, 2, 6, 12)
+#: MRC modes that can be read as real pixels and their NumPy types (byte order added).
+_MODE_TYPES: dict[int, str] = {0: "i1", 1: "i2", 2: "f4", 6: "u2", 12: "f2"}
+#: Bytes per pixel of every MRC mode, read or not (101 = 4-bit packed, half a byte).
+_MODE_BYTES: dict[int, float] = {0: 1, 1: 2, 2: 4, 3: 4, 4: 8, 6: 2, 12: 2, 101: 0.5}
+_HEADER_BYTES = 1024
+_IMOD_STAMP = 1146047817  #: IMOD's header stamp; bit 0 of its flags marks signed bytes
 _AXES = ("z", "y", "x")
 _CACHE_SIZE = 32
-#: Bytes copied out of memory maps after which this process releases their mapped pages ...
-_RELEASE_BYTES = 64 << 20
-#: ... unless all its open maps together are no larger than this (they bound RSS already).
-_MAPPED_LIMIT = 128 << 20
 
 Layout = Literal["image", "stack", "volume"]
+
+
+class MrcQuirkWarning(UserWarning):
+    """An MRC header defect that was tolerated (warned once per file and process)."""
 
 
 class ViewKind(IntEnum):
@@ -96,9 +125,13 @@ class MrcInfo:
         ``(N, Y, X)``: ``N = 1`` for an image, the number of images of a stack, or the
         number of Z sections of a volume.
     apix
-        Pixel size in Å from the header (``voxel_size.x``, rounded to 1e-5 Å); 0 = unknown.
+        Pixel size in Å from the header (``cella.x / mx``, rounded to 1e-5 Å); 0 = unknown.
     mode
         MRC data mode.
+    reason
+        Why the layout was chosen, for messages (e.g. ``".mrcs name"``).
+    quirks
+        Header defects that were tolerated (each warned about once).
     """
 
     path: Path
@@ -106,6 +139,8 @@ class MrcInfo:
     shape: tuple[int, int, int]
     apix: float
     mode: int
+    reason: str = ""
+    quirks: tuple[str, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True)
@@ -209,55 +244,238 @@ def view_name(path: str, layout: str, kind: int, section: int, slice_axis: str) 
     return f"{path}:sum_{slice_axis}"
 
 
+@dataclass(frozen=True)
+class _Header:
+    """The header fields biocnn uses, validated against the file size."""
+
+    order: str  #: "<" or ">"
+    nx: int
+    ny: int
+    nz: int
+    mode: int
+    mz: int
+    ispg: int
+    offset: int  #: byte offset of the data block (1024 + nsymbt)
+    apix: float  #: 0 = unknown
+    dtype: str  #: NumPy type of the pixels, with byte order; "" for unsupported modes
+    quirks: tuple[str, ...]
+    record: Any  #: the raw header as a NumPy record in the file's byte order
+
+
+def _fatal(h: np.record, size: int) -> str | None:
+    """Why the header ``h`` cannot describe a file of ``size`` bytes, or None. Only Python
+    integers are used, so absurd values cannot overflow or allocate."""
+    mode = int(h["mode"])
+    if mode not in _MODE_BYTES:
+        return f"mode {mode} is not an MRC data mode"
+    dims = {"nx": int(h["nx"]), "ny": int(h["ny"]), "nz": int(h["nz"])}
+    for name, value in dims.items():
+        if value <= 0:
+            return f"header {name} = {value}; image sizes must be positive"
+    nsymbt = int(h["nsymbt"])
+    if nsymbt < 0:
+        return f"extended header size {nsymbt} is negative"
+    if _HEADER_BYTES + nsymbt > size:
+        return f"extended header size {nsymbt} is larger than the file ({size} bytes)"
+    row = -(-dims["nx"] // 2) if mode == 101 else dims["nx"] * int(_MODE_BYTES[mode])
+    need = _HEADER_BYTES + nsymbt + row * dims["ny"] * dims["nz"]
+    if need > size:
+        return f"file is truncated: header says {need} bytes, file has {size}"
+    return None
+
+
+def _order_name(order: str) -> str:
+    return "little-endian" if order == "<" else "big-endian"
+
+
+def _parse_header(path: str, raw: bytes, size: int) -> _Header:
+    """Validate the 1024-byte header ``raw`` of a file of ``size`` bytes; list its quirks.
+
+    The byte order is the machine stamp's when the header makes sense in it, else the other
+    one; a header that makes sense in neither is refused with the stamp order's reason.
+    """
+    stamp = raw[212:216]
+    stamped = "<" if stamp[0] in (0x44, 0x41) else ">" if stamp[0] == 0x11 else None
+    orders = [stamped, ">" if stamped == "<" else "<"] if stamped else ["<", ">"]
+    records = {o: np.frombuffer(raw, HEADER_DTYPE.newbyteorder(o)).view(np.recarray)[0] for o in orders}
+    problems = {o: _fatal(records[o], size) for o in orders}
+    order = next((o for o in orders if problems[o] is None), None)
+    if order is None:
+        raise BiocnnError(f"{path}: not a readable MRC file ({problems[orders[0]]})")
+    h = records[order]
+    quirks: list[str] = []
+    if stamped is None:
+        quirks.append(f"machine stamp {stamp.hex(' ')} (read as {_order_name(order)})")
+    elif order != stamped:
+        quirks.append(f"machine stamp {stamp.hex(' ')} contradicts the header (read as {_order_name(order)})")
+    if bytes(h["map"])[:3] != b"MAP":
+        quirks.append("no 'MAP ' id string")
+    stats = np.array([h["dmin"], h["dmax"], h["dmean"], h["rms"]], dtype=np.float64)
+    if not np.isfinite(stats).all():
+        quirks.append("non-finite min/max/mean/rms")
+    nx, ny, nz, mode = int(h["nx"]), int(h["ny"]), int(h["nz"]), int(h["mode"])
+    mx, mz, ispg = int(h["mx"]), int(h["mz"]), int(h["ispg"])
+    cell = float(h["cella"]["x"])
+    apix = cell / mx if mx > 0 and np.isfinite(cell) and cell > 0 else 0.0
+    if not (np.isfinite(apix) and apix > 0):
+        apix = 0.0
+        what = f"sampling mx = {mx}" if mx <= 0 else f"cell size {cell:g}"
+        quirks.append(f"{what} (pixel size unknown)")
+    if not (0 <= ispg <= 230 or 401 <= ispg <= 630):
+        quirks.append(f"invalid space group {ispg} (ignored)")
+    nsymbt = int(h["nsymbt"])
+    row = -(-nx // 2) if mode == 101 else nx * int(_MODE_BYTES[mode])
+    extra = size - (_HEADER_BYTES + nsymbt + row * ny * nz)
+    if extra > 0:
+        quirks.append(f"{extra} bytes after the data (ignored)")
+    dtype = ""
+    if mode in _MODE_TYPES:
+        dtype = order + _MODE_TYPES[mode]
+        imod_stamp, imod_flags = struct.unpack_from(order + "2i", raw, 152)
+        if mode == 0 and imod_stamp == _IMOD_STAMP and not imod_flags & 1:
+            dtype = "u1"  # IMOD writes unsigned bytes unless its flag says signed
+    return _Header(
+        order=order, nx=nx, ny=ny, nz=nz, mode=mode, mz=mz, ispg=ispg,
+        offset=_HEADER_BYTES + nsymbt, apix=round(apix, 5), dtype=dtype, quirks=tuple(quirks),
+        record=h,
+    )
+
+
+def _check_readable(path: str, h: _Header) -> None:
+    """Refuse modes and 4D layouts biocnn cannot turn into 2D float images."""
+    if not h.dtype:
+        raise BiocnnError(
+            f"{path}: unsupported MRC mode {h.mode} (complex or packed data); "
+            "need mode 0, 1, 2, 6 or 12"
+        )
+    if 401 <= h.ispg <= 630 and 0 < h.mz < h.nz:
+        raise BiocnnError(
+            f"{path}: 4D data (a stack of {h.nz // h.mz} volumes, space group {h.ispg}) is not supported"
+        )
+
+
+@dataclass(eq=False)
+class MrcHandle:
+    """A validated, read-only memory map of one MRC file (from :func:`open_mrc`; do not close).
+
+    Attributes
+    ----------
+    path
+        The file.
+    data
+        ``(Y, X)`` for a single image, else ``(Z, Y, X)``: a read-only view of the map in
+        the file's type and byte order.
+    header
+        The raw 1024-byte header as a NumPy record (mrcfile's field names).
+    apix
+        Pixel size in Å (0 = unknown).
+    quirks
+        Header defects that were tolerated.
+    """
+
+    path: str
+    data: np.ndarray
+    header: Any
+    apix: float
+    quirks: tuple[str, ...]
+    _parsed: _Header
+    _map: mmap.mmap | None
+
+    def close(self) -> None:
+        """Release the map (it stays alive while arrays taken from ``data`` exist)."""
+        if self._map is not None:
+            try:
+                self._map.close()
+            except BufferError:  # arrays still view it; it closes with the last of them
+                pass
+            self._map = None
+
+
+def _read_head(path: str) -> tuple[bytes, int, mmap.mmap | None]:
+    """The first 1024 bytes, the size and (for files of at least 1024 bytes) a read-only map."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < _HEADER_BYTES:
+                return f.read(_HEADER_BYTES), size, None
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except OSError as exc:
+        raise BiocnnError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except ValueError as exc:  # mmap of a file truncated meanwhile
+        raise BiocnnError(f"cannot read {path}: {exc}") from exc
+    return mapped[:_HEADER_BYTES], len(mapped), mapped
+
+
+def _open(path: str) -> MrcHandle:
+    """Validate the header against the file size, then map the data block."""
+    raw, size, mapped = _read_head(path)
+    try:
+        refuse_unsupported(path, sniff_bytes(raw, path))
+        if size < _HEADER_BYTES:
+            raise BiocnnError(
+                f"{path}: not a readable MRC file ({size} bytes, shorter than the 1024-byte header)"
+            )
+        assert mapped is not None
+        h = _parse_header(path, raw, size)
+        _check_readable(path, h)
+        count = h.nx * h.ny * h.nz
+        flat = np.frombuffer(mapped, dtype=np.dtype(h.dtype), count=count, offset=h.offset)
+    except BaseException:
+        if mapped is not None:
+            mapped.close()
+        raise
+    data = flat.reshape((h.ny, h.nx) if h.nz == 1 else (h.nz, h.ny, h.nx))
+    return MrcHandle(path=path, data=data, header=h.record, apix=h.apix, quirks=h.quirks,
+                     _parsed=h, _map=mapped)
+
+
+#: Files already warned about in this process: (path, inode, size, mtime).
+_WARNED: set[tuple[str, int, int, int]] = set()
+
+
+def _warn_quirks(handle: MrcHandle, stamp: tuple[int, int, int]) -> None:
+    """One warning per file and process listing every tolerated header defect."""
+    key = (handle.path, *stamp)
+    if handle.quirks and key not in _WARNED:
+        _WARNED.add(key)
+        warnings.warn(
+            f"{handle.path}: MRC header quirks accepted: {'; '.join(handle.quirks)}",
+            MrcQuirkWarning,
+            stacklevel=4,
+        )
+
+
 class _HandleCache:
-    """Per-process LRU cache of open memory maps, keyed by path and permissive flag."""
+    """Per-process LRU cache of open maps, keyed by path."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.pid = os.getpid()
-        self.handles: OrderedDict[tuple[str, bool], tuple[tuple[int, int, int], MrcMemmap]] = (
-            OrderedDict()
-        )
-        self.unreleased = 0
-
-    def note_read(self, nbytes: int) -> None:
-        """Count ``nbytes`` copied out of the maps; past :data:`_RELEASE_BYTES`, drop the
-        mapped pages of every open map from this process's resident set, unless the maps
-        together are smaller than :data:`_MAPPED_LIMIT`."""
-        self.unreleased += nbytes
-        if self.unreleased < _RELEASE_BYTES:
-            return
-        self.unreleased = 0
-        maps = [getattr(h.data, "_mmap", None) for _, h in self.handles.values()]
-        maps = [m for m in maps if m is not None and not m.closed]
-        if not hasattr(mmap, "MADV_DONTNEED") or sum(len(m) for m in maps) <= _MAPPED_LIMIT:
-            return
-        for m in maps:
-            m.madvise(mmap.MADV_DONTNEED)
+        self.handles: OrderedDict[str, tuple[tuple[int, int, int], MrcHandle]] = OrderedDict()
 
     def clear(self) -> None:
         for _, handle in self.handles.values():
             handle.close()
         self.handles.clear()
 
-    def get(self, path: str, permissive: bool) -> MrcMemmap:
+    def get(self, path: str) -> MrcHandle:
         if os.getpid() != self.pid:  # forked: the parent's maps are not ours to use
-            self.clear()
+            self.handles.clear()
             self.pid = os.getpid()
         try:
             st = os.stat(path)
         except OSError as exc:
             raise BiocnnError(f"cannot read {path}: {exc.strerror}") from exc
         stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
-        key = (path, permissive)
-        cached = self.handles.get(key)
+        cached = self.handles.get(path)
         if cached is not None:
             if cached[0] == stamp:
-                self.handles.move_to_end(key)
+                self.handles.move_to_end(path)
                 return cached[1]
-            self.handles.pop(key)[1].close()
-        handle = _open_mmap(path, permissive)
-        self.handles[key] = (stamp, handle)
+            self.handles.pop(path)[1].close()
+        handle = _open(path)
+        _warn_quirks(handle, stamp)
+        self.handles[path] = (stamp, handle)
         if len(self.handles) > self.capacity:
             self.handles.popitem(last=False)[1][1].close()
         return handle
@@ -266,42 +484,38 @@ class _HandleCache:
 _CACHE = _HandleCache(_CACHE_SIZE)
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
+def open_mrc(path: str | os.PathLike, permissive: bool = False) -> MrcHandle:
+    """Return this process's cached, validated read-only map of ``path`` (do not close it).
 
-
-def _open_mmap(path: str, permissive: bool) -> MrcMemmap:
-    """Open and validate a memory map; every failure is a one-line :class:`BiocnnError`."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # permissive mode warns for each header defect
-            handle = mrcfile.mmap(path, mode="r", permissive=permissive)
-    except (ValueError, OSError) as exc:
-        raise BiocnnError(f"{path}: not a readable MRC file ({_one_line(exc)})") from exc
-    if handle.data is None:
-        handle.close()
-        raise BiocnnError(f"{path}: not a readable MRC file (no valid data block)")
-    mode = int(handle.header.mode)
-    if mode not in _SUPPORTED_MODES:
-        handle.close()
-        raise BiocnnError(
-            f"{path}: unsupported MRC mode {mode} (complex or packed data); "
-            "need mode 0, 1, 2, 6 or 12"
-        )
-    ndim = handle.data.ndim
-    if ndim not in (2, 3):
-        handle.close()
-        raise BiocnnError(f"{path}: {ndim}D data (volume stack) is not supported")
-    return handle
-
-
-def open_mrc(path: str | os.PathLike, permissive: bool = False) -> MrcMemmap:
-    """Return this process's cached read-only memory map of ``path`` (do not close it).
-
-    Raises :class:`BiocnnError` for a missing, truncated or non-MRC file, complex or
-    packed modes, and 4D data.
+    Header quirks are always tolerated with one :class:`MrcQuirkWarning` per file;
+    ``permissive`` is accepted for compatibility and changes nothing. Raises
+    :class:`BiocnnError` for a missing, truncated, non-MRC or unsupported file (other
+    formats, complex or packed modes, 4D data).
     """
-    return _CACHE.get(os.fspath(path), permissive)
+    del permissive  # quirks are always tolerated; data that do not fit are always refused
+    return _CACHE.get(os.fspath(path))
+
+
+def _layout(h: _Header, suffix: str, as_volume: bool | None) -> tuple[Layout, str]:
+    """The layout of a header and why (the module docstring's rule)."""
+    if h.nz == 1:
+        return "image", "one section"
+    if as_volume is not None:
+        return ("volume", "--volume") if as_volume else ("stack", "--stack")
+    if suffix == ".mrcs":
+        return "stack", ".mrcs name"
+    if 401 <= h.ispg <= 630:
+        return "volume", f"space group {h.ispg} (one volume)"
+    if suffix == ".map":
+        return "volume", ".map name"
+    if h.ispg == 0:
+        return "stack", "space group 0"
+    if 2 <= h.ispg <= 230:
+        return "volume", f"space group {h.ispg}"
+    shape = f"{h.nz}x{h.ny}x{h.nx}"
+    if h.nz == h.ny == h.nx and h.mz != 1:
+        return "volume", f"space group {h.ispg} with a cubic {shape} block (--stack to override)"
+    return "stack", f"space group {h.ispg} with a particle-like {shape} shape (--volume to override)"
 
 
 def inspect_mrc(
@@ -316,30 +530,19 @@ def inspect_mrc(
     as_volume
         Force a 3D file to be a volume (True) or a stack (False); None = layout rule.
     permissive
-        Passed to mrcfile: tolerate header defects (a bad map ID or machine stamp).
+        Accepted for compatibility; header quirks are always tolerated with a warning.
     """
     handle = open_mrc(path, permissive)
-    data = handle.data
-    if data.ndim == 2:
-        layout: Layout = "image"
-        shape = (1, int(data.shape[0]), int(data.shape[1]))
-    else:
-        shape = (int(data.shape[0]), int(data.shape[1]), int(data.shape[2]))
-        suffix = Path(path).suffix.lower()
-        if as_volume is not None:
-            is_volume = as_volume
-        elif suffix in (".mrcs", ".map"):
-            is_volume = suffix == ".map"
-        else:
-            is_volume = bool(handle.is_volume())
-        layout = "volume" if is_volume else "stack"
-    apix = float(handle.voxel_size.x)
+    h = handle._parsed
+    layout, reason = _layout(h, Path(path).suffix.lower(), as_volume)
     return MrcInfo(
         path=Path(path),
         layout=layout,
-        shape=shape,
-        apix=round(apix, 5) if np.isfinite(apix) and apix > 0 else 0.0,
-        mode=int(handle.header.mode),
+        shape=(h.nz, h.ny, h.nx),
+        apix=h.apix,
+        mode=h.mode,
+        reason=reason,
+        quirks=h.quirks,
     )
 
 
@@ -349,18 +552,6 @@ def _first_nonfinite(images: np.ndarray) -> int | None:
     if finite.all():
         return None
     return int(np.flatnonzero(~finite.reshape(images.shape[0], -1).all(axis=1))[0])
-
-
-def note_mapped_read(nbytes: int) -> None:
-    """Record that ``nbytes`` of pixels were copied out of this process's memory maps.
-
-    They are clean file pages (the kernel keeps them in its page cache), but while mapped
-    they count towards RSS. Every 64 MiB read, the pages of all open maps are released
-    (re-reading them then costs a page fault per ~64 KiB) -- unless the open maps add up
-    to 128 MiB or less, which bounds their RSS anyway. So RSS stays flat over stacks
-    larger than RAM. Readers that copy straight out of :func:`open_mrc` maps call this.
-    """
-    _CACHE.note_read(int(nbytes))
 
 
 def check_sections(path: str, sections: np.ndarray, count: int) -> None:
@@ -390,10 +581,7 @@ def read_sections(
     check_sections(spath, idx, len(stack))
     run = len(idx) > 0 and bool(np.all(np.diff(idx) == 1))
     picked = stack[idx[0] : idx[-1] + 1] if run else stack[idx]
-    block = np.asarray(picked, dtype=np.float32)
-    if np.may_share_memory(block, stack):  # a float32 slice is still a view of the map
-        block = block.copy()
-    note_mapped_read(block.nbytes)
+    block = np.array(picked, dtype=np.float32)  # always a copy, native float32
     bad = _first_nonfinite(block)
     if bad is not None:
         raise BiocnnError(f"{spath}: image {int(idx[bad]) + 1} contains NaN or Inf pixels")
@@ -418,7 +606,7 @@ def read_view(
     slice_axis
         ``"z"``, ``"y"`` or ``"x"`` for slices and projections of volumes.
     permissive
-        Passed to mrcfile.
+        Accepted for compatibility (see :func:`open_mrc`).
 
     Returns
     -------
@@ -456,7 +644,8 @@ def iter_images(
     """Iterate over all images a file yields, ``chunk`` at a time, with flat memory.
 
     Consecutive stack sections are copied out of the memory map as one block; volume
-    views are read one by one. Warns once if the file has no pixel size.
+    views are read one by one. A file without a pixel size is warned about (once, with its
+    other header quirks) when it is opened.
 
     Parameters
     ----------
@@ -467,7 +656,7 @@ def iter_images(
     chunk
         Maximum number of images per yielded batch.
     permissive
-        Passed to mrcfile.
+        Accepted for compatibility (see :func:`open_mrc`).
 
     Yields
     ------
@@ -482,13 +671,11 @@ def iter_images(
         raise BiocnnError(f"chunk size {chunk} must be >= 1")
     spath = os.fspath(path)
     info = inspect_mrc(spath, as_volume=views.as_volume, permissive=permissive)
-    if info.apix == 0:
-        warnings.warn(f"{spath}: pixel size unknown (0 in header)", stacklevel=2)
     view_list = views.views(info)
     for start in range(0, len(view_list), chunk):
         part = view_list[start : start + chunk]
         indices = np.arange(start, start + len(part), dtype=np.int64)
-        if info.layout == "stack":
+        if info.layout != "volume":
             block = read_sections(spath, [s for _, s in part], permissive)
         else:
             block = np.stack(
@@ -511,16 +698,22 @@ def write_mrc(
     apix
         Pixel (voxel) size in Å written to the header.
     is_stack
-        Mark a 3D array as an image stack (``ispg = 0``) rather than a volume.
+        Mark a 3D array as an image stack (``ispg = 0``, ``mz = 1``) rather than a volume.
+
+    Raises :class:`BiocnnError` naming ``path`` when it cannot be written (e.g. disk full);
+    no partial file is left behind.
     """
     arr = np.ascontiguousarray(data, dtype=np.float32)
-    with atomic_path(path, suffix=".mrc") as tmp:
-        with mrcfile.new(tmp, overwrite=True) as mrc:
-            mrc.set_data(arr)
-            if arr.ndim == 3:
-                if is_stack:
-                    mrc.set_image_stack()
-                else:
-                    mrc.set_volume()
-            mrc.voxel_size = float(apix)
+    try:
+        with atomic_path(path, suffix=".mrc") as tmp:
+            with mrcfile.new(tmp, overwrite=True) as mrc:
+                mrc.set_data(arr)
+                if arr.ndim == 3:
+                    if is_stack:
+                        mrc.set_image_stack()
+                    else:
+                        mrc.set_volume()
+                mrc.voxel_size = float(apix)
+    except OSError as exc:
+        raise BiocnnError(f"cannot write {os.fspath(path)}: {exc.strerror or exc}") from exc
     return Path(path)
