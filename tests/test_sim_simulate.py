@@ -154,7 +154,10 @@ def test_existing_output_needs_overwrite(tmp_path: Path) -> None:
         ({"box": 4}, "--box"),
         ({"defocus_min": 3.0, "defocus_max": 1.0}, "--defocus-min"),
         ({"names": ["a"]}, "--names"),
-        ({"names": ["x", "x"]}, "duplicate"),
+        ({"structures": [str(DATA / "1ubi.pdb")] * 2}, "duplicate"),
+        ({"names": ["junk", "b"], "junk": True}, "reserved"),
+        ({"kind": "bogus"}, "--kind"),
+        ({"map_apix": [1.0, 2.0, 3.0]}, "--map-apix"),
         ({"names": ["ok", "../bad"]}, "folder name"),
     ],
 )

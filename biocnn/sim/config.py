@@ -1,7 +1,8 @@
 """Settings of ``biocnn simulate`` (light: no torch/gemmi, so the CLI can show defaults).
 
 ``SimConfig`` holds every setting that determines a simulated data set; ``DEMO_SETTINGS``
-are the overrides used by ``biocnn simulate --demo``.
+are the overrides used by ``biocnn simulate --demo``; ``AverageSettings`` the ranges that
+``--kind class-averages`` draws from (see :mod:`biocnn.sim.average`).
 """
 
 from __future__ import annotations
@@ -14,10 +15,54 @@ from typing import Any
 
 from biocnn.errors import BiocnnError
 
-__all__ = ["SimConfig", "DEMO_SETTINGS", "JUNK_CLASS", "validate_config", "class_names"]
+__all__ = [
+    "SimConfig", "AverageSettings", "DEMO_SETTINGS", "JUNK_CLASS", "GOOD_CLASS", "KINDS",
+    "validate_config", "class_names", "structure_labels",
+]
 
 JUNK_CLASS = "junk"
+GOOD_CLASS = "good"
+KINDS = ("particles", "class-averages")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+@dataclass
+class AverageSettings:
+    """Ranges drawn per class average (``--kind class-averages``); see :mod:`biocnn.sim.average`.
+
+    Pixel sizes in Å, defoci in µm, B-factors in Å^2, angles in degrees. ``fill`` is the
+    particle diameter over the mask diameter, ``mask`` the mask diameter over the box;
+    ``shift_error`` is the members' residual misalignment (std) as a fraction of the
+    particle diameter; ``mask_edge`` the soft-mask width in original pixels (RELION 5 px).
+    """
+
+    particles_min: int = 20
+    particles_max: int = 1000
+    particle_snr_min: float = 0.003
+    particle_snr_max: float = 0.1
+    apix_min: float = 0.8
+    apix_max: float = 5.0
+    box_min: int = 64
+    box_max: int = 400
+    fill_min: float = 0.3
+    fill_max: float = 0.9
+    mask_min: float = 0.6
+    mask_max: float = 0.95
+    mask_edge: float = 5.0
+    defocus_min: float = 0.5
+    defocus_max: float = 3.5
+    bfactor_min: float = 30.0
+    bfactor_max: float = 250.0
+    shift_error_max: float = 0.03
+    rotation_error_max: float = 4.0
+    view_spread_max: float = 6.0
+    centre_offset_max: float = 0.03
+    wiener_share: float = 0.5
+    tau2_fudge: float = 2.0
+    procedural_share: float = 0.75
+    mass_min: float = 5e4
+    mass_max: float = 4e6
+    sub_orientations: int = 4
 
 
 @dataclass
@@ -49,6 +94,9 @@ class SimConfig:
     keep_waters: bool = False
     seed: int = 0
     device: str = "auto"
+    kind: str = "particles"
+    map_apix: list[float] | None = None
+    averages: AverageSettings = field(default_factory=AverageSettings)
 
 
 #: ``biocnn simulate --demo``: the four shipped structures (8-165 kDa, up to 210 Å across)
@@ -62,8 +110,16 @@ DEMO_SETTINGS: dict[str, Any] = {
 
 def validate_config(cfg: SimConfig) -> None:
     """Raise :class:`BiocnnError` (one line, naming the option) for impossible settings."""
+    averages = cfg.kind == "class-averages"
     checks = [
-        (len(cfg.structures) > 0, "--structures: give at least one structure file"),
+        (cfg.kind in KINDS, f"--kind must be one of {', '.join(KINDS)}, got {cfg.kind!r}"),
+        (averages or len(cfg.structures) > 0, "--structures: give at least one structure file"),
+        (averages or cfg.names is None or len(cfg.names) == len(cfg.structures),
+         f"--names: got {len(cfg.names or [])} names for {len(cfg.structures)} structures"),
+        (cfg.map_apix is None or len(cfg.map_apix) in (1, len(cfg.structures)),
+         f"--map-apix: give one pixel size or one per structure, got {len(cfg.map_apix or [])}"),
+        (cfg.map_apix is None or all(a >= 0 and math.isfinite(a) for a in cfg.map_apix),
+         "--map-apix must be >= 0 Å (0 = read the map header)"),
         (cfg.n_per_class >= 1, f"--n-per-class must be >= 1, got {cfg.n_per_class}"),
         (cfg.box >= 8, f"--box must be at least 8 px, got {cfg.box}"),
         (cfg.apix > 0 and math.isfinite(cfg.apix), f"--apix must be > 0 Å, got {cfg.apix}"),
@@ -80,6 +136,12 @@ def validate_config(cfg: SimConfig) -> None:
          f"--amplitude-contrast must be in [0, 1), got {cfg.amplitude_contrast}"),
         (cfg.bfactor >= 0, f"--bfactor must be >= 0 Å^2, got {cfg.bfactor}"),
         (0 < cfg.tilt_max <= 180, f"--tilt-max must be in (0, 180] degrees, got {cfg.tilt_max}"),
+        (not averages or cfg.box >= 32, f"--box must be at least 32 px for class averages, "
+                                        f"got {cfg.box}"),
+        (0 <= cfg.averages.procedural_share <= 1,
+         f"--procedural-share must be in [0, 1], got {cfg.averages.procedural_share}"),
+        (not averages or cfg.averages.procedural_share > 0 or len(cfg.structures) > 0,
+         "--procedural-share 0 needs --structures (or --demo)"),
     ]
     for ok, message in checks:
         if not ok:
@@ -87,17 +149,39 @@ def validate_config(cfg: SimConfig) -> None:
 
 
 def class_names(cfg: SimConfig) -> list[str]:
-    """Class names (``--names`` or the file stems), plus ``junk`` last when requested."""
-    stems = [Path(p).name.split(".")[0] for p in cfg.structures]
-    names = list(cfg.names) if cfg.names else stems
-    if len(names) != len(cfg.structures):
-        raise BiocnnError(f"--names: got {len(names)} names for {len(cfg.structures)} structures")
+    """Distinct class names in first-seen order, plus ``junk`` last when requested.
+
+    Names come from ``--names`` or the file stems; repeated names (``--names good,good``)
+    merge their structures into one class. Class averages always give ``good`` + ``junk``.
+    """
+    if cfg.kind == "class-averages":
+        return [GOOD_CLASS, JUNK_CLASS]
+    labels = _structure_names(cfg)
+    names = list(dict.fromkeys(labels))
     if cfg.junk:
+        if JUNK_CLASS in names:
+            raise BiocnnError(f"class name {JUNK_CLASS!r} is reserved for --junk (use --names)")
         names.append(JUNK_CLASS)
     for name in names:
         if not _NAME_RE.match(name):
             raise BiocnnError(f"class name {name!r} is not usable as a folder name (use --names)")
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise BiocnnError(f"duplicate class names {', '.join(dupes)} (use --names)")
     return names
+
+
+def _structure_names(cfg: SimConfig) -> list[str]:
+    stems = [Path(p).name.split(".")[0] for p in cfg.structures]
+    names = list(cfg.names) if cfg.names else stems
+    if len(names) != len(cfg.structures):
+        raise BiocnnError(f"--names: got {len(names)} names for {len(cfg.structures)} structures")
+    dupes = sorted({n for n in stems if stems.count(n) > 1})
+    if not cfg.names and dupes:  # same stem by accident: merging must be asked for with --names
+        raise BiocnnError(f"duplicate class names {', '.join(dupes)} (use --names; repeated "
+                          "names merge structures into one class)")
+    return names
+
+
+def structure_labels(cfg: SimConfig) -> list[int]:
+    """0-based class index of each structure in :func:`class_names` order."""
+    labels = _structure_names(cfg)
+    order = list(dict.fromkeys(labels))
+    return [order.index(n) for n in labels]

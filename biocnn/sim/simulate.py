@@ -32,7 +32,7 @@ from biocnn.atomic import atomic_dir, atomic_path, write_json
 from biocnn.errors import BiocnnError
 from biocnn.io.mrc import write_mrc
 from biocnn.runtime import resolve_device, seed_everything
-from biocnn.sim.config import SimConfig, class_names, validate_config
+from biocnn.sim.config import SimConfig, class_names, structure_labels, validate_config
 from biocnn.sim.ctf import ctf_2d
 from biocnn.sim.imaging import add_noise, noise_sigma, phase_flip, shift_spectra
 from biocnn.sim.junk import junk_signals
@@ -52,6 +52,7 @@ __all__ = [
     "draw_params",
     "simulate_dataset",
     "write_gallery",
+    "map_apix_of",
 ]
 
 STAR_NAME = "particles.star"
@@ -244,10 +245,17 @@ def simulate_dataset(
         raise BiocnnError(f"output directory {out} is not empty (use --overwrite)")
     if preview is not None:
         _check_figure_format(Path(preview))
+    if cfg.kind == "class-averages":
+        from biocnn.sim.average_dataset import simulate_class_averages
+
+        return simulate_class_averages(cfg, out, overwrite=overwrite, progress=progress,
+                                       preview=preview)
     device = resolve_device(cfg.device)
     generator = seed_everything(cfg.seed)
-    volumes = [load_volume(p, cfg.apix, cfg.box, keep_waters=cfg.keep_waters)
-               for p in cfg.structures]
+    volumes = [load_volume(p, cfg.apix, cfg.box, keep_waters=cfg.keep_waters,
+                           map_apix=map_apix_of(cfg, i))
+               for i, p in enumerate(cfg.structures)]
+    labels = structure_labels(cfg)
 
     n = cfg.n_per_class
     tables, examples, pool = [], {}, []
@@ -258,36 +266,50 @@ def simulate_dataset(
         task = bar.add_task("simulating", total=n * len(names))
 
         def emit(label: int, params: ImageParams,
-                 spectra_of: Callable[[ImageParams], torch.Tensor]) -> None:
-            """Render class ``label`` (1-based) batch by batch; write its stack and rows."""
+                 parts: list[tuple[int, Callable[[ImageParams], torch.Tensor]]]) -> None:
+            """Render class ``label`` (1-based) batch by batch; write its stack and rows.
+
+            ``parts`` are ``(count, spectra_of)`` per structure of the class, in order.
+            """
             name = names[label - 1]
             bar.update(task, description=name)
             stack = torch.empty(n, cfg.box, cfg.box)
-            for i in range(0, n, _BATCH):
-                batch = params[i : i + _BATCH]
-                stack[i : i + _BATCH] = _form(spectra_of(batch), batch, cfg, generator)
-                bar.advance(task, len(batch))
+            start = 0
+            for count, spectra_of in parts:
+                for i in range(start, start + count, _BATCH):
+                    batch = params[i : min(i + _BATCH, start + count)]
+                    stack[i : i + len(batch)] = _form(spectra_of(batch), batch, cfg, generator)
+                    bar.advance(task, len(batch))
+                start += count
             write_mrc(tmp / name / f"{name}.mrcs", stack.numpy(), apix=cfg.apix, is_stack=True)
             tables.append(_star_table(name, label, params, cfg.apix, cfg.bfactor))
             examples[name] = stack[:_GALLERY_COLUMNS].numpy()
 
-        for label, volume in enumerate(volumes, start=1):
-            projector = FourierProjector(torch.from_numpy(volume.data).to(device))
-            emit(label, draw_params(n, cfg, generator),
-                 lambda b, p=projector: p.slices(euler_to_matrix(b.angles).to(device)))
-            if cfg.junk:  # clean projections to build overlapping-particle junk from
-                rot = euler_to_matrix(random_orientations(min(n, 32), generator)).to(device)
-                pool.append(spectra_to_images(projector.slices(rot), projector.size, cfg.box).cpu())
-            del projector
+        n_good = len(names) - int(cfg.junk)
+        for label in range(1, n_good + 1):
+            members = [i for i, lab in enumerate(labels) if lab == label - 1]
+            counts = [n // len(members) + (j < n % len(members)) for j in range(len(members))]
+            parts = []
+            for i, count in zip(members, counts, strict=True):
+                projector = FourierProjector(torch.from_numpy(volumes[i].data).to(device))
+                parts.append((count, lambda b, p=projector: p.slices(
+                    euler_to_matrix(b.angles).to(device))))
+                if cfg.junk:  # clean projections to build overlapping-particle junk from
+                    rot = euler_to_matrix(random_orientations(min(n, 32), generator)).to(device)
+                    pool.append(spectra_to_images(projector.slices(rot), projector.size,
+                                                  cfg.box).cpu())
+            emit(label, draw_params(n, cfg, generator), parts)
+            del parts
         if cfg.junk:
             particles = torch.cat(pool)
             emit(len(names), draw_params(n, cfg, generator, particle=False),
-                 lambda b: images_to_spectra(
-                     junk_signals(len(b), cfg.box, particles, generator)[0].to(device)))
+                 [(n, lambda b: images_to_spectra(
+                     junk_signals(len(b), cfg.box, particles, generator)[0].to(device)))])
         _write_star(tmp / STAR_NAME, cfg, pd.concat(tables, ignore_index=True))
         summary = SimSummary(
             out=out, class_names=names, counts=dict.fromkeys(names, n),
-            diameters={nm: round(v.diameter, 1) for nm, v in zip(names, volumes, strict=False)},
+            diameters={names[lab]: round(max(v.diameter for v, la in zip(volumes, labels, strict=True)
+                                             if la == lab), 1) for lab in sorted(set(labels))},
             seconds=round(time.perf_counter() - start, 2),
         )
         meta = run_metadata(cfg)
@@ -296,6 +318,14 @@ def simulate_dataset(
     if preview is not None:
         write_gallery(preview, examples)
     return summary
+
+
+def map_apix_of(cfg: SimConfig, index: int) -> float | None:
+    """The ``--map-apix`` override of structure ``index`` (None: read the map header)."""
+    if not cfg.map_apix:
+        return None
+    value = cfg.map_apix[0] if len(cfg.map_apix) == 1 else cfg.map_apix[index]
+    return value or None
 
 
 def _check_figure_format(path: Path) -> None:

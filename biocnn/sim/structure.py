@@ -3,6 +3,11 @@
 Every volume is a cube of ``n`` voxels of ``apix`` Å whose centre (the molecule's centre
 of mass, or the map's box centre) sits at voxel index ``n // 2`` — RELION's convention,
 which is what :class:`biocnn.sim.project.FourierProjector` rotates about.
+
+Maps have their flat background (the median of the box's outer shell) subtracted and a
+soft spherical mask applied before resampling, so projections never show the rotated box
+outline. OPM-style ``DUM`` pseudo-atoms (membrane boundary markers) are dropped from
+atomic models with a warning.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ __all__ = [
     "atomic_model_volume",
     "map_volume",
     "read_atomic_model",
+    "read_map",
+    "drop_dummy_atoms",
 ]
 
 ATOMIC_SUFFIXES = (".pdb", ".ent", ".cif", ".mmcif")
@@ -70,7 +77,8 @@ def _suffix(path: Path) -> str:
 
 
 def load_volume(
-    path: str | os.PathLike, apix: float, box: int, *, keep_waters: bool = False
+    path: str | os.PathLike, apix: float, box: int, *, keep_waters: bool = False,
+    map_apix: float | None = None,
 ) -> Volume:
     """Read a PDB/mmCIF model or an MRC map as a density cube of ``box`` voxels of ``apix`` Å.
 
@@ -88,6 +96,9 @@ def load_volume(
         Edge of the image box in voxels.
     keep_waters
         Keep water molecules of atomic models (ignored by default).
+    map_apix
+        Voxel size (Å) of a map, overriding its header (for maps whose header has none);
+        ``None`` or 0 reads the header.
 
     Returns
     -------
@@ -103,7 +114,7 @@ def load_volume(
         return atomic_model_volume(read_atomic_model(path, keep_waters=keep_waters), apix, box,
                                    source=str(path))
     if kind in MAP_SUFFIXES:
-        return map_volume(path, apix, box)
+        return map_volume(path, apix, box, map_apix=map_apix)
     raise BiocnnError(
         f"structure file {path}: unknown format (use {', '.join(ATOMIC_SUFFIXES + MAP_SUFFIXES)})"
     )
@@ -123,11 +134,27 @@ def read_atomic_model(path: str | os.PathLike, *, keep_waters: bool = False) -> 
         raise BiocnnError(f"cannot read structure {path}: {str(exc).splitlines()[0]}") from None
     if not keep_waters:
         st.remove_waters()
+    dropped = drop_dummy_atoms(st)
+    if dropped:
+        warnings.warn(f"{path}: dropped {dropped} DUM pseudo-atoms (OPM membrane markers, not "
+                      "mass)", stacklevel=2)
     st.remove_alternative_conformations()
     st.remove_empty_chains()
     if len(st) == 0 or st[0].count_atom_sites() == 0:
         raise BiocnnError(f"structure file {path} contains no atoms")
     return st
+
+
+def drop_dummy_atoms(structure: gemmi.Structure) -> int:
+    """Remove residues named ``DUM`` (OPM membrane-boundary pseudo-atoms); return atoms removed."""
+    removed = 0
+    for model in structure:
+        for chain in model:
+            for i in reversed(range(len(chain))):
+                if chain[i].name.strip().upper() == "DUM":
+                    removed += len(chain[i])
+                    del chain[i]
+    return removed
 
 
 def _box_for(diameter: float, apix: float, box: int, source: str) -> int:
@@ -197,25 +224,25 @@ def atomic_model_volume(
     return Volume(vol.numpy().astype(np.float32), float(apix), diameter, source)
 
 
-def map_volume(path: str | os.PathLike, apix: float, box: int) -> Volume:
-    """Read a 3D MRC map and resample it to ``apix`` Å on a cube centred on the map centre.
+def read_map(path: str | os.PathLike, map_apix: float | None = None) -> tuple[np.ndarray, float]:
+    """Read a 3D MRC map as ``(Z, Y, X)`` float32, background-subtracted and softly masked.
 
-    Downsampling is preceded by a Gaussian anti-aliasing filter; resampling uses cubic
-    splines. The molecule's extent is measured from voxels above 10 % of the maximum.
+    The background is the median of the box's outer 2-voxel shell (a flat offset of the
+    map becomes 0); a soft spherical mask (raised cosine over the outer 10 % of the radius)
+    then removes the box corners, so rotated projections show no box outline.
 
     Parameters
     ----------
     path
         MRC/CCP4 file holding a ``(Z, Y, X)`` volume.
-    apix
-        Voxel size of the result in Å.
-    box
-        Minimum cube edge in voxels.
+    map_apix
+        Voxel size in Å overriding the header (``None``/0: header; a header without one is
+        an error asking for ``--map-apix``).
 
     Returns
     -------
-    Volume
-        ``data`` of shape ``(n, n, n)``.
+    data, apix
+        The map and its voxel size in Å.
     """
     path = Path(path)
     try:
@@ -231,13 +258,51 @@ def map_volume(path: str | os.PathLike, apix: float, box: int) -> Volume:
         raise BiocnnError(f"map {path} is not a 3D volume ({shape})")
     if sorted(axes) == [1, 2, 3]:  # file axes -> (Z, Y, X)
         data = np.transpose(data, [axes.index(3), axes.index(2), axes.index(1)])
-    if not np.isfinite(data).all() or data.max() <= 0:
-        raise BiocnnError(f"map {path} has no positive finite density")
-    if in_apix <= 0:
-        warnings.warn(f"map {path} has no voxel size in its header; assuming {apix:g} Å",
-                      stacklevel=2)
-        in_apix = apix
+    if not np.isfinite(data).all():
+        raise BiocnnError(f"map {path} has non-finite density")
+    if map_apix:
+        in_apix = float(map_apix)
+    elif in_apix <= 0:
+        raise BiocnnError(f"map {path} has no voxel size in its header; give it with --map-apix")
+    shell = np.ones(data.shape, dtype=bool)
+    shell[2:-2, 2:-2, 2:-2] = False
+    data = data - np.median(data[shell])
+    idx = [np.arange(s, dtype=np.float32) - s // 2 for s in data.shape]
+    r = np.sqrt(idx[0][:, None, None] ** 2 + idx[1][None, :, None] ** 2 + idx[2][None, None, :] ** 2)
+    radius = min(data.shape) / 2 - 1
+    t = np.clip((r - 0.9 * radius) / (0.1 * radius), 0, 1)
+    data = (data * 0.5 * (1 + np.cos(np.pi * t))).astype(np.float32)
+    if data.max() <= 0:
+        raise BiocnnError(f"map {path} has no positive density above its background")
+    return data, in_apix
 
+
+def map_volume(
+    path: str | os.PathLike, apix: float, box: int, *, map_apix: float | None = None
+) -> Volume:
+    """Read a 3D MRC map (see :func:`read_map`) and resample it to ``apix`` Å on a cube.
+
+    Downsampling is preceded by a Gaussian anti-aliasing filter; resampling uses cubic
+    splines. The molecule's extent is measured from voxels above 10 % of the maximum.
+
+    Parameters
+    ----------
+    path
+        MRC/CCP4 file holding a ``(Z, Y, X)`` volume.
+    apix
+        Voxel size of the result in Å.
+    box
+        Minimum cube edge in voxels.
+    map_apix
+        Voxel size of the file in Å, overriding its header.
+
+    Returns
+    -------
+    Volume
+        ``data`` of shape ``(n, n, n)``.
+    """
+    path = Path(path)
+    data, in_apix = read_map(path, map_apix)
     centre_in = np.array([s // 2 for s in data.shape], dtype=np.float64)
     inside = np.argwhere(data > 0.1 * data.max())
     radius = float(np.linalg.norm(inside - centre_in, axis=1).max()) * in_apix
