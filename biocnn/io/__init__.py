@@ -101,10 +101,10 @@ def sniff_bytes(head: bytes, name: str | os.PathLike = "") -> str:
         return "png"
     if head.startswith(b"\xff\xd8\xff"):
         return "jpeg"
+    if _looks_like_star(head):  # text without NUL bytes: never an MRC header
+        return "star"
     if _looks_like_mrc(head):
         return "mrc"
-    if _looks_like_star(head):
-        return "star"
     return "unknown"
 
 

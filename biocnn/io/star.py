@@ -4,13 +4,25 @@ A RELION 3.0 file has one data block of particles. A RELION 3.1+ file has a
 ``data_optics`` block (one row per optics group, with ``rlnImagePixelSize``) and a
 ``data_particles`` block whose ``rlnOpticsGroup`` column points into it. Particle images
 are named ``index@stack.mrcs`` with a 1-based index, or by a plain file name for a
-single-image file; relative paths are resolved against the STAR file's folder.
+single-image file; relative paths are resolved against the STAR file's folder, then its
+parent folders (a RELION project) and the working directory.
+
+Reading is done here rather than by ``starfile`` so that every defect is one line that
+says what is wrong and where: a file that is not UTF-8 is read as Latin-1 with a warning
+(RELION itself reads bytes), a row with too many or too few values names its line and
+says that values with spaces must be quoted, an image index is bounded (1 to 2^31 - 1,
+the most sections an MRC file can hold), and binary files of other formats are refused by
+name. Loops are still parsed by pandas' C reader, so large tables read quickly.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from io import StringIO
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +31,7 @@ import starfile
 
 from biocnn.atomic import atomic_path
 from biocnn.errors import BiocnnError
+from biocnn.io import FORMAT_NAMES, refuse_unsupported, sniff_bytes
 
 __all__ = [
     "StarTable",
@@ -27,24 +40,47 @@ __all__ = [
     "parse_image_name",
     "format_image_name",
     "optics_block",
+    "StarWarning",
+    "MAX_INDEX",
 ]
 
 IMAGE_COLUMN = "rlnImageName"
+
+#: Largest image index (``index@file``): an MRC file holds at most 2^31 - 1 sections.
+MAX_INDEX = 2**31 - 1
+
+#: Columns kept as text even when every value looks like a number.
+_TEXT_COLUMNS = frozenset({
+    "rlnImageName", "rlnImageOriginalName", "rlnMicrographName", "rlnMicrographMovieName",
+    "rlnOpticsGroupName", "rlnCtfImage", "rlnReferenceImage", "rlnGroupName",
+})
+#: One STAR value: a quoted string (either quote) or a run of non-blanks.
+_TOKEN = re.compile(r""""[^"]*"|'[^']*'|\S+""")
+
+
+class StarWarning(UserWarning):
+    """A STAR file defect that was tolerated (e.g. text that is not UTF-8)."""
 
 
 def parse_image_name(name: str, star: str | os.PathLike = "STAR file") -> tuple[int, str]:
     """Split a RELION image name into ``(section, path)`` with a 0-based section.
 
     ``"000012@Extract/a.mrcs"`` -> ``(11, "Extract/a.mrcs")``; ``"img.mrc"`` -> ``(0, "img.mrc")``.
-    ``star`` names the file in the error raised for a malformed name.
+    The index must be ASCII digits in 1..:data:`MAX_INDEX`. ``star`` names the file in the
+    one-line :class:`BiocnnError` raised for a malformed name.
     """
     name = str(name).strip()
     if "@" not in name:
         return 0, name
     index, _, path = name.partition("@")
-    if not index.isdigit() or int(index) < 1 or not path:
-        raise BiocnnError(f"{star}: bad image name {name!r} (want index@file, index >= 1)")
-    return int(index) - 1, path
+    if not re.fullmatch(r"[0-9]+", index) or not path:
+        raise BiocnnError(f"{star}: bad image name {name[:200]!r} (want index@file, index >= 1)")
+    value = int(index) if len(index) <= 12 else MAX_INDEX + 1  # never parse a huge number
+    if not 1 <= value <= MAX_INDEX:
+        raise BiocnnError(
+            f"{star}: bad image name {name[:200]!r} (index {index[:30]} out of range 1..{MAX_INDEX})"
+        )
+    return value - 1, path
 
 
 def format_image_name(section: int, path: str | os.PathLike) -> str:
@@ -117,31 +153,265 @@ class StarTable:
     def pixel_sizes(self) -> np.ndarray:
         """``(N,)`` float64 pixel size per particle in Å (0 = not in the STAR file).
 
-        RELION 3.1+: ``rlnImagePixelSize`` of the particle's optics group. RELION 3.0:
-        ``rlnDetectorPixelSize`` (µm) * 1e4 / ``rlnMagnification`` when both are present.
+        In order: a ``rlnImagePixelSize`` column of the particles (some tools write 3.1
+        columns in one block); ``rlnImagePixelSize`` of the particle's optics group (RELION
+        3.1+); ``rlnDetectorPixelSize`` (µm) * 1e4 / ``rlnMagnification`` (RELION 3.0);
+        a ``rlnPixelSize`` column.
         """
         parts = self.particles
+        if "rlnImagePixelSize" in parts.columns:
+            return _positive(parts["rlnImagePixelSize"])
         if self.optics is not None and "rlnImagePixelSize" in self.optics.columns:
             if "rlnOpticsGroup" in parts.columns and "rlnOpticsGroup" in self.optics.columns:
                 table = dict(
                     zip(
-                        self.optics["rlnOpticsGroup"].astype(int),
-                        self.optics["rlnImagePixelSize"].astype(float),
+                        _integers(self.optics["rlnOpticsGroup"], self.path, "rlnOpticsGroup"),
+                        _positive(self.optics["rlnImagePixelSize"]),
                         strict=True,
                     )
                 )
-                groups = parts["rlnOpticsGroup"].astype(int)
-                missing = sorted(set(groups) - set(table))
+                groups = _integers(parts["rlnOpticsGroup"], self.path, "rlnOpticsGroup")
+                missing = sorted(set(groups.tolist()) - set(table))
                 if missing:
                     raise BiocnnError(f"{self.path}: optics group {missing[0]} not in data_optics")
-                return groups.map(table).to_numpy(dtype=np.float64)
+                return np.array([table[g] for g in groups.tolist()], dtype=np.float64)
             if len(self.optics) == 1:
-                return np.full(len(parts), float(self.optics["rlnImagePixelSize"].iloc[0]))
+                return np.full(len(parts), _positive(self.optics["rlnImagePixelSize"])[0])
         if {"rlnDetectorPixelSize", "rlnMagnification"} <= set(parts.columns):
-            det = parts["rlnDetectorPixelSize"].to_numpy(dtype=np.float64)
-            mag = parts["rlnMagnification"].to_numpy(dtype=np.float64)
+            det = _positive(parts["rlnDetectorPixelSize"])
+            mag = _positive(parts["rlnMagnification"])
             return np.divide(det * 1e4, mag, out=np.zeros_like(det), where=mag > 0)
+        if "rlnPixelSize" in parts.columns:
+            return _positive(parts["rlnPixelSize"])
         return np.zeros(len(parts))
+
+    def pixel_size_mismatches(
+        self,
+        header_apix: Callable[[Path], float] | Mapping[Path, float] | None = None,
+        rtol: float = 0.01,
+    ) -> list[tuple[Path, float, float]]:
+        """Image files whose header pixel size disagrees with the STAR's by more than ``rtol``.
+
+        Parameters
+        ----------
+        header_apix
+            The header pixel size of an image file (Å, 0 = unknown), as a mapping or a
+            function; default: read it with :func:`biocnn.io.mrc.inspect_mrc`.
+        rtol
+            Relative tolerance (0.01 = the 1 % of issue 13).
+
+        Returns
+        -------
+        list of ``(file, star_apix, header_apix)``
+            One entry per file and STAR pixel size, in first-seen order. Files or rows with
+            an unknown pixel size (0) on either side are not compared; the STAR value is the
+            one to use (see :meth:`pixel_sizes`).
+        """
+        if header_apix is None:
+            from biocnn.io.mrc import inspect_mrc
+
+            def header_apix(p: Path) -> float:
+                return inspect_mrc(p, as_volume=False).apix
+
+        lookup = header_apix.get if isinstance(header_apix, Mapping) else header_apix
+        paths, _ = self.image_refs()
+        star = self.pixel_sizes()
+        seen: dict[tuple[Path, float], None] = {}
+        for p, a in zip(paths, star.tolist(), strict=True):
+            seen.setdefault((p, a), None)
+        out: list[tuple[Path, float, float]] = []
+        headers: dict[Path, float] = {}
+        for p, a in seen:
+            if a <= 0:
+                continue
+            if p not in headers:
+                headers[p] = float(lookup(p) or 0.0)
+            h = headers[p]
+            if h > 0 and abs(h - a) > rtol * a:
+                out.append((p, a, h))
+        return out
+
+    def image_keys(self) -> np.ndarray:
+        """``(N,)`` object array naming each particle's image as ``"section@absolute path"``
+        (0-based section, normalised path), equal for rows that show the same image."""
+        paths, sections = self.image_refs()
+        norm: dict[Path, str] = {p: os.path.normpath(os.path.abspath(p)) for p in set(paths)}
+        return np.array([f"{s}@{norm[p]}" for p, s in zip(paths, sections.tolist(), strict=True)],
+                        dtype=object)
+
+    def image_groups(self) -> np.ndarray:
+        """``(N,)`` int64: for each row, the first row showing the same image (``i`` for a row
+        whose image is unique). Rows with equal values must stay in one data split."""
+        codes, uniques = pd.factorize(pd.Series(self.image_keys()))
+        first = np.full(len(uniques), len(codes), dtype=np.int64)
+        np.minimum.at(first, codes, np.arange(len(codes), dtype=np.int64))
+        return first[codes]
+
+    def duplicate_images(self) -> np.ndarray:
+        """``(N,)`` bool: True for every row whose image (same section of the same file)
+        also appears in another row -- all copies, the first included."""
+        groups = self.image_groups()
+        counts = np.bincount(groups, minlength=len(groups))
+        return counts[groups] > 1
+
+
+def _positive(col: pd.Series) -> np.ndarray:
+    """A numeric column as float64 with non-finite or negative values as 0 (unknown)."""
+    values = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    return np.where(np.isfinite(values) & (values > 0), values, 0.0)
+
+
+def _integers(col: pd.Series, path: Path, name: str) -> np.ndarray:
+    """An integer column as int64; anything else is a one-line error."""
+    values = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    if not (np.isfinite(values).all() and (values == np.round(values)).all()) or (
+        np.abs(values) > 2**53
+    ).any():
+        raise BiocnnError(f"{path}: column {name} must hold integers")
+    return values.astype(np.int64)
+
+
+def _decode(path: Path, raw: bytes) -> str:
+    """STAR text from bytes: UTF-8 (a BOM allowed), else Latin-1 with one warning; binary
+    files of other formats are refused by name."""
+    kind = sniff_bytes(raw[:1024], path)
+    refuse_unsupported(path, kind)
+    if kind in ("mrc", "cs"):
+        raise BiocnnError(f"{path}: {FORMAT_NAMES[kind]} file, not a STAR file")
+    if b"\0" in raw:
+        raise BiocnnError(f"{path}: not a STAR file (binary data: NUL bytes)")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        warnings.warn(
+            f"{path}: not UTF-8 (byte 0x{raw[exc.start]:02x} on line {line}); read as Latin-1",
+            StarWarning,
+            stacklevel=3,
+        )
+        return raw.decode("latin-1")
+
+
+def _count_values(line: str) -> int:
+    """Number of STAR values on a data line (quoted values may hold spaces)."""
+    if '"' not in line and "'" not in line:
+        return len(line.split())
+    return len(_TOKEN.findall(line))
+
+
+def _unquote(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+        return value[1:-1]
+    return value
+
+
+def _numericise(value: str) -> str | int | float:
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _typed(table: pd.DataFrame) -> pd.DataFrame:
+    """Columns of numbers become int64/float64 (like starfile); text columns stay text."""
+    for name in table.columns:
+        if name in _TEXT_COLUMNS:
+            continue
+        try:
+            table[name] = pd.to_numeric(table[name])
+        except (ValueError, TypeError):
+            pass
+    return table
+
+
+def _loop_table(
+    path: Path, block: str, labels: list[str], rows: list[str], first_line: int
+) -> pd.DataFrame:
+    """Parse validated loop rows with pandas' C reader (quotes of either kind honoured)."""
+    if not rows:
+        return pd.DataFrame({name: pd.Series(dtype=np.float64) for name in labels})
+    text = "\n".join(rows)
+    if "'" in text:  # pandas knows one quote character; RELION writes either
+        text = text.replace("'", '"')
+    try:
+        table = pd.read_csv(
+            StringIO(text), sep=r"\s+", header=None, names=labels, dtype=str,
+            keep_default_na=False, na_filter=False, quotechar='"', engine="c",
+        )
+    except (ValueError, pd.errors.ParserError) as exc:
+        reason = " ".join(str(exc).split())[:200]
+        raise BiocnnError(f"{path}: data_{block} loop from line {first_line}: {reason}") from exc
+    return _typed(table)
+
+
+def _parse_star(path: Path, text: str) -> dict[str, pd.DataFrame]:
+    """Every data block of a STAR text as a DataFrame (key-value blocks as one row).
+
+    Lines before the first ``data_`` and comment lines are ignored; a loop's rows must each
+    have one value per ``_label`` (else a one-line error naming the line).
+    """
+    lines = text.splitlines()
+    blocks: dict[str, pd.DataFrame] = {}
+    pairs: dict[str, dict[str, str | int | float]] = {}
+    block: str | None = None
+    i, n = 0, len(lines)
+    while i < n:
+        s = lines[i].strip()
+        i += 1
+        if not s or s.startswith("#"):
+            continue
+        if s.startswith("data_"):
+            block = s[5:].split()[0] if s[5:].strip() else ""
+            pairs[block] = {}
+            continue
+        if block is None:
+            continue  # text before the first data block
+        if s.startswith("loop_"):
+            labels: list[str] = []
+            while i < n and (lines[i].strip().startswith("_") or not lines[i].strip()):
+                label = lines[i].strip()
+                if label:
+                    labels.append(label.split()[0][1:])
+                i += 1
+            if not labels:
+                raise BiocnnError(f"{path}: loop_ on line {i} of data_{block} has no _labels")
+            dup = sorted({x for x in labels if labels.count(x) > 1})
+            if dup:
+                raise BiocnnError(f"{path}: data_{block} lists column _{dup[0]} twice")
+            rows: list[str] = []
+            first = i + 1
+            while i < n:
+                row = lines[i].strip()
+                if row.startswith(("data_", "loop_", "_")):
+                    break
+                i += 1
+                if not row or row.startswith("#"):
+                    continue
+                count = _count_values(row)
+                if count != len(labels):
+                    raise BiocnnError(
+                        f"{path}: line {i} has {count} values but data_{block} has "
+                        f"{len(labels)} columns (values with spaces must be quoted)"
+                    )
+                rows.append(row)
+            blocks[block] = _loop_table(path, block, labels, rows, first)
+            continue
+        if s.startswith("_"):
+            tokens = _TOKEN.findall(s)
+            if len(tokens) != 2:
+                raise BiocnnError(
+                    f"{path}: line {i} should be '_label value' in data_{block} "
+                    "(values with spaces must be quoted)"
+                )
+            pairs[block][tokens[0][1:]] = _numericise(_unquote(tokens[1]))
+            continue
+        raise BiocnnError(f"{path}: line {i}: {s[:60]!r} is neither a _label nor in a loop_")
+    for name, values in pairs.items():
+        if name not in blocks and values:
+            blocks[name] = pd.DataFrame([values])
+    return blocks
 
 
 def read_star(path: str | os.PathLike) -> StarTable:
@@ -149,21 +419,17 @@ def read_star(path: str | os.PathLike) -> StarTable:
 
     The particle block is ``data_particles`` if present, else the only block that has an
     ``rlnImageName`` column; ``data_optics`` is kept when present. Errors (missing file,
-    not a STAR file, no particle block) are one-line :class:`BiocnnError`.
+    other formats, malformed rows, no particle block) are one-line :class:`BiocnnError`;
+    a file that is not UTF-8 is read as Latin-1 with a :class:`StarWarning`.
     """
     path = Path(path)
     if not path.is_file():
         raise BiocnnError(f"STAR file {path} not found")
     try:
-        blocks = starfile.read(path, always_dict=True)
-    except Exception as exc:  # starfile raises assorted parser errors
-        raise BiocnnError(
-            f"{path}: not a readable STAR file ({' '.join(str(exc).split())})"
-        ) from exc
-    tables = {
-        name: block if isinstance(block, pd.DataFrame) else pd.DataFrame([block])
-        for name, block in blocks.items()
-    }
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise BiocnnError(f"cannot read {path}: {exc.strerror}") from exc
+    tables = _parse_star(path, _decode(path, raw))
     if "particles" in tables:
         particles = tables["particles"]
     else:
@@ -171,7 +437,7 @@ def read_star(path: str | os.PathLike) -> StarTable:
         if len(candidates) != 1:
             raise BiocnnError(
                 f"{path}: no particle block with {IMAGE_COLUMN} "
-                f"(blocks: {', '.join(repr(n) for n in tables) or 'none'})"
+                f"(blocks: {', '.join(repr(n) for n in tables) or 'none; not a STAR file?'})"
             )
         particles = candidates[0]
     if IMAGE_COLUMN not in particles.columns:
