@@ -5,10 +5,14 @@ Examples
     biocnn simulate --demo maps/        # 4 shipped proteins; then `biocnn train maps/`
     biocnn simulate out/ --structures a.pdb b.cif.gz map.mrc --n-per-class 2000 \\
         --box 128 --apix 2 --snr 0.1 --junk --preview out.png
-    biocnn simulate out/ a.pdb b.pdb --names small,large --seed 1
+    biocnn simulate out/ a.pdb b.pdb c.pdb --names good,good,other   # a + b merged in "good"
+    biocnn simulate out/ --kind class-averages --n-per-class 5000 --box 128 --preview ca.png
+    biocnn simulate out/ --kind class-averages map.mrc --map-apix 1.06 --procedural-share 0.5
 
 Writes ``out/<class>/<class>.mrcs`` stacks, ``out/particles.star`` (RELION 3.1, every
-generated parameter) and ``out/run.json``.
+generated parameter) and ``out/run.json``. ``--kind class-averages`` writes ``good/`` and
+``junk/`` 2D class averages (procedural models plus the given or shipped structures; see
+``biocnn.sim.average_dataset``).
 """
 
 from __future__ import annotations
@@ -18,11 +22,12 @@ from pathlib import Path
 
 import typer
 
-from biocnn.sim.config import DEMO_SETTINGS, SimConfig
+from biocnn.sim.config import DEMO_SETTINGS, KINDS, AverageSettings, SimConfig
 
 __all__ = ["simulate", "register"]
 
 _D = SimConfig()
+_A = AverageSettings()
 
 
 def _demo(name: str) -> str:
@@ -46,8 +51,16 @@ def simulate(
         help="PDB/mmCIF (.gz ok) or MRC map; one class each; class name = file stem.",
     ),
     demo: bool = typer.Option(False, "--demo", help="Use the 4 shipped structures, demo settings."),
+    kind: str = typer.Option(_D.kind, "--kind",
+                             help=f"What to simulate: {' or '.join(KINDS)} (good/junk 2D classes)."),
+    procedural_share: float = typer.Option(
+        _A.procedural_share, help="class-averages: share of good classes from procedural models."),
+    map_apix: str = typer.Option(None, show_default=False,
+                                 help="Pixel size in Å of maps whose header has none: one value, "
+                                      "or one per structure (0 = header)."),
     names: str = typer.Option(None, show_default=False,
-                              help="Comma-separated class names, one per structure."),
+                              help="Comma-separated class names, one per structure; repeated "
+                                   "names merge structures into one class."),
     n_per_class: int = typer.Option(_D.n_per_class,
                                     help="Images per class." + _demo("n_per_class")),
     box: int = typer.Option(_D.box, help="Image box in pixels." + _demo("box")),
@@ -102,16 +115,21 @@ def simulate(
             raise BiocnnError(f"OUT {out} looks like a structure file; give the output folder "
                               "first: biocnn simulate OUT --structures FILE...")
         paths = [*(structures or []), *(more or [])]
+        averages = kind == "class-averages"
         if demo and paths:
             raise BiocnnError("--demo uses the shipped structures; do not also give --structures")
-        if not demo and not paths:
+        if not demo and not paths and not averages:
             raise BiocnnError("no structures: give --structures FILE... or --demo")
+        if averages and names:
+            raise BiocnnError("--names: class averages are always 'good' and 'junk'")
         if demo:  # demo defaults, unless given on the command line
             settings.update({k: v for k, v in DEMO_SETTINGS.items()
                              if _is_default(ctx, k)})
         cfg = SimConfig(
             structures=[str(p) for p in (demo_structures() if demo else paths)],
             names=[s.strip() for s in names.split(",")] if names else None,
+            kind=kind, map_apix=_floats(map_apix, "--map-apix"),
+            averages=AverageSettings(procedural_share=procedural_share),
             **settings,
         )
         summary = simulate_dataset(cfg, out, overwrite=overwrite, progress=progress,
@@ -122,6 +140,18 @@ def simulate(
             f"STAR: {summary.star}" + (f"; preview: {preview}" if preview else ""),
             highlight=False, soft_wrap=True,
         )
+
+
+def _floats(text: str | None, option: str) -> list[float] | None:
+    """Comma-separated numbers (an empty item is 0); a one-line error names the option."""
+    from biocnn.errors import BiocnnError
+
+    if not text:
+        return None
+    try:
+        return [float(t) if t.strip() else 0.0 for t in text.split(",")]
+    except ValueError:
+        raise BiocnnError(f"{option}: expected comma-separated numbers, got {text!r}") from None
 
 
 def register(app: typer.Typer) -> None:

@@ -41,6 +41,7 @@ __all__ = [
     "draw_average_params",
     "ctf_moments",
     "soft_mask",
+    "average_transfer",
     "class_average",
     "finish_average",
     "small_rotations",
@@ -129,7 +130,10 @@ def draw_average_params(
     a_lo = max(s.apix_min, extent / s.box_max)
     a_hi = min(s.apix_max, extent / s.box_min)
     apix_orig = _log_uniform(rng, a_lo, a_hi) if a_lo < a_hi else a_lo
-    box_orig = max(2, round(extent / apix_orig))
+    # a whole number of original pixels whose size stays inside [a_lo, a_hi]
+    b_lo, b_hi = math.ceil(extent / a_hi - 1e-9), math.floor(extent / a_lo + 1e-9)
+    box_orig = round(extent / apix_orig)
+    box_orig = max(2, min(max(box_orig, b_lo), b_hi) if b_lo <= b_hi else box_orig)
     apix_orig = extent / box_orig
     d0 = rng.uniform(s.defocus_min, s.defocus_max)
     spread = rng.uniform(0.2, 1.5)
@@ -213,6 +217,60 @@ def soft_mask(size: int, diameter: float, edge: float) -> torch.Tensor:
     return 0.5 * (1 + torch.cos(math.pi * t))
 
 
+def average_transfer(
+    spectrum: torch.Tensor, p: AverageParams, size: int, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Signal transfer and noise variance of the CTF-corrected average of ``K`` members.
+
+    Parameters
+    ----------
+    spectrum
+        ``(m, m // 2 + 1)`` clean projection spectrum at ``p.apix`` (members' box: the
+        central ``size`` crop).
+    size
+        Output box edge (px).
+    rng
+        Draws the members' defoci.
+
+    Returns
+    -------
+    transfer, noise_var
+        ``(m, m // 2 + 1)`` real factor on the clean spectrum, and ``(size, size // 2 + 1)``
+        variance (per pixel of white unit noise) of the average's noise at each frequency.
+    """
+    m = spectrum.shape[-2]
+    kmax = float(_radii(m, p.apix).max()) * 1.001
+    kr = torch.linspace(0, kmax, _PROFILE_SAMPLES, dtype=torch.float64)
+    defoci = torch.from_numpy(rng.uniform(p.defocus_lo, p.defocus_hi, p.n_particles))
+    mabs, msq = ctf_moments(defoci, kr, p.voltage, p.cs, p.amplitude_contrast)
+
+    def transfer(size_: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        k = _radii(size_, p.apix)
+        env = torch.exp(-p.bfactor * k**2 / 4) * (k <= 0.5 / p.apix_orig)
+        # expected residual-shift envelope of a Gaussian misalignment of std shift_error px
+        env = env * torch.exp(-2 * (math.pi * p.shift_error * p.apix * k) ** 2)
+        return env, _profile_to_grid(mabs, kmax, k), _profile_to_grid(msq, kmax, k)
+
+    env, a_m, q_m = transfer(m)
+    member = spectra_to_images(spectrum * env * q_m.sqrt(), m, size)
+    var = float(member.var())
+    # per-pixel noise variance in the original box, carried to output sampling (n / N)^2
+    sigma2 = (var / p.snr if var > 0 else 1.0) * (size / p.box_orig) ** 2
+    env_n, a_n, q_n = transfer(size) if m != size else (env, a_m, q_m)
+    if p.correction == "phase_flip":
+        return a_m * env, torch.full_like(env_n, sigma2 / p.n_particles) * (env_n > 0)
+    # RELION's regulariser sigma_c^2 / tau^2 in the members' (size) box, capped at 50 so
+    # that classes without signal still pass their noise as RELION's do
+    power = _radial_profile(images_to_spectra(member[None])[0])
+    reg = (sigma2 * size * size / (p.tau2_fudge * power).clamp_min(1e-30)).clamp(max=50.0)
+    bins = float(reg.shape[0] - 1)
+    reg_m = _profile_to_grid(reg, 1.0, _radii(m, p.apix) * size * p.apix / bins)
+    reg_n = _profile_to_grid(reg, 1.0, _radii(size, p.apix) * size * p.apix / bins)
+    big_a = p.n_particles * q_m * env**2
+    a_n2 = p.n_particles * q_n * env_n**2
+    return big_a / (big_a + reg_m), sigma2 * a_n2 / (a_n2 + reg_n) ** 2
+
+
 def class_average(
     spectrum: torch.Tensor,
     p: AverageParams,
@@ -238,43 +296,8 @@ def class_average(
     torch.Tensor
         ``(size, size)`` float32 image (signal plus noise, unit-free).
     """
-    m = spectrum.shape[-2]
-    k_sig = _radii(m, p.apix)
-    kmax = float(k_sig.max()) * 1.001
-    kr = torch.linspace(0, kmax, _PROFILE_SAMPLES, dtype=torch.float64)
-    defoci = torch.from_numpy(rng.uniform(p.defocus_lo, p.defocus_hi, p.n_particles))
-    mabs, msq = ctf_moments(defoci, kr, p.voltage, p.cs, p.amplitude_contrast)
-
-    def transfer(size_: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        k = _radii(size_, p.apix)
-        env = torch.exp(-p.bfactor * k**2 / 4) * (k <= 0.5 / p.apix_orig)
-        # expected residual-shift envelope of a Gaussian misalignment of std shift_error px
-        env = env * torch.exp(-2 * (math.pi * p.shift_error * p.apix * k) ** 2)
-        return env, _profile_to_grid(mabs, kmax, k), _profile_to_grid(msq, kmax, k)
-
-    env, a_m, q_m = transfer(m)
-    member = spectra_to_images(spectrum * env * q_m.sqrt(), m, size)
-    var = float(member.var())
-    # per-pixel noise variance in the original box, carried to output sampling (n / N)^2
-    sigma2 = (var / p.snr if var > 0 else 1.0) * (size / p.box_orig) ** 2
-    env_n, a_n, q_n = transfer(size) if m != size else (env, a_m, q_m)
-    if p.correction == "phase_flip":
-        t_sig = a_m * env
-        noise_var = torch.full_like(env_n, sigma2 / p.n_particles) * (env_n > 0)
-    else:
-        # RELION's regulariser sigma_c^2 / tau^2 in the members' (size) box, capped at 50 so
-        # that classes without signal still pass their noise as RELION's do
-        power = _radial_profile(images_to_spectra(member[None])[0])
-        reg_profile = (sigma2 * size * size / (p.tau2_fudge * power).clamp_min(1e-30)).clamp(max=50.0)
-        reg_m = _profile_to_grid(reg_profile, 1.0, _radii(m, p.apix) * size * p.apix / (
-            reg_profile.shape[0] - 1))
-        reg_n = _profile_to_grid(reg_profile, 1.0, _radii(size, p.apix) * size * p.apix / (
-            reg_profile.shape[0] - 1))
-        big_a = p.n_particles * q_m * env**2
-        t_sig = big_a / (big_a + reg_m)
-        a_n2 = p.n_particles * q_n * env_n**2
-        noise_var = sigma2 * a_n2 / (a_n2 + reg_n) ** 2
-    signal = spectra_to_images(spectrum * t_sig, m, size)
+    t_sig, noise_var = average_transfer(spectrum, p, size, rng)
+    signal = spectra_to_images(spectrum * t_sig, spectrum.shape[-2], size)
     white = images_to_spectra(torch.randn(1, size, size, generator=generator))[0]
     noise = spectra_to_images(white * noise_var.sqrt(), size)
     return (signal + noise).float()

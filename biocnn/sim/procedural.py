@@ -205,7 +205,7 @@ def _domains(kind: str, mass: float, rng: np.random.Generator) -> tuple[list[_El
         else:
             ops = [_rot_z(2 * math.pi * k / n) for k in range(n)]
             # ring: subunits side by side on a circle with a hole; oligomer: packed tight
-            spread = rng.uniform(1.2, 1.6) if kind == "ring" else rng.uniform(0.6, 1.0)
+            spread = rng.uniform(0.9, 1.15) if kind == "ring" else rng.uniform(0.55, 0.85)
             radius = spread * r_sub / math.sin(math.pi / n)
             offset = np.array([radius, 0.0, rng.uniform(-0.3, 0.3) * r_sub])
         doms = _symmetric(sub, ops, offset)

@@ -1,0 +1,282 @@
+"""``biocnn simulate --kind class-averages``: a labelled good/junk set of 2D class averages.
+
+Layout (as the particle simulation, so ``biocnn train OUT`` reads it)::
+
+    out/good/good.mrcs   class averages of well-aligned particles
+    out/junk/junk.mrcs   junk class averages (kinds and shares: :mod:`biocnn.sim.average_junk`)
+    out/particles.star   RELION 3.1 STAR, one row per image with every drawn parameter
+    out/run.json         version, command line, configuration, summary
+
+Good class averages come from procedural pseudo-atomic models (a new one per image, share
+``procedural_share``; kinds in :mod:`biocnn.sim.procedural`) and from the structure files
+(the four shipped models when none are given; maps become pseudo-atoms of their voxels).
+Each image: uniform random view and in-plane rotation, a few jittered copies of it
+averaged (view spread and in-plane alignment error), then :func:`class_average` and
+:func:`finish_average`. The images are ``box`` px but their pixel size varies (the
+particle fills 30-90 % of the mask); the per-image pixel size is the STAR column
+``rlnImagePixelSize`` and the MRC header carries the median.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import starfile
+import torch
+
+from biocnn.atomic import atomic_dir, atomic_path, write_json
+from biocnn.errors import BiocnnError
+from biocnn.io.mrc import write_mrc
+from biocnn.sim.average import (
+    AverageParams,
+    class_average,
+    draw_average_params,
+    finish_average,
+)
+from biocnn.sim.average_junk import jitter_views, junk_kinds, junk_spectrum
+from biocnn.sim.config import GOOD_CLASS, JUNK_CLASS, AverageSettings, SimConfig, validate_config
+from biocnn.sim.procedural import PseudoAtoms, atoms_from_structure, project_atoms, random_model
+from biocnn.sim.project import euler_to_matrix, random_orientations
+
+__all__ = [
+    "ModelSampler",
+    "load_atoms",
+    "render_good",
+    "render_junk",
+    "simulate_class_averages",
+]
+
+_MAP_VOXELS = 64  # maps become pseudo-atoms on a grid of at most this many voxels across
+
+
+def load_atoms(path: str | os.PathLike, *, keep_waters: bool = False,
+               map_apix: float | None = None) -> PseudoAtoms:
+    """A structure file as pseudo-atoms: atoms of a model, or the voxels of a map.
+
+    Map voxels (background-subtracted, masked, resampled to at most 64 across) above 2 %
+    of the maximum become beads weighted by their density.
+    """
+    from biocnn.sim.structure import (
+        ATOMIC_SUFFIXES,
+        MAP_SUFFIXES,
+        _suffix,
+        map_volume,
+        read_atomic_model,
+        read_map,
+    )
+
+    path = Path(path)
+    if not path.is_file():
+        problem = "is not a file" if path.exists() else "does not exist"
+        raise BiocnnError(f"structure file {path} {problem}")
+    kind = _suffix(path)
+    if kind in ATOMIC_SUFFIXES:
+        return atoms_from_structure(read_atomic_model(path, keep_waters=keep_waters), path.name)
+    if kind not in MAP_SUFFIXES:
+        raise BiocnnError(f"structure file {path}: unknown format "
+                          f"(use {', '.join(ATOMIC_SUFFIXES + MAP_SUFFIXES)})")
+    data, in_apix = read_map(path, map_apix)
+    apix = max(in_apix, max(data.shape) * in_apix / _MAP_VOXELS)
+    vol = map_volume(path, apix, 8, map_apix=in_apix).data
+    keep = vol > 0.02 * vol.max()
+    idx = np.argwhere(keep)[:, ::-1].astype(np.float64)  # (x, y, z)
+    xyz = (idx - vol.shape[0] // 2) * apix
+    w = vol[keep].astype(np.float64)
+    com = (xyz * w[:, None]).sum(0) / w.sum()
+    return PseudoAtoms(torch.from_numpy((xyz - com).astype(np.float32)),
+                       torch.from_numpy(w.astype(np.float32)), float(w.sum()), 0.5 * apix,
+                       path.name)
+
+
+class ModelSampler:
+    """Draws the particle model of the next class average.
+
+    Parameters
+    ----------
+    pool
+        Models read from structure files.
+    settings
+        ``procedural_share`` and the mass range of procedural models.
+    rng
+        Parameter generator.
+    """
+
+    def __init__(self, pool: list[PseudoAtoms], settings: AverageSettings,
+                 rng: np.random.Generator) -> None:
+        self.pool, self.s, self.rng = pool, settings, rng
+
+    def __call__(self) -> PseudoAtoms:
+        if not self.pool or self.rng.random() < self.s.procedural_share:
+            return random_model(self.rng, (self.s.mass_min, self.s.mass_max))
+        return self.pool[int(self.rng.integers(len(self.pool)))]
+
+
+def _meta(p: AverageParams, particle_px: float, atoms: PseudoAtoms, kind: str,
+          angles: torch.Tensor) -> dict[str, object]:
+    return {"params": p, "particle_px": particle_px, "structure": atoms.kind,
+            "diameter": atoms.diameter,
+            "mass": atoms.mass, "junk": kind, "angles": angles}
+
+
+def render_good(atoms: PseudoAtoms, s: AverageSettings, box: int, rng: np.random.Generator,
+                g: torch.Generator) -> tuple[torch.Tensor, dict[str, object]]:
+    """One good class average of ``atoms``: ``(box, box)`` float32 and its parameters."""
+    p, particle_px = draw_average_params(rng, s, box, atoms.diameter)
+    angles = random_orientations(1, g)
+    rot = jitter_views(euler_to_matrix(angles)[0], s.sub_orientations,
+                       rng.uniform(0, s.view_spread_max), rng.uniform(0, s.rotation_error_max), rng)
+    offset = torch.from_numpy(rng.normal(0, s.centre_offset_max * box / 2, 2)).float()
+    spec = project_atoms(atoms, rot, p.apix, box, offset.expand(len(rot), 2)).mean(0)
+    image = finish_average(class_average(spec, p, box, g, rng), p)
+    return image, _meta(p, particle_px, atoms, "", angles[0])
+
+
+def render_junk(kind: str, sample: ModelSampler, s: AverageSettings, box: int,
+                rng: np.random.Generator, g: torch.Generator
+                ) -> tuple[torch.Tensor, dict[str, object]]:
+    """One junk class average of ``kind``: ``(box, box)`` float32 and its parameters."""
+    atoms = sample()
+    p, particle_px = draw_average_params(rng, s, box, atoms.diameter)
+    spec = junk_spectrum(kind, 2 * box, p.apix, particle_px, p.mask_diameter / 2, sample,
+                         atoms, rng, g)
+    image = finish_average(class_average(spec, p, box, g, rng), p)
+    return image, _meta(p, particle_px, atoms, kind, torch.zeros(3))
+
+
+def _star_rows(name: str, label: int, metas: list[dict[str, object]]) -> pd.DataFrame:
+    ps = [m["params"] for m in metas]
+    angles = np.stack([np.asarray(m["angles"], dtype=np.float64) for m in metas])
+    return pd.DataFrame({
+        "rlnImageName": [f"{i + 1:06d}@{name}/{name}.mrcs" for i in range(len(metas))],
+        "rlnOpticsGroup": 1,
+        "rlnClassNumber": label,
+        "rlnClassName": name,
+        "rlnImagePixelSize": [p.apix for p in ps],
+        "rlnMicrographOriginalPixelSize": [p.apix_orig for p in ps],
+        "rlnAngleRot": angles[:, 0], "rlnAngleTilt": angles[:, 1], "rlnAnglePsi": angles[:, 2],
+        "rlnDefocusU": [(p.defocus_lo + p.defocus_hi) / 2 for p in ps],
+        "rlnCtfBfactor": [p.bfactor for p in ps],
+        "rlnVoltage": [p.voltage for p in ps],
+        "rlnAmplitudeContrast": [p.amplitude_contrast for p in ps],
+        "rlnClassDistributionCount": [p.n_particles for p in ps],
+        "biocnnOriginalBox": [p.box_orig for p in ps],
+        "biocnnParticleSnr": [p.snr for p in ps],
+        "biocnnCtfCorrection": [p.correction for p in ps],
+        "biocnnDefocusRangeAngst": [p.defocus_hi - p.defocus_lo for p in ps],
+        "biocnnShiftErrorPx": [p.shift_error for p in ps],
+        "biocnnMaskDiameterPx": [p.mask_diameter for p in ps],
+        "biocnnParticleDiameterPx": [m["particle_px"] for m in metas],
+        "biocnnStructure": [m["structure"] for m in metas],
+        "biocnnMassKDa": [float(m["mass"]) / 1e3 for m in metas],
+        "biocnnJunkKind": [m["junk"] or "none" for m in metas],
+    })
+
+
+def _write_star(path: Path, box: int, apix: float, rows: pd.DataFrame) -> None:
+    optics = pd.DataFrame({
+        "rlnOpticsGroup": [1], "rlnOpticsGroupName": ["opticsGroup1"],
+        "rlnImagePixelSize": [apix], "rlnImageSize": [box], "rlnImageDimensionality": [2],
+        "rlnCtfDataAreCtfPremultiplied": [0],
+    })
+    with atomic_path(path) as tmp:
+        starfile.write({"optics": optics, "particles": rows}, tmp)
+        body = tmp.read_text().split("\n", 1)[1]  # drop starfile's time-stamped comment
+        tmp.write_text("# version 30001 (written by biocnn simulate --kind class-averages)\n"
+                       + body)
+
+
+def simulate_class_averages(
+    cfg: SimConfig,
+    out: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    progress: bool = False,
+    preview: str | os.PathLike | None = None,
+) -> object:
+    """Simulate ``n_per_class`` good and ``n_per_class`` junk class averages into ``out``.
+
+    Uses ``cfg.box``, ``cfg.n_per_class``, ``cfg.seed``, ``cfg.structures`` (the shipped
+    models when empty and ``procedural_share < 1``), ``cfg.map_apix``, ``cfg.keep_waters``
+    and ``cfg.averages``; the particle-image settings (apix, snr, defocus, ...) are drawn
+    per image from ``cfg.averages`` instead.
+
+    Returns
+    -------
+    biocnn.sim.simulate.SimSummary
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from biocnn.config import run_metadata
+    from biocnn.runtime import seed_everything
+    from biocnn.sim.simulate import (
+        SimSummary,
+        _check_figure_format,
+        demo_structures,
+        map_apix_of,
+        write_gallery,
+    )
+
+    start = time.perf_counter()
+    cfg = replace(cfg, kind="class-averages")
+    validate_config(cfg)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise BiocnnError(f"output {out} is a file, not a directory")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise BiocnnError(f"output directory {out} is not empty (use --overwrite)")
+    if preview is not None:
+        _check_figure_format(Path(preview))
+    g = seed_everything(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    s, box, n = cfg.averages, cfg.box, cfg.n_per_class
+    paths = list(cfg.structures)
+    if not paths and s.procedural_share < 1:
+        paths = [str(p) for p in demo_structures()]
+    pool = [load_atoms(p, keep_waters=cfg.keep_waters, map_apix=map_apix_of(cfg, i))
+            for i, p in enumerate(paths)]
+    sample = ModelSampler(pool, s, rng)
+    kinds = junk_kinds(n, rng)
+
+    columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    tables, examples, apixes, diameters = [], {}, [], {}
+    with atomic_dir(out, overwrite=overwrite) as tmp, Progress(*columns,
+                                                               disable=not progress) as bar:
+        task = bar.add_task("simulating", total=2 * n)
+        for label, name in ((1, GOOD_CLASS), (2, JUNK_CLASS)):
+            bar.update(task, description=name)
+            stack = torch.empty(n, box, box)
+            metas = []
+            for i in range(n):
+                if name == GOOD_CLASS:
+                    stack[i], meta = render_good(sample(), s, box, rng, g)
+                else:
+                    stack[i], meta = render_junk(kinds[i], sample, s, box, rng, g)
+                metas.append(meta)
+                bar.advance(task)
+            apix = float(np.median([m["params"].apix for m in metas]))  # type: ignore[attr-defined]
+            apixes.append(apix)
+            write_mrc(tmp / name / f"{name}.mrcs", stack.numpy(), apix=apix, is_stack=True)
+            tables.append(_star_rows(name, label, metas))
+            examples[name] = stack[:8].numpy()
+            diameters[name] = round(float(np.median([m["diameter"] for m in metas])), 1)
+        _write_star(tmp / "particles.star", box, float(np.median(apixes)),
+                    pd.concat(tables, ignore_index=True))
+        summary = SimSummary(
+            out=out, class_names=[GOOD_CLASS, JUNK_CLASS],
+            counts={GOOD_CLASS: n, JUNK_CLASS: n},
+            diameters=diameters,
+            seconds=round(time.perf_counter() - start, 2),
+        )
+        meta = run_metadata(cfg)
+        meta["summary"] = {k: v for k, v in vars(summary).items() if k not in ("out", "star")}
+        meta["summary"]["junk_kinds"] = {k: kinds.count(k) for k in dict.fromkeys(kinds)}
+        write_json(tmp / "run.json", meta)
+    if preview is not None:
+        write_gallery(preview, examples)
+    return summary
