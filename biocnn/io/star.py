@@ -42,6 +42,8 @@ __all__ = [
     "optics_block",
     "StarWarning",
     "MAX_INDEX",
+    "image_groups",
+    "duplicates",
 ]
 
 IMAGE_COLUMN = "rlnImageName"
@@ -231,28 +233,33 @@ class StarTable:
                 out.append((p, a, h))
         return out
 
-    def image_keys(self) -> np.ndarray:
-        """``(N,)`` object array naming each particle's image as ``"section@absolute path"``
-        (0-based section, normalised path), equal for rows that show the same image."""
-        paths, sections = self.image_refs()
-        norm: dict[Path, str] = {p: os.path.normpath(os.path.abspath(p)) for p in set(paths)}
-        return np.array([f"{s}@{norm[p]}" for p, s in zip(paths, sections.tolist(), strict=True)],
-                        dtype=object)
-
     def image_groups(self) -> np.ndarray:
-        """``(N,)`` int64: for each row, the first row showing the same image (``i`` for a row
-        whose image is unique). Rows with equal values must stay in one data split."""
-        codes, uniques = pd.factorize(pd.Series(self.image_keys()))
-        first = np.full(len(uniques), len(codes), dtype=np.int64)
-        np.minimum.at(first, codes, np.arange(len(codes), dtype=np.int64))
-        return first[codes]
+        """``(N,)`` int64: for each row, the first row showing the same image (same section
+        of the same file, paths normalised; ``i`` for a row whose image is unique). Rows with
+        equal values must stay in one data split."""
+        return image_groups(*self.image_refs())
 
     def duplicate_images(self) -> np.ndarray:
-        """``(N,)`` bool: True for every row whose image (same section of the same file)
-        also appears in another row -- all copies, the first included."""
-        groups = self.image_groups()
-        counts = np.bincount(groups, minlength=len(groups))
-        return counts[groups] > 1
+        """``(N,)`` bool: True for every row whose image also appears in another row (all
+        copies, the first included)."""
+        return duplicates(self.image_groups())
+
+
+def image_groups(paths: list[Path], sections: np.ndarray) -> np.ndarray:
+    """``(N,)`` int64 index of the first of the rows ``(paths[i], sections[i])`` that shows
+    the same image as row ``i`` (paths compared after ``abspath`` + ``normpath``)."""
+    norm = {p: os.path.normpath(os.path.abspath(p)) for p in set(paths)}
+    keys = [f"{s}@{norm[p]}" for p, s in zip(paths, np.asarray(sections).tolist(), strict=True)]
+    codes, uniques = pd.factorize(pd.Series(keys, dtype=object))
+    first = np.full(len(uniques), len(codes), dtype=np.int64)
+    np.minimum.at(first, codes, np.arange(len(codes), dtype=np.int64))
+    return first[codes]
+
+
+def duplicates(groups: np.ndarray) -> np.ndarray:
+    """``(N,)`` bool: rows of :func:`image_groups` ``groups`` that share their group."""
+    counts = np.bincount(groups, minlength=len(groups))
+    return counts[groups] > 1
 
 
 def _positive(col: pd.Series) -> np.ndarray:
