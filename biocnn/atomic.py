@@ -30,6 +30,7 @@ __all__ = [
     "check_outputs",
     "disk_errors",
     "umask_mode",
+    "RunLock",
 ]
 
 _NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
@@ -186,6 +187,76 @@ def check_outputs(
         if not os.access(parent, os.W_OK):
             raise BiocnnError(f"{opt} {path}: cannot write, {parent} is not writable")
     return given
+
+
+class RunLock:
+    """An exclusive lock on a run folder, held for the run's life: a second run writing the
+    same folder is refused in one line; the OS drops the lock when its process dies, and
+    the next run takes over such a stale lock with a warning naming the dead process.
+
+    The lock is ``DIR/.biocnn.lock`` (holding the owner's pid), locked with ``fcntl.flock``
+    (``msvcrt.locking`` on Windows). The folder is created if needed.
+    """
+
+    NAME = ".biocnn.lock"
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / self.NAME
+        self._fh: Any = None
+
+    def __enter__(self) -> RunLock:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fh = open(self.path, "a+")  # noqa: SIM115  held open for the run's life
+        except OSError as exc:
+            raise BiocnnError(f"cannot write run folder {self.folder}: {exc.strerror}") from None
+        try:
+            _lock_file(fh)
+        except OSError:
+            fh.seek(0)
+            owner = fh.read().strip() or "?"
+            fh.close()
+            raise BiocnnError(f"{self.folder}: another biocnn run (pid {owner}) is writing this "
+                              "folder; wait for it or choose another --out") from None
+        fh.seek(0)
+        stale = fh.read().strip()
+        if stale:
+            import warnings
+
+            warnings.warn(f"{self.folder}: taking over the lock of a run that ended without "
+                          f"releasing it (pid {stale})", stacklevel=2)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        fh, self._fh = self._fh, None
+        if fh is None:
+            return
+        with contextlib.suppress(OSError):
+            fh.seek(0)
+            fh.truncate()  # an empty lock file is a clean release, not a stale one
+            fh.flush()
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+        fh.close()  # closing releases the OS lock
+
+
+def _lock_file(fh: Any) -> None:
+    """Lock an open file exclusively without waiting; OSError if another process holds it."""
+    if os.name == "nt":  # pragma: no cover  exercised on Windows only
+        import msvcrt
+
+        fh.seek(0)
+        msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
+    else:
+        import fcntl
+
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

@@ -57,11 +57,12 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
-def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict[str, Any]) -> Path:
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict[str, Any],
+                    train_state: dict[str, Any] | None = None) -> Path:
     """Atomically save ``meta`` + model spec + ``state_dict`` as a plain dict (``weights_only``-safe).
 
-    ``meta`` may hold further state dicts (optimizer, scheduler) as plain containers of
-    tensors and numbers.
+    ``train_state`` (optimizer, scheduler, RNG states, epoch/step, history: what
+    :func:`biocnn.engine.fit` needs to resume) is stored as given under ``"train_state"``.
     """
     plain = unwrap(model)
     spec = model_spec(plain)
@@ -72,6 +73,8 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict[str, A
         "state_dict": {k: v.detach().cpu() for k, v in plain.state_dict().items()},
         "biocnn_version": __version__,
     }
+    if train_state is not None:
+        ckpt["train_state"] = train_state
     with atomic_path(path) as tmp:
         torch.save(ckpt, tmp)
     return Path(path)

@@ -13,6 +13,8 @@ import functools
 import json
 import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +36,7 @@ __all__ = [
     "TrainConfig",
     "FitResult",
     "fit",
+    "TrainingInterrupted",
     "predict_logits",
     "evaluate",
     "recalibrate_batchnorm",
@@ -175,6 +178,46 @@ def _prepare(device: torch.device, standardize: nn.Module | None,
     return prepare
 
 
+class TrainingInterrupted(Exception):  # noqa: N818  a stop the user asked for, not an error
+    """Training stopped at a step boundary on SIGINT/SIGTERM; ``last.pt`` holds the state."""
+
+    def __init__(self, epoch: int, step: int, signum: int, checkpoint: Path | None) -> None:
+        self.epoch, self.step, self.signum, self.checkpoint = epoch, step, signum, checkpoint
+        super().__init__(f"interrupted in epoch {epoch} after step {step}")
+
+
+class _StopRequests:
+    """Turns SIGINT/SIGTERM into a flag the loop checks after each step (main thread only);
+    a second Ctrl-C while the first is honoured interrupts at once."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopRequests:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def requested(self, device: torch.device) -> int:
+        """The signal number if any rank was asked to stop (all ranks agree), else 0."""
+        if dist.is_available() and dist.is_initialized():
+            flag = torch.tensor([self.signum], device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            return int(flag.item())
+        return self.signum
+
+
 def fit(
     model: nn.Module,
     train_data: BatchDataset,
@@ -185,6 +228,7 @@ def fit(
     out_dir: Path | None = None,
     checkpoint_meta: dict[str, Any] | None = None,
     standardize: nn.Module | None = None,
+    resume: dict[str, Any] | None = None,
     desc: str = "train",
 ) -> FitResult:
     """Train ``model`` on ``train_data``; evaluate on ``val_data`` after every epoch.
@@ -194,18 +238,23 @@ def fit(
     model
         Built by :func:`biocnn.create_model`; maps ``(B, C, H, W)`` to ``(B, K)``.
     train_data, val_data
-        Datasets of ``(image (C, H, W) float32, label int)`` or :class:`TensorData`.
+        Datasets with ``batch(indices)`` (:class:`~biocnn.data.TensorData`,
+        :class:`~biocnn.data.MrcDataset`).
     cfg
         Loop options (epochs, optimiser, schedule, device, seed, ...).
     augment
         ``augment(x, generator)`` applied to every training batch ``(B, C, H, W)`` on the device.
     out_dir
-        If given, rank 0 writes ``best.pt``, ``last.pt`` and ``metrics.jsonl`` there.
+        If given, rank 0 writes ``best.pt``, ``last.pt`` (with the full training state)
+        and ``metrics.jsonl`` there after every epoch, and ``last.pt`` on interruption.
     checkpoint_meta
         Extra entries stored in each checkpoint (class names, preprocessing, config, ...).
     standardize
         Input module applied on the device to every batch before augmentation and the
         model (e.g. :class:`~biocnn.data.Standardize`); prediction applies the same one.
+    resume
+        The ``train_state`` of a ``last.pt`` (model weights already loaded): continue from
+        it. On the CPU the result equals an uninterrupted run's bit for bit.
     desc
         Label of the progress bar.
 
@@ -214,6 +263,11 @@ def fit(
     FitResult
         Per-epoch history, best epoch and accuracy, training time. ``model`` holds the
         weights of the best validation epoch (the last epoch without validation data).
+
+    Raises
+    ------
+    TrainingInterrupted
+        SIGINT or SIGTERM: the current step was finished and ``last.pt`` written.
     """
     device = resolve_device(cfg.device)
     _setup_distributed(device)
@@ -245,21 +299,54 @@ def fit(
     )
     meta = {**(checkpoint_meta or {}), "train_config": to_plain(cfg)}
     metrics_path = out_dir / "metrics.jsonl" if out_dir is not None and main else None
+    if metrics_path is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
 
     result = FitResult()
     best_state: dict[str, Tensor] | None = None
-    epochs_without_gain = 0
+    epochs_without_gain, first_epoch, skip = 0, 1, 0
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, seen this epoch
+    elapsed = 0.0
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        aug_generator.set_state(resume["aug_rng"][info.rank])
+        torch.set_rng_state(resume["torch_rng"])
+        result.history = [dict(row) for row in resume["history"]]
+        result.best_epoch, result.best_val_acc = resume["best_epoch"], resume["best_val_acc"]
+        if resume.get("best_state") is not None:
+            best_state = {k: v.to(device) for k, v in resume["best_state"].items()}
+        epochs_without_gain, elapsed = resume["epochs_without_gain"], resume["elapsed"]
+        first_epoch, skip = resume["epoch"], resume["step"]
+        sums = resume["sums"].to(device)
+        if metrics_path is not None:  # rows of epochs the checkpoint has not seen go
+            metrics_path.write_text("".join(json.dumps(r) + "\n" for r in result.history))
+
+    def train_state(epoch: int, step: int, sums: Tensor) -> dict[str, Any]:
+        """Everything a resumed run needs besides the weights (``step`` batches of ``epoch``
+        done); every rank's augmentation RNG, so each resumes its own stream."""
+        rngs = [aug_generator.get_state()]
+        if info.distributed:
+            rngs = [torch.empty_like(rngs[0]) for _ in range(info.world_size)]
+            dist.all_gather(rngs, aug_generator.get_state().to(device))
+            rngs = [r.cpu() for r in rngs]
+        return {"epoch": epoch, "step": step, "sums": sums.detach().cpu(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "aug_rng": rngs, "torch_rng": torch.get_rng_state(),
+                "history": result.history, "best_epoch": result.best_epoch,
+                "best_val_acc": result.best_val_acc, "epochs_without_gain": epochs_without_gain,
+                "best_state": best_state, "elapsed": elapsed + time.perf_counter() - t_start}
+
     t_start = time.perf_counter()
-    with _progress(cfg.progress and main) as bar:
-        for epoch in range(1, cfg.epochs + 1):
+    with _progress(cfg.progress and main) as bar, _StopRequests() as stop:
+        for epoch in range(first_epoch, cfg.epochs + 1):
             train_loader.set_epoch(epoch)
             net.train()
-            task = bar.add_task(f"{desc} {epoch}/{cfg.epochs}", total=steps_per_epoch, stats="")
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), device=device, dtype=torch.long)
-            seen = 0
+            task = bar.add_task(f"{desc} {epoch}/{cfg.epochs}", total=steps_per_epoch,
+                                completed=skip, stats="")
             t_epoch = time.perf_counter()
-            for step, (x, y) in enumerate(train_loader, start=1):
+            done = int(sums[2].item())
+            for step, (x, y) in enumerate(train_loader.iter_from(skip), start=skip + 1):
                 x = prepare(x)
                 y = y.to(device, non_blocking=True)
                 if augment is not None:
@@ -271,15 +358,24 @@ def fit(
                 loss.backward()
                 optimizer.step()
                 scheduler.step()
-                loss_sum += loss.detach() * len(y)
-                correct += (logits.detach().argmax(1) == y).sum()
-                seen += len(y)
+                sums += torch.stack([loss.detach().double() * len(y),
+                                     (logits.detach().argmax(1) == y).sum().double(),
+                                     torch.tensor(float(len(y)), device=device)])
                 if main and (step % 20 == 0 or step == steps_per_epoch):
-                    rate = seen / (time.perf_counter() - t_epoch)  # syncs only here, for display
+                    seen = sums[2].item()  # syncs only here, for display
+                    rate = (seen - done) / (time.perf_counter() - t_epoch)
                     bar.update(task, completed=step, stats=(
-                        f"loss {loss_sum.item() / seen:.4f}  acc {correct.item() / seen:.4f}  "
+                        f"loss {sums[0].item() / seen:.4f}  acc {sums[1].item() / seen:.4f}  "
                         f"{rate:,.0f} img/s"
                     ))
+                signum = stop.requested(device)
+                if signum:
+                    state = train_state(epoch, step, sums)
+                    path = out_dir / "last.pt" if out_dir is not None else None
+                    if main and path is not None:
+                        save_checkpoint(path, model, {**meta, "epoch": epoch - 1}, state)
+                    raise TrainingInterrupted(epoch, step, signum, path)
+            skip = 0
             epoch_seconds = time.perf_counter() - t_epoch
             if cfg.bn_recalibrate > 0 and (val_data is not None or out_dir is not None
                                            or epoch == cfg.epochs):
@@ -287,8 +383,8 @@ def fit(
                 recalibrate_batchnorm(model, train_loader, cfg.bn_recalibrate, prepare,
                                       amp=cfg.amp)
             _sync_buffers(model)
-            totals = _all_reduce_sum(torch.stack([loss_sum, correct.double(),
-                                                  torch.tensor(seen, device=device).double()]))
+            totals = _all_reduce_sum(sums.clone())
+            sums = torch.zeros_like(sums)
             row: dict[str, float] = {
                 "epoch": epoch,
                 "train_loss": float(totals[0] / totals[2]),
@@ -310,6 +406,8 @@ def fit(
                 epochs_without_gain = 0
             else:
                 epochs_without_gain += 1
+            stopping = bool(cfg.patience and epochs_without_gain >= cfg.patience)
+            state = train_state(epoch + 1, 0, sums) if out_dir is not None else None
             if main:
                 if "val_acc" in row:
                     bar.update(task, stats=bar.tasks[task].fields["stats"]
@@ -318,12 +416,17 @@ def fit(
                     with open(metrics_path, "a") as fh:
                         fh.write(json.dumps(row) + "\n")
                 if out_dir is not None:
-                    save_checkpoint(out_dir / "last.pt", model, {**meta, "epoch": epoch, **row})
                     if improved:
                         save_checkpoint(out_dir / "best.pt", model, {**meta, "epoch": epoch, **row})
-            if cfg.patience and epochs_without_gain >= cfg.patience:
+                    save_checkpoint(out_dir / "last.pt", model, {**meta, "epoch": epoch, **row},
+                                    state)
+            if stopping:
                 break
-    result.train_seconds = time.perf_counter() - t_start
+            signum = stop.requested(device)
+            if signum and epoch < cfg.epochs:
+                raise TrainingInterrupted(epoch + 1, 0, signum,
+                                          out_dir / "last.pt" if out_dir is not None else None)
+    result.train_seconds = elapsed + time.perf_counter() - t_start
     if best_state is not None and val_data is not None:
         model.load_state_dict(best_state)
     return result

@@ -8,6 +8,7 @@ value of ``--config`` (a TOML file), else the defaults of
 Examples
 --------
     biocnn train maps/
+    biocnn train --resume runs/train-20261205-101500      # after Ctrl-C, SIGTERM or a kill
     biocnn train --star particles.star --label-column rlnClassNumber --box 96 --epochs 30
     biocnn train maps/ --config configs/cryo_train.toml --model invariant \\
         --model-kwargs '{"widths": [32, 64, 128]}' --out runs/small
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import typer
 
-from biocnn.cli.common import cli_errors, console, data_source, timestamp
+from biocnn.cli.common import cli_errors, console, data_source, err_console, timestamp
 
 __all__ = ["train", "register", "parse_model_kwargs"]
 
@@ -46,9 +47,11 @@ def train(
     star: Path = typer.Option(None, help="STAR file of labelled particles (instead of DATA)."),
     label_column: str = typer.Option(None, help="STAR column with the class "
                                      "(default: rlnClassNumber)."),
+    apix: float = typer.Option(None, help="Pixel size in Å of the input images, over their "
+                               "headers and the STAR file (default: read from them)."),
     box: int = typer.Option(None, help="Box in px (default: the largest input image)."),
-    apix: float = typer.Option(None, help="Pixel size in Å (default: coarsest that fits; "
-                               "0 = ignore pixel sizes)."),
+    target_apix: float = typer.Option(None, help="The model's pixel size in Å (default: "
+                                      "coarsest that fits the box; 0 = ignore pixel sizes)."),
     mask_radius: float = typer.Option(None, help="Background mask radius: < 1 fraction of the "
                                       "box, else px (default: 0.4)."),
     invert: bool = typer.Option(None, "--invert/--no-invert", help="Invert the contrast."),
@@ -83,16 +86,21 @@ def train(
     compile: bool = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
     config: Path = typer.Option(None, help="TOML config, e.g. configs/cryo_train.toml."),
     out: Path = typer.Option(None, help="Run folder (default: runs/train-<timestamp>)."),
+    resume: Path = typer.Option(None, help="Continue the interrupted run in this folder "
+                                "(its saved config is used)."),
     progress: bool = typer.Option(None, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Train a classifier; write checkpoints, metrics, curves, confusion matrix and run.json."""
     with cli_errors():
         from biocnn.config import resolve
+        from biocnn.engine import TrainingInterrupted
         from biocnn.tasks.train import CryoTrainConfig, run_train, train_tables
 
         cli = {
             "data": data_source(data, star), "label_column": label_column,
-            "box": box, "apix": apix, "mask_radius": mask_radius, "invert": invert,
+            "box": box, "apix": target_apix, "input_apix": apix,
+            "resume": str(resume) if resume is not None else None,
+            "mask_radius": mask_radius, "invert": invert,
             "lowpass": lowpass, "slice_axis": slice_axis, "slices": slices, "project": project,
             "model": model, "model_kwargs": parse_model_kwargs(model_kwargs),
             "val_fraction": val_fraction, "balance_classes": balance_classes, "augment": augment,
@@ -102,9 +110,17 @@ def train(
             "out": str(out) if out is not None else None, "progress": progress,
         }
         cfg = resolve(CryoTrainConfig(), config, cli)
-        if not cfg.out:
+        if not cfg.out and not cfg.resume:
             cfg.out = str(Path("runs") / f"train-{timestamp()}")
-        result = run_train(cfg, log=console.print)
+        try:
+            result = run_train(cfg, log=console.print)
+        except TrainingInterrupted as stop:
+            run = cfg.resume or cfg.out
+            err_console.print(
+                f"interrupted in epoch {stop.epoch} after step {stop.step}; state saved in "
+                f"{stop.checkpoint}. Continue with: biocnn train --resume {run}",
+                highlight=False, soft_wrap=True)
+            raise typer.Exit(128 + stop.signum) from None
         for table in train_tables(result):
             console.print(table)
         files = ", ".join(sorted(p.name for p in result.out_dir.iterdir()))

@@ -13,6 +13,7 @@ images one process with batch N * B would.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
@@ -153,10 +154,14 @@ class Loader:
         self.sampler.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        if self._workers is not None:
+        return self.iter_from(0)
+
+    def iter_from(self, start: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """The batches of this epoch from batch ``start`` on (a resumed epoch)."""
+        if self._workers is not None and start == 0:
             yield from self._workers
             return
-        for indices in self.sampler:
+        for indices in itertools.islice(self.sampler, start, None):
             images, labels = self.data.batch(indices)
             if self.pin_memory:
                 images, labels = images.pin_memory(), labels.pin_memory()

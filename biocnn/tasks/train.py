@@ -23,8 +23,8 @@ Example
 
 from __future__ import annotations
 
-import json
-import re
+import contextlib
+import shutil
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -32,13 +32,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tomli_w
 import torch
 from rich.table import Table
 from torch import nn
 
-from biocnn.atomic import atomic_dir, write_json, write_text
+from biocnn.atomic import RunLock, write_json, write_text
 from biocnn.augment import Augment
-from biocnn.config import TrainConfig, run_metadata, to_plain
+from biocnn.checkpoint import read_checkpoint
+from biocnn.config import TrainConfig, merge, run_metadata, to_plain
 from biocnn.data import (
     MrcDataset,
     PreprocessConfig,
@@ -48,12 +50,12 @@ from biocnn.data import (
     make_loader,
     stratified_split,
 )
-from biocnn.engine import FitResult, evaluate, fit
+from biocnn.engine import FitResult, TrainingInterrupted, evaluate, fit
 from biocnn.errors import BiocnnError
 from biocnn.metrics import classification_summary
 from biocnn.models import create_model
 from biocnn.plots import plot_confusion, plot_curves
-from biocnn.runtime import seed_everything
+from biocnn.runtime import is_main_process, seed_everything
 from biocnn.tasks.evaluate import class_table
 
 __all__ = [
@@ -86,8 +88,9 @@ class CryoTrainConfig(TrainConfig):
 
     data: str = ""  # folder of class folders, or a STAR file
     label_column: str = "rlnClassNumber"  # STAR column holding the class
+    input_apix: float | None = None  # Å/px of every input image, over headers and STAR
     box: int | None = None
-    apix: float | None = None
+    apix: float | None = None  # the model's pixel size
     mask_radius: float = 0.4
     invert: bool = False
     lowpass: float = 0.0
@@ -101,6 +104,7 @@ class CryoTrainConfig(TrainConfig):
     max_shift: float | None = None  # px; None = 8 % of the box
     preload_gb: float = 2.0  # hold preprocessed images in memory up to this size (0 = never)
     out: str = ""
+    resume: str = ""  # a run folder to continue (its saved config is used)
     # loop defaults sized for ~2000 images of 64 px on a 2-core CPU
     epochs: int = 15
     patience: int = 5
@@ -166,36 +170,11 @@ def _preload(data: MrcDataset, num_workers: int) -> TensorData:
     return TensorData(images, torch.from_numpy(data.labels))
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return _toml_string(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
-    raise TypeError(f"cannot write {type(value).__name__} to TOML")
-
-
-def _toml_string(text: str) -> str:
-    # JSON escapes quotes, backslashes and C0 controls as TOML does; TOML also bans a raw DEL
-    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
-
-
-def _toml_key(key: str) -> str:
-    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_string(key)
-
-
 def config_toml(cfg: CryoTrainConfig) -> str:
-    """``cfg`` as TOML for ``--config`` (``out`` and unset values are left out)."""
-    lines = ["# resolved config of a `biocnn train` run; reuse with --config", ""]
-    for key, value in to_plain(cfg).items():
-        if key != "out" and value is not None:
-            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
-    return "\n".join(lines) + "\n"
+    """``cfg`` as TOML for ``--config`` (``out``, ``resume`` and unset values left out)."""
+    keep = {k: v for k, v in to_plain(cfg).items()
+            if k not in ("out", "resume") and v is not None}
+    return "# resolved config of a `biocnn train` run; reuse with --config\n\n" + tomli_w.dumps(keep)
 
 
 def _split(
@@ -218,13 +197,39 @@ def _split(
     return train, val, len(train_idx), len(val_idx)
 
 
+def _resume_config(cfg: CryoTrainConfig) -> tuple[CryoTrainConfig, dict[str, Any]]:
+    """The saved config and checkpoint of the run folder ``cfg.resume``."""
+    run = Path(cfg.resume)
+    last = run / "last.pt"
+    if not last.is_file():
+        raise BiocnnError(f"--resume {run}: no last.pt (not a biocnn train run folder, or it "
+                          "stopped before its first checkpoint)")
+    ckpt = read_checkpoint(last)
+    if not isinstance(ckpt.get("train_state"), dict) or not isinstance(ckpt.get("config"), dict):
+        raise BiocnnError(f"--resume {run}: last.pt holds no training state (written by an "
+                          "older biocnn)")
+    saved = {k: v for k, v in ckpt["config"].items() if k not in ("out", "resume", "progress")}
+    resumed = merge(CryoTrainConfig(), saved)
+    return replace(resumed, out=str(run), resume=str(run), progress=cfg.progress), ckpt
+
+
+def _status(out: Path, cfg: CryoTrainConfig, status: str, **extra: Any) -> None:
+    write_json(out / "run.json", {**run_metadata(to_plain(cfg)), "status": status, **extra})
+
+
 def run_train(cfg: CryoTrainConfig, log: Callable[[str], None] = print) -> TrainResult:
     """Train a classifier on ``cfg.data`` and write the run folder ``cfg.out``.
+
+    The folder is written in place under a lock (one run per folder), each file
+    atomically; ``last.pt`` after every epoch holds the full training state, so a run
+    stopped by SIGINT/SIGTERM (after finishing its step) or killed continues with
+    ``cfg.resume`` = the folder. Nothing is left behind when the run fails before its first
+    checkpoint.
 
     Parameters
     ----------
     cfg
-        Resolved options (``data`` and ``out`` are required).
+        Resolved options (``data`` and ``out`` are required, or ``resume``).
     log
         Callable for one-line progress messages.
 
@@ -237,62 +242,83 @@ def run_train(cfg: CryoTrainConfig, log: Callable[[str], None] = print) -> Train
     Raises
     ------
     BiocnnError
-        Bad data (see :func:`biocnn.data.build_dataset`), options or output folder; the
-        run folder is then not created.
+        Bad data (see :func:`biocnn.data.build_dataset`), options, or output folder.
+    TrainingInterrupted
+        Stopped by a signal; ``run.json`` says ``interrupted`` and ``last.pt`` resumes it.
     """
+    ckpt = None
+    if cfg.resume:
+        cfg, ckpt = _resume_config(cfg)
     if not cfg.data:
         raise BiocnnError("train: give a folder of class folders or a STAR file (--star)")
     if not cfg.out:
         raise BiocnnError("train: no output folder (--out)")
     out = Path(cfg.out)
-    with atomic_dir(out) as tmp:
-        views = cfg.view_spec()
-        data = build_dataset(
-            cfg.data, preprocess=cfg.preprocess_config(), views=views, label_column=cfg.label_column
-        )
-        pre = data.preprocess
-        box = int(pre.box)  # type: ignore[arg-type]
-        max_shift = (
-            round(DEFAULT_SHIFT_FRACTION * box, 1) if cfg.max_shift is None else float(cfg.max_shift)
-        )
-        if max_shift < 0:
-            raise BiocnnError(f"--max-shift {max_shift}: must be >= 0")
-        cfg = replace(cfg, box=box, apix=pre.apix, max_shift=max_shift,
-                      model_kwargs={**MODEL_DEFAULTS.get(cfg.model, {}), **cfg.model_kwargs})
-        names = data.class_names
-        log(f"{len(data)} images, {len(names)} classes "
-            f"({', '.join(f'{k}: {v}' for k, v in data.class_counts().items())}); "
-            f"box {box} px at " + (f"{pre.apix:g} Å/px" if pre.apix else "unknown pixel size"))
-        seed_everything(cfg.seed)
-        model = build_classifier(cfg.model, len(names), box, cfg.model_kwargs)
-        n_params = sum(p.numel() for p in model.parameters())
-        train, val, n_train, n_val = _split(data, cfg, log)
-        augment = (
-            Augment(max_shift=max_shift, rotate=True, flip=True, fill="zeros")
-            if cfg.augment else None
-        )
-        log(f"training {cfg.model} ({n_params:,} parameters) on {n_train} images, "
-            f"validating on {n_val}; augmentation "
-            + (f"shift <= {max_shift:g} px, rotation, flips" if augment else "off"))
-        meta = {
-            "class_names": names,
-            "preprocess": pre.to_dict(),
-            "views": views.to_dict(),
-            "config": to_plain(cfg),
-            "label_column": cfg.label_column,
-            "apix_summary": data.apix_summary,
-        }
+    main = is_main_process()
+    if ckpt is None and main and out.exists() and any(p.name != RunLock.NAME for p in out.iterdir()):
+        raise BiocnnError(f"output directory {out} exists and is not empty "
+                          "(--resume it, or choose another --out)")
+    views = cfg.view_spec()
+    data = build_dataset(cfg.data, preprocess=cfg.preprocess_config(), views=views,
+                         label_column=cfg.label_column, apix=cfg.input_apix)
+    pre = data.preprocess
+    box = int(pre.box)  # type: ignore[arg-type]
+    max_shift = (
+        round(DEFAULT_SHIFT_FRACTION * box, 1) if cfg.max_shift is None else float(cfg.max_shift)
+    )
+    if max_shift < 0:
+        raise BiocnnError(f"--max-shift {max_shift}: must be >= 0")
+    cfg = replace(cfg, box=box, apix=pre.apix, max_shift=max_shift,
+                  model_kwargs={**MODEL_DEFAULTS.get(cfg.model, {}), **cfg.model_kwargs})
+    names = data.class_names
+    log(f"{len(data)} images, {len(names)} classes "
+        f"({', '.join(f'{k}: {v}' for k, v in data.class_counts().items())}); "
+        f"box {box} px at " + (f"{pre.apix:g} Å/px" if pre.apix else "unknown pixel size"))
+    seed_everything(cfg.seed)
+    model = build_classifier(cfg.model, len(names), box, cfg.model_kwargs)
+    if ckpt is not None:
+        model.load_state_dict(ckpt["state_dict"])
+    n_params = sum(p.numel() for p in model.parameters())
+    train, val, n_train, n_val = _split(data, cfg, log)
+    augment = (
+        Augment(max_shift=max_shift, rotate=True, flip=True, fill="zeros") if cfg.augment else None
+    )
+    log(f"training {cfg.model} ({n_params:,} parameters) on {n_train} images, "
+        f"validating on {n_val}; augmentation "
+        + (f"shift <= {max_shift:g} px, rotation, flips" if augment else "off")
+        + (f"; resuming {out} at epoch {ckpt['train_state']['epoch']}" if ckpt else ""))
+    meta = {
+        "class_names": names,
+        "preprocess": pre.to_dict(),
+        "views": views.to_dict(),
+        "config": to_plain(cfg),
+        "label_column": cfg.label_column,
+        "apix_summary": data.apix_summary,
+    }
+    lock = RunLock(out) if main else contextlib.nullcontext()
+    with lock:
+        if main:
+            _status(out, cfg, "running")
         standardize = pre.standardizer()
-        result = fit(model, train, val, cfg, augment=augment, out_dir=tmp, checkpoint_meta=meta,
-                     standardize=standardize)
+        try:
+            result = fit(model, train, val, cfg, augment=augment, out_dir=out,
+                         checkpoint_meta=meta, standardize=standardize,
+                         resume=ckpt["train_state"] if ckpt else None)
+        except TrainingInterrupted as stop:
+            if main:
+                _status(out, cfg, "interrupted", epoch=stop.epoch, step=stop.step)
+            raise
+        except BaseException:
+            if main and not (out / "last.pt").exists():
+                shutil.rmtree(out, ignore_errors=True)  # nothing worth keeping yet
+            elif main:
+                _status(out, cfg, "failed")
+            raise
         report = None
         if val is not None:
             ev = evaluate(model, val, batch_size=max(256, cfg.batch_size), device=cfg.device,
                           num_workers=cfg.num_workers, amp=cfg.amp, standardize=standardize)
             report = classification_summary(ev["logits"], ev["labels"], names)
-            plot_confusion(np.asarray(report["confusion"]), names, tmp / "confusion.png",
-                           title=f"validation (epoch {result.best_epoch})")
-        plot_curves(result.history, tmp / "curves.png")
         rates = [row["images_per_s"] for row in result.history]
         summary = {
             "class_names": names,
@@ -310,9 +336,14 @@ def run_train(cfg: CryoTrainConfig, log: Callable[[str], None] = print) -> Train
             "max_shift": max_shift,
             "validation": report,
         }
-        write_json(tmp / "summary.json", summary)
-        write_text(tmp / "config.toml", config_toml(cfg))
-        write_json(tmp / "run.json", run_metadata(to_plain(cfg)))
+        if main:
+            if report is not None:
+                plot_confusion(np.asarray(report["confusion"]), names, out / "confusion.png",
+                               title=f"validation (epoch {result.best_epoch})")
+            plot_curves(result.history, out / "curves.png")
+            write_json(out / "summary.json", summary)
+            write_text(out / "config.toml", config_toml(cfg))
+            _status(out, cfg, "finished")
     return TrainResult(out_dir=out, class_names=names, fit=result, summary=summary)
 
 
