@@ -1,28 +1,23 @@
-"""biocnn.tasks.predict: input expansion, output checks, checkpoints, streaming writers."""
+"""biocnn.tasks.predict: checkpoints, byte-sized batches, streaming selection, output checks."""
 
 from __future__ import annotations
 
-import os
+import dataclasses
 from pathlib import Path
 
 import mrcfile
 import numpy as np
 import pytest
+import starfile
 
-from biocnn.checkpoint import save_checkpoint
-from biocnn.data import PreprocessConfig, ViewSpec
+from biocnn.checkpoint import load_classifier, save_checkpoint
+from biocnn.data import PreprocessConfig, ViewSpec, files_dataset
+from biocnn.data.inputs import MEMORY_BUDGET, batch_for
 from biocnn.errors import BiocnnError
 from biocnn.io.mrc import write_mrc
 from biocnn.models import create_model
 from biocnn.plots import plot_heatmap_gallery
-from biocnn.tasks.predict import (
-    PredictConfig,
-    _prob_columns,
-    check_output_path,
-    expand_inputs,
-    load_classifier,
-    run_predict,
-)
+from biocnn.tasks.predict import PredictConfig, run_predict
 
 BOX = 16
 
@@ -40,44 +35,6 @@ def _stack(path: Path, n: int, seed: int = 0, size: int = BOX, apix: float = 1.0
     return data
 
 
-def test_expand_inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for rel in ("a/x.mrcs", "a/sub/y.mrc", "a/.hidden.mrc", "b.map", "c.mrcs"):
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_bytes(b"")
-    (tmp_path / "a" / "notes.txt").write_text("")
-    monkeypatch.chdir(tmp_path)
-    files = expand_inputs(["c.mrcs", "a", "*.m*", "c.mrcs"])
-    assert files == [Path("c.mrcs"), Path("a/sub/y.mrc"), Path("a/x.mrcs"), Path("b.map")]
-    assert expand_inputs(["**/*.mrc"]) == [Path("a/sub/y.mrc")]
-    with pytest.raises(BiocnnError, match="no files match"):
-        expand_inputs(["*.star"])
-    with pytest.raises(BiocnnError, match="not found"):
-        expand_inputs(["missing.mrc"])
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(BiocnnError, match="no .mrc"):
-        expand_inputs(["empty"])
-
-
-def test_check_output_path(tmp_path: Path) -> None:
-    assert check_output_path(tmp_path / "new" / "deeper" / "o.csv", "--csv").name == "o.csv"
-    assert not (tmp_path / "new").exists()  # nothing is created
-    (tmp_path / "f").write_text("")
-    with pytest.raises(BiocnnError, match=r"--star .*f is not a directory"):
-        check_output_path(tmp_path / "f" / "o.star", "--star")
-    with pytest.raises(BiocnnError, match="is a directory"):
-        check_output_path(tmp_path, "--cam")
-    if os.geteuid() != 0:  # root may write anywhere
-        ro = tmp_path / "ro"
-        ro.mkdir(mode=0o555)
-        with pytest.raises(BiocnnError, match="not writable"):
-            check_output_path(ro / "o.csv", "--csv")
-
-
-def test_prob_columns() -> None:
-    assert _prob_columns(["good", "bad junk", "2"], "p_") == ["p_good", "p_bad_junk", "p_2"]
-    assert _prob_columns(["a b", "a-b"], "p_") == ["p_1", "p_2"]  # collisions fall back
-
-
 def test_load_classifier(tmp_path: Path) -> None:
     clf = load_classifier(_checkpoint(tmp_path / "m.pt", ["x", "y"]), "cpu")
     assert clf.class_names == ["x", "y"] and clf.box == BOX and clf.views.slices == "all"
@@ -90,22 +47,42 @@ def test_load_classifier(tmp_path: Path) -> None:
 
 
 def test_predict_task_streams_selection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("biocnn.tasks.predict.CHUNK", 3)
+    monkeypatch.setattr("biocnn.tasks.predict.MEMORY_BUDGET", 3 * BOX * BOX * 4)  # 3-image blocks
     ckpt = _checkpoint(tmp_path / "m.pt", ["x", "y"])
     a, b = _stack(tmp_path / "a.mrcs", 5, 1), _stack(tmp_path / "b.mrcs", 4, 2)
-    cfg = PredictConfig(inputs=(str(tmp_path / "*.mrcs"),), model=str(ckpt), select="x",
-                        out_stack=str(tmp_path / "out" / "x.mrcs"), device="cpu", progress=False)
-    result = run_predict(cfg, log=lambda _: None)
-    assert result.probabilities.shape == (9, 2)
-    np.testing.assert_allclose(result.probabilities.sum(1), 1, atol=1e-5)
-    rows = np.flatnonzero(result.predicted == 0)
-    assert result.selected == len(rows)
-    assert [r["images"] for r in result.inputs] == [5, 4]
-    if len(rows):
-        with mrcfile.open(tmp_path / "out" / "x.mrcs") as mrc:
-            written = mrc.data.reshape(-1, *a.shape[1:])  # one section reads as 2D
-            np.testing.assert_array_equal(written, np.concatenate([a, b])[rows])
-            assert mrc.header.dmean == pytest.approx(np.concatenate([a, b])[rows].mean(), abs=1e-5)
+    cfg = PredictConfig(inputs=(str(tmp_path / "*.mrcs"),), model=str(ckpt), device="cpu",
+                        progress=False)
+    first = run_predict(cfg, log=lambda _: None)
+    assert first.probabilities.shape == (9, 2) and first.selected is None
+    np.testing.assert_allclose(first.probabilities.sum(1), 1, atol=1e-5)
+    assert [r["images"] for r in first.aggregates] == [5, 4]
+    chosen = first.class_names[int(first.predicted[0])]  # a class with at least one image
+    cfg = dataclasses.replace(cfg, select=chosen, out_stack=str(tmp_path / "out" / "x.mrcs"))
+    with pytest.warns(UserWarning, match="300 kV"):
+        result = run_predict(cfg, log=lambda _: None)
+    np.testing.assert_array_equal(result.probabilities, first.probabilities)
+    rows = np.flatnonzero(result.predicted == result.predicted[0])
+    assert result.selected == len(rows) >= 1
+    with mrcfile.open(tmp_path / "out" / "x.mrcs") as mrc:
+        written = mrc.data.reshape(-1, *a.shape[1:])  # one section reads as 2D
+        np.testing.assert_array_equal(written, np.concatenate([a, b])[rows])
+        assert mrc.header.dmean == pytest.approx(np.concatenate([a, b])[rows].mean(), abs=1e-5)
+    star = starfile.read(tmp_path / "out" / "x.star", always_dict=True)  # rows beside the stack
+    assert len(star["particles"]) == len(rows)
+    assert (star["particles"]["biocnnClassName"] == chosen).all()
+
+
+def test_batches_are_sized_by_bytes(tmp_path: Path) -> None:
+    clf = load_classifier(_checkpoint(tmp_path / "m.pt", ["x", "y"]), "cpu")
+    _stack(tmp_path / "small.mrcs", 2, size=BOX)
+    _stack(tmp_path / "large.mrcs", 2, size=256)
+    small = files_dataset([tmp_path / "small.mrcs"], preprocess=clf.preprocess, views=clf.views)
+    large = files_dataset([tmp_path / "large.mrcs"], preprocess=clf.preprocess, views=clf.views)
+    assert batch_for(small, 256) == 256  # the requested size when it fits
+    budget = 10 * large.bytes_per_image()
+    assert batch_for(large, 256, budget) == 10 and batch_for(large, 4, budget) == 4
+    assert batch_for(large, 256, 1) == 1  # never 0
+    assert batch_for(large, 256) * large.bytes_per_image() <= MEMORY_BUDGET
 
 
 def test_selection_rejects_mixed_sizes(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ Examples
     biocnn evaluate maps/ --model runs/train-x/best.pt
     biocnn evaluate particles.star --model best.pt --label-column rlnClassNumber --tta
     biocnn evaluate maps/ --model best.pt --shifts 0,4,8,16,24 --out runs/eval --json
+    biocnn evaluate particles.star --model best.pt --apix 1.06 --out runs/eval --overwrite
 """
 
 from __future__ import annotations
@@ -43,6 +44,12 @@ def evaluate(
     consistency_shift: int = typer.Option(None, help="Largest shift of the consistency test "
                                           "in px (default: 8% of the box)."),
     tta: bool = typer.Option(None, "--tta/--no-tta", help="Average over the 8 rotations/flips."),
+    apix: float = typer.Option(None, help="Pixel size in Å of every image (instead of the "
+                               "STAR/header value)."),
+    volume: bool = typer.Option(None, "--volume/--stack", help="Read 3D MRC files as volumes / "
+                                "as image stacks (default: from the header and name)."),
+    overwrite: bool = typer.Option(None, "--overwrite/--no-overwrite",
+                                   help="Replace a non-empty --out folder."),
     batch_size: int = typer.Option(None, help="Batch size (default: 256)."),
     device: str = typer.Option(None, help="auto | cpu | cuda (default: auto)."),
     num_workers: int = typer.Option(None, help="DataLoader worker processes (default: 0)."),
@@ -56,12 +63,14 @@ def evaluate(
     """Evaluate a checkpoint; write evaluation.json, confusion.png, shift_accuracy.png, run.json."""
     with cli_errors():
         from biocnn.config import resolve
-        from biocnn.tasks.evaluate import EvaluateConfig, evaluate_tables, run_evaluate
+        from biocnn.report import evaluate_tables
+        from biocnn.tasks.evaluate import EvaluateConfig, run_evaluate
 
         cli = {
             "data": data_source(data, star),
             "model": str(model) if model is not None else None, "label_column": label_column,
             "shifts": parse_shifts(shifts), "consistency_shift": consistency_shift, "tta": tta,
+            "apix": apix, "as_volume": volume, "overwrite": overwrite,
             "batch_size": batch_size, "device": device, "num_workers": num_workers, "amp": amp,
             "seed": seed, "out": str(out) if out is not None else None, "progress": progress,
         }
@@ -70,7 +79,7 @@ def evaluate(
             cfg.out = str(Path("runs") / f"evaluate-{timestamp()}")
         log = err_console if json_out else console
         result = run_evaluate(cfg, log=log.print)
-        for table in evaluate_tables(result):
+        for table in evaluate_tables(result.report):
             log.print(table)
         log.print(f"wrote {result.out_dir}/evaluation.json, confusion.png, shift_accuracy.png, "
                   "run.json")

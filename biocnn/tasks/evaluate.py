@@ -1,9 +1,9 @@
 """``biocnn evaluate``: accuracy, per-class metrics and shift robustness of a trained model.
 
 :func:`run_evaluate` streams a labelled dataset (folder per class or STAR file) through
-the checkpoint's own preprocessing, and for every batch also classifies copies moved by
-``r`` pixels in random directions (zero fill) and two random shifts of the same image
-(consistency, Zhang 2019). It writes, atomically::
+the checkpoint's own preprocessing, in batches sized by bytes, and for every batch also
+classifies copies moved by ``r`` pixels in random directions (zero fill) and two random
+shifts of the same image (consistency, Zhang 2019). It writes, atomically::
 
     <out>/evaluation.json    accuracy, loss, per-class metrics, confusion, shift robustness
     <out>/confusion.png      confusion matrix
@@ -18,8 +18,10 @@ Example
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,17 +31,18 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import track
-from rich.table import Table
 from torch import Tensor
 
 from biocnn.atomic import atomic_dir, write_json
 from biocnn.checkpoint import load_classifier
 from biocnn.config import run_metadata, to_plain
 from biocnn.data import build_dataset, make_loader
+from biocnn.data.inputs import batch_for
 from biocnn.engine import predict_logits
 from biocnn.errors import BiocnnError
 from biocnn.metrics import classification_summary, consistency, placement_summary, shifted_correct
 from biocnn.plots import plot_accuracy_vs_shift, plot_confusion
+from biocnn.report import class_table  # re-exported until tasks.train imports biocnn.report
 
 __all__ = [
     "EvaluateConfig",
@@ -47,7 +50,6 @@ __all__ = [
     "run_evaluate",
     "default_shifts",
     "class_table",
-    "evaluate_tables",
 ]
 
 
@@ -61,6 +63,9 @@ class EvaluateConfig:
     shifts: tuple[float, ...] = ()  # px; () = 0, 2, 4, 8, ... up to a quarter of the box
     consistency_shift: int | None = None  # px; None = 8 % of the box (at least 1)
     tta: bool = False
+    apix: float | None = None  # Å/px of every image, instead of STAR/header values
+    as_volume: bool | None = None  # --volume / --stack: how 3D MRC files are read
+    overwrite: bool = False  # replace a non-empty --out folder
     batch_size: int = 256
     device: str = "auto"
     num_workers: int = 0
@@ -85,6 +90,24 @@ def default_shifts(box: int) -> list[float]:
         shifts.append(float(r))
         r *= 2
     return shifts
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """True when ``path`` is ``folder`` or lies below it."""
+    p, f = os.path.abspath(path), os.path.abspath(folder)
+    return p == f or p.startswith(f.rstrip(os.sep) + os.sep)
+
+
+def _check_out(out: Path, read: list[Path], overwrite: bool) -> None:
+    """Refuse an ``--out`` folder that holds an input (it is replaced as a whole) or, without
+    ``overwrite``, a non-empty one; nothing is created."""
+    for path in read:
+        if _inside(path, out):
+            raise BiocnnError(f"--out {out}: would replace the input {path}; choose another folder")
+    if out.exists() and not out.is_dir():
+        raise BiocnnError(f"--out {out}: is a file")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise BiocnnError(f"--out {out}: exists and is not empty (use --overwrite to replace it)")
 
 
 def run_evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = print) -> EvaluateResult:
@@ -115,13 +138,20 @@ def run_evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = print) -> Eva
         raise BiocnnError(f"--shifts {','.join(map(str, cfg.shifts))}: must be >= 0")
     if cfg.consistency_shift is not None and cfg.consistency_shift < 0:
         raise BiocnnError(f"--consistency-shift {cfg.consistency_shift}: must be >= 0")
-    clf = load_classifier(cfg.model, cfg.device)
+    if cfg.apix is not None and not (math.isfinite(cfg.apix) and cfg.apix > 0):
+        raise BiocnnError(f"--apix {cfg.apix}: must be > 0")
     out = Path(cfg.out)
-    with atomic_dir(out) as tmp:
-        data = build_dataset(
-            cfg.data, preprocess=clf.preprocess, views=clf.views, label_column=cfg.label_column,
-            class_names=clf.class_names,
-        )
+    _check_out(out, [Path(cfg.data), Path(cfg.model)], cfg.overwrite)
+    clf = load_classifier(cfg.model, cfg.device)
+    views = clf.views if cfg.as_volume is None else dataclasses.replace(clf.views,
+                                                                        as_volume=cfg.as_volume)
+    data = build_dataset(
+        cfg.data, preprocess=clf.preprocess, views=views, label_column=cfg.label_column,
+        class_names=clf.class_names, apix=cfg.apix,
+    )
+    _check_out(out, [Path(f) for f in data.index.files], cfg.overwrite)
+    batch = batch_for(data, cfg.batch_size)
+    with atomic_dir(out, overwrite=cfg.overwrite) as tmp:
         box = clf.box
         shifts = [float(s) for s in cfg.shifts] or default_shifts(box)
         c_shift = (
@@ -132,11 +162,11 @@ def run_evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = print) -> Eva
             + (" with 8-fold test-time symmetrisation" if cfg.tta else ""))
 
         def predict(x: Tensor) -> Tensor:
-            return predict_logits(clf.model, x, batch_size=cfg.batch_size, device=clf.device,
+            return predict_logits(clf.model, x, batch_size=batch, device=clf.device,
                                   amp=cfg.amp, tta=cfg.tta)
 
         generator = torch.Generator().manual_seed(cfg.seed)
-        loader = make_loader(data, cfg.batch_size, num_workers=cfg.num_workers)
+        loader = make_loader(data, batch, num_workers=cfg.num_workers)
         logits, correct, agree = [], [], 0.0
         for x, y in track(loader, description="evaluate", console=Console(stderr=True),
                           disable=not cfg.progress):
@@ -166,7 +196,8 @@ def run_evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = print) -> Eva
                 "consistency_max_shift_px": c_shift,
             },
             "preprocess": clf.preprocess.to_dict(),
-            "views": clf.views.to_dict(),
+            "views": views.to_dict(),
+            "apix": cfg.apix,
         }
         write_json(tmp / "evaluation.json", report)
         plot_confusion(np.asarray(report["confusion"]), clf.class_names, tmp / "confusion.png",
@@ -175,43 +206,3 @@ def run_evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = print) -> Eva
                                tmp / "shift_accuracy.png", box)
         write_json(tmp / "run.json", run_metadata(to_plain(cfg)))
     return EvaluateResult(out_dir=out, report=report)
-
-
-def class_table(summary: dict[str, Any], title: str = "") -> Table:
-    """Per-class precision / recall / F1 / support of a
-    :func:`~biocnn.metrics.classification_summary`, with the accuracy as footer."""
-    table = Table(title=title or None, show_footer=True)
-    table.add_column("class", footer="accuracy")
-    for col in ("precision", "recall", "F1"):
-        table.add_column(col, justify="right")
-    table.add_column("images", justify="right", footer=f"{summary['accuracy']:.4f}")
-    for name, row in summary["per_class"].items():
-        table.add_row(name, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
-                      str(row["support"]))
-    return table
-
-
-def _confusion_table(conf: Sequence[Sequence[int]], names: Sequence[str]) -> Table:
-    table = Table(title="confusion (rows: true, columns: predicted)")
-    table.add_column("")
-    for name in names:
-        table.add_column(name, justify="right")
-    for name, row in zip(names, conf, strict=True):
-        table.add_row(name, *map(str, row))
-    return table
-
-
-def evaluate_tables(result: EvaluateResult) -> list[Table]:
-    """Rich tables of an evaluation: per class, confusion, accuracy against shift."""
-    r = result.report
-    s = r["shift_robustness"]
-    shift = Table(title=f"shift robustness ({s['fill']} fill, random directions)", show_footer=True)
-    shift.add_column("shift (px)", footer="worst case")
-    shift.add_column("shift / box", justify="right")
-    shift.add_column("accuracy", justify="right", footer=f"{s['worst_case']:.4f}")
-    for px, frac, acc in zip(s["shifts_px"], s["shifts_fraction_of_box"], s["accuracy"], strict=True):
-        shift.add_row(f"{px:g}", f"{frac:.3f}", f"{acc:.4f}")
-    shift.caption = (f"consistency (two random shifts <= {s['consistency_max_shift_px']} px): "
-                     f"{s['consistency']:.4f}; worst case = correct at every shift")
-    title = f"{r['data']}: {r['images']} images, loss {r['loss']:.4f}" + (", TTA" if r["tta"] else "")
-    return [class_table(r, title), _confusion_table(r["confusion"], r["class_names"]), shift]

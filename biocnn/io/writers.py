@@ -1,0 +1,139 @@
+"""Prediction writers: per-image CSV and an MRC stack written sequentially.
+
+Both stream: the CSV :data:`CSV_ROWS` rows at a time, the stack block by block, so memory
+stays flat for any number of images. Both are atomic (written under a temporary name and
+renamed; the temporary file is removed on any error, a full disk is one line naming the
+file).
+
+The stack is written with plain sequential ``write`` calls after a header, never through a
+memory map: a full disk then fails a ``write`` with ENOSPC (one line) instead of killing
+the process with SIGBUS when a mapped page cannot be stored.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from mrcfile.dtypes import HEADER_DTYPE
+
+from biocnn.atomic import atomic_path
+from biocnn.errors import BiocnnError
+
+__all__ = ["CSV_ROWS", "probability_columns", "write_csv", "stack_header", "write_stack"]
+
+#: Rows per CSV chunk.
+CSV_ROWS = 4096
+
+
+def probability_columns(class_names: Sequence[str], prefix: str = "p_") -> list[str]:
+    """One column name per class, ``<prefix><name>`` with non-word characters as ``_``
+    (numbered ``<prefix>1...`` when two names would collide)."""
+    import re
+
+    cols = [prefix + re.sub(r"\W", "_", n) for n in class_names]
+    return cols if len(set(cols)) == len(cols) else [f"{prefix}{i + 1}" for i in range(len(class_names))]
+
+
+def write_csv(
+    path: str | os.PathLike,
+    probabilities: np.ndarray,
+    class_names: Sequence[str],
+    name: Callable[[int], str],
+) -> Path:
+    """Write ``index, image, predicted, p_<class>...``, one row per image.
+
+    Parameters
+    ----------
+    probabilities
+        ``(N, K)`` class probabilities.
+    name
+        Image name of row ``i`` (e.g. ``000012@stack.mrcs``).
+    """
+    cols = probability_columns(class_names)
+    n = len(probabilities)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        for start in range(0, max(n, 1), CSV_ROWS):
+            stop = min(start + CSV_ROWS, n)
+            p = probabilities[start:stop]
+            frame = pd.DataFrame({
+                "index": np.arange(start, stop),
+                "image": [name(i) for i in range(start, stop)],
+                "predicted": [class_names[c] for c in p.argmax(1)] if len(p) else [],
+                **{c: p[:, j] for j, c in enumerate(cols)},
+            })
+            frame.to_csv(fh, header=start == 0, index=False, float_format="%.6g")
+    return Path(path)
+
+
+def stack_header(
+    count: int, shape: tuple[int, int], apix: float, stats: tuple[float, float, float, float]
+) -> bytes:
+    """The 1024-byte MRC2014 header of a little-endian float32 image stack.
+
+    ``count`` images of ``shape = (H, W)`` at ``apix`` Å (0 = unknown), space group 0 and
+    ``mz = 1`` (an image stack, as RELION and cryoSPARC write them); ``stats`` are
+    ``(min, max, mean, rms)``.
+    """
+    h, w = shape
+    head = np.zeros((), dtype=HEADER_DTYPE.newbyteorder("<"))
+    head["nx"], head["ny"], head["nz"] = w, h, count
+    head["mode"] = 2
+    head["mx"], head["my"], head["mz"] = w, h, 1
+    head["cella"] = (w * apix, h * apix, apix)
+    head["cellb"] = (90.0, 90.0, 90.0)
+    head["mapc"], head["mapr"], head["maps"] = 1, 2, 3
+    head["dmin"], head["dmax"], head["dmean"], head["rms"] = stats
+    head["ispg"] = 0
+    head["exttyp"] = b"MRCO"
+    head["nversion"] = 20140
+    head["map"] = b"MAP "
+    head["machst"] = (0x44, 0x44, 0, 0)  # little endian
+    return head.tobytes()
+
+
+def write_stack(
+    path: str | os.PathLike,
+    blocks: Iterable[np.ndarray],
+    count: int,
+    shape: tuple[int, int],
+    apix: float = 0.0,
+) -> Path:
+    """Write ``count`` images, arriving as ``(b, H, W)`` blocks, as one float32 MRC stack.
+
+    The header is written first with placeholder statistics, every block is appended with a
+    plain ``write`` (statistics accumulated in float64 on the way), and the header is
+    rewritten at the end. Memory: one block.
+
+    Raises
+    ------
+    BiocnnError
+        A block of another image size, a count that does not match, a full disk; the
+        temporary file is removed and nothing appears at ``path``.
+    """
+    lo, hi, total, total_sq, seen = np.inf, -np.inf, 0.0, 0.0, 0
+    with atomic_path(path, suffix=".mrcs") as tmp, open(tmp, "wb") as fh:
+        fh.write(stack_header(count, shape, apix, (0.0, 0.0, 0.0, 0.0)))
+        for block in blocks:
+            block = np.asarray(block, dtype="<f4")
+            if block.shape[1:] != tuple(shape):
+                raise BiocnnError(f"{os.fspath(path)}: an image of {block.shape[1]}x{block.shape[2]} "
+                                  f"px in a stack of {shape[0]}x{shape[1]}")
+            if not len(block):
+                continue
+            fh.write(np.ascontiguousarray(block).data)
+            seen += len(block)
+            lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
+            total += float(block.sum(dtype=np.float64))
+            total_sq += float(np.square(block, dtype=np.float64).sum())
+        if seen != count:
+            raise BiocnnError(f"{os.fspath(path)}: {seen} images written, {count} expected")
+        n = max(count * shape[0] * shape[1], 1)
+        mean = total / n
+        rms = float(np.sqrt(max(total_sq / n - mean * mean, 0.0)))
+        fh.seek(0)
+        fh.write(stack_header(count, shape, apix, (lo if seen else 0.0, hi if seen else 0.0, mean, rms)))
+    return Path(path)
