@@ -69,6 +69,9 @@ def test_cli_warns_when_the_box_is_too_small(tmp_path: Path) -> None:
         (["--structures", "{tmp}/flat.mrc"], "not a 3D volume"),
         (["--demo", "--structures", "{data}/1ubi.pdb"], "--demo uses the shipped"),
         (["--preview", "{tmp}/p.xyz"], "unsupported image format"),
+        (["--kind", "bogus"], "--kind must be"),
+        (["--kind", "class-averages", "--names", "a"], "always 'good' and 'junk'"),
+        (["--map-apix", "x"], "--map-apix: expected"),
     ],
 )
 def test_cli_bad_input_is_one_line_error_and_writes_nothing(
@@ -100,3 +103,18 @@ def test_cli_needs_structures_and_refuses_a_non_empty_output(tmp_path: Path) -> 
                                  str(DATA / "3mht.pdb"), str(tmp_path / "o")])
     assert result.exit_code == 1 and "give the output folder first" in result.stderr
     assert (DATA / "3mht.pdb").is_file()
+
+
+def test_cli_class_averages(tmp_path: Path) -> None:
+    out = tmp_path / "ca"
+    result = runner.invoke(app, ["simulate", str(out), "--kind", "class-averages",
+                                 "--n-per-class", "4", "--box", "32", "--no-progress",
+                                 "--procedural-share", "1"])
+    assert result.exit_code == 0, result.output
+    assert "wrote 8 images of 2 classes (good, junk)" in result.output
+    run = json.loads((out / "run.json").read_text())
+    assert run["config"]["kind"] == "class-averages"
+    assert run["config"]["averages"]["procedural_share"] == 1.0
+    assert sum(run["summary"]["junk_kinds"].values()) == 4
+    for name in ("good", "junk"):
+        assert mrcfile.read(out / name / f"{name}.mrcs").shape == (4, 32, 32)

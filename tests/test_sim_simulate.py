@@ -165,3 +165,34 @@ def test_bad_settings_are_rejected(tmp_path: Path, change: dict, match: str) -> 
     with pytest.raises(BiocnnError, match=match):
         sim.simulate_dataset(_cfg(**change), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_repeated_names_merge_structures_into_one_class(tmp_path: Path) -> None:
+    cfg = _cfg(structures=[str(DATA / "1ubi.pdb"), str(DATA / "3mht.pdb")],
+               names=["good", "good"], junk=True, n_per_class=7)
+    summary = sim.simulate_dataset(cfg, tmp_path / "out")
+    assert summary.class_names == ["good", "junk"] and summary.counts == {"good": 7, "junk": 7}
+    assert summary.diameters["good"] == pytest.approx(87.0, abs=2.0)  # the larger of the two
+    assert mrcfile.read(tmp_path / "out" / "good" / "good.mrcs").shape == (7, 32, 32)
+    parts = starfile.read(tmp_path / "out" / "particles.star")["particles"]
+    assert parts.groupby("rlnClassName").size().to_dict() == {"good": 7, "junk": 7}
+
+
+def test_class_average_data_set_layout_and_seed(tmp_path: Path) -> None:
+    cfg = SimConfig(kind="class-averages", n_per_class=6, box=32, seed=2,
+                    structures=[str(DATA / "1ubi.pdb")])
+    for name in ("a", "b"):
+        summary = sim.simulate_dataset(cfg, tmp_path / name)
+    assert summary.class_names == ["good", "junk"]
+    out = tmp_path / "a"
+    assert sorted(p.name for p in out.iterdir()) == ["good", "junk", "particles.star", "run.json"]
+    parts = starfile.read(out / "particles.star")["particles"]
+    assert parts.groupby("rlnClassName").size().to_dict() == {"good": 6, "junk": 6}
+    assert parts["rlnImagePixelSize"].nunique() == 12  # drawn per class average
+    assert (parts["rlnClassDistributionCount"].between(20, 1000)).all()
+    junk = parts[parts["rlnClassName"] == "junk"]["biocnnJunkKind"]
+    assert len(set(junk)) == 6 and "none" not in set(junk)
+    for cls in ("good", "junk"):
+        (_, a), (_, b) = (_stack(tmp_path / d / cls / f"{cls}.mrcs") for d in "ab")
+        assert np.array_equal(a, b) and a.shape == (6, 32, 32) and np.isfinite(a).all()
+        assert np.all(a[:, 0, 0] == 0) and np.all(a[:, -1, -1] == 0)  # outside the soft mask

@@ -19,6 +19,7 @@ particle fills 30-90 % of the mask); the per-image pixel size is the STAR column
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import replace
@@ -82,7 +83,8 @@ def load_atoms(path: str | os.PathLike, *, keep_waters: bool = False,
                           f"(use {', '.join(ATOMIC_SUFFIXES + MAP_SUFFIXES)})")
     data, in_apix = read_map(path, map_apix)
     apix = max(in_apix, max(data.shape) * in_apix / _MAP_VOXELS)
-    vol = map_volume(path, apix, 8, map_apix=in_apix).data
+    vol = map_volume(path, apix, math.ceil(max(data.shape) * in_apix / apix),
+                     map_apix=in_apix).data
     keep = vol > 0.02 * vol.max()
     idx = np.argwhere(keep)[:, ::-1].astype(np.float64)  # (x, y, z)
     xyz = (idx - vol.shape[0] // 2) * apix

@@ -312,24 +312,24 @@ def _linear_splat(coords: torch.Tensor, weight: torch.Tensor, n: int, batch: int
     Returns ``(batch, n, ..., n)`` with the same weight sum for beads inside the grid.
     """
     dims = coords.shape[-1]
-    base = torch.floor(coords)
-    frac = coords - base
-    base = base.long()
-    out = torch.zeros(batch * n**dims, dtype=torch.float32)
+    base_f = torch.floor(coords)
+    frac = coords - base_f
+    base = base_f.long()
+    total = batch * n**dims
+    out = torch.zeros(total + 1, dtype=torch.float32)  # the last bin collects beads outside
     b_off = (torch.arange(batch) * n**dims)[:, None]
     for corner in range(2**dims):
-        bits = [(corner >> d) & 1 for d in range(dims)]
-        idx = base + torch.tensor(bits)
-        w = weight.expand(batch, -1).clone()
-        for d, bit in enumerate(bits):
-            w = w * (frac[..., d] if bit else 1.0 - frac[..., d])
-        inside = ((idx >= 0) & (idx < n)).all(-1)
-        flat = torch.zeros_like(idx[..., 0])
+        flat = b_off.expand(batch, coords.shape[1]).clone()
+        valid = torch.ones_like(flat, dtype=torch.bool)
+        w = weight.expand(batch, -1)
         for d in range(dims):  # coords are (x, y[, z]); memory is [z,] y, x
-            flat = flat + idx[..., d] * n**d
-        flat = (flat + b_off)[inside]
-        out.index_add_(0, flat, w[inside])
-    return out.view(batch, *([n] * dims))
+            bit = (corner >> d) & 1
+            idx = base[..., d] + bit
+            valid &= (idx >= 0) & (idx < n)
+            flat += idx * n**d
+            w = w * (frac[..., d] if bit else 1.0 - frac[..., d])
+        out.index_add_(0, torch.where(valid, flat, total).flatten(), w.flatten())
+    return out[:total].view(batch, *([n] * dims))
 
 
 def atoms_volume(atoms: PseudoAtoms, apix: float, box: int) -> torch.Tensor:
