@@ -135,7 +135,8 @@ def test_predict_single_image_json(run: dict[str, Path], tmp_path: Path) -> None
 def test_predict_stack_csv_star_select_cam(
     run: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("biocnn.tasks.predict.CHUNK", 4)  # stream CSV rows and images in chunks
+    monkeypatch.setattr("biocnn.io.writers.CSV_ROWS", 4)  # stream CSV rows in chunks
+    monkeypatch.setattr("biocnn.tasks.predict.MEMORY_BUDGET", 4 * SIZE * SIZE * 4)  # 4-image blocks
     stack = tmp_path / "mixed.mrcs"
     rng = np.random.default_rng(7)
     images = np.concatenate([shapes(k, 5, rng) for k in CLASSES])
@@ -143,8 +144,10 @@ def test_predict_stack_csv_star_select_cam(
     out = tmp_path / "out"
     result = invoke("predict", stack, "--model", run["ckpt"], "--csv", out / "p.csv",
                     "--star", out / "p.star", "--cam", out / "cam.png", "--cam-count", 4,
-                    "--no-progress")
+                    "--relion-project", tmp_path, "--no-progress")
     assert result.exit_code == 0, result.output
+    assert f"{stack}: stack of 15 images (.mrcs name)" in " ".join(result.stdout.split())
+    assert "300 kV" in result.stderr  # optics defaults are announced
     table = pd.read_csv(out / "p.csv")
     assert list(table.columns) == ["index", "image", "predicted", "p_bar", "p_disc", "p_ring"]
     assert table["index"].tolist() == list(range(15))
@@ -153,20 +156,21 @@ def test_predict_stack_csv_star_select_cam(
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
     assert (table["predicted"] == np.asarray(CLASSES)[probs.argmax(1)]).all()
     assert (out / "cam.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # STAR: RELION 3.1 with optics; names relative to the STAR file resolve to the stack
+    # STAR: RELION 3.1+ with complete optics; names relative to the RELION project folder
     blocks = starfile.read(out / "p.star", always_dict=True)
-    assert blocks["optics"]["rlnImagePixelSize"].tolist() == [2.0]
-    assert blocks["optics"]["rlnImageSize"].tolist() == [SIZE]
+    optics = blocks["optics"].iloc[0]
+    assert (optics["rlnImagePixelSize"], optics["rlnImageSize"], optics["rlnImageDimensionality"],
+            optics["rlnVoltage"], optics["rlnSphericalAberration"],
+            optics["rlnAmplitudeContrast"]) == (2.0, SIZE, 2, 300.0, 2.7, 0.1)
     parts = blocks["particles"]
-    assert parts["rlnImageName"].str.fullmatch(r"\d{6}@\.\./mixed\.mrcs").all()
-    assert (parts["rlnClassNumber"] == probs.argmax(1) + 1).all()
+    assert parts["rlnImageName"].tolist() == [format_image_name(i, "mixed.mrcs") for i in range(15)]
+    assert "rlnClassNumber" not in parts.columns  # predictions never take RELION labels
+    assert (parts["biocnnClassNumber"] == probs.argmax(1) + 1).all()
     assert (parts["biocnnClassName"] == table["predicted"]).all()
-    np.testing.assert_allclose(parts["rlnMaxValueProbDistribution"], probs.max(1), atol=1e-5)
-    np.testing.assert_allclose(parts[["biocnnProb_bar", "biocnnProb_disc", "biocnnProb_ring"]],
-                               probs, atol=1e-5)
-    paths, sections = read_star(out / "p.star").image_refs()
-    assert paths[0].resolve() == stack.resolve() and sections.tolist() == list(range(15))
-    # --select (by 1-based number) writes the original pixels of that class's images
+    np.testing.assert_allclose(parts["biocnnProbability"], probs.max(1), atol=1e-5)
+    np.testing.assert_allclose(parts[["biocnnProbability_bar", "biocnnProbability_disc",
+                                      "biocnnProbability_ring"]], probs, atol=1e-5)
+    # --select (by 1-based number) writes the original pixels of that class's images + STAR
     top = int(np.bincount(probs.argmax(1)).argmax())
     result = invoke("predict", stack, "--model", run["ckpt"], "--select", top + 1,
                     "--out-stack", out / "sel.mrcs", "--no-progress")
@@ -177,34 +181,39 @@ def test_predict_stack_csv_star_select_cam(
         np.testing.assert_array_equal(mrc.data, images[chosen])
         assert mrc.header.dmax == pytest.approx(images[chosen].max())
         assert float(mrc.header.rms) == pytest.approx(images[chosen].std(), rel=1e-4)
+    sel = starfile.read(out / "sel.star", always_dict=True)["particles"]
+    paths, sections = read_star(out / "sel.star").image_refs()  # resolvable from the cwd
+    assert {p.resolve() for p in paths} == {stack.resolve()} and sections.tolist() == chosen.tolist()
+    assert (sel["biocnnClassNumber"] == top + 1).all()
+    # an existing output is refused before any work unless --overwrite is given
+    again = invoke("predict", stack, "--model", run["ckpt"], "--select", top + 1,
+                   "--out-stack", out / "sel.mrcs", "--no-progress")
+    assert_clean_error(again, "--out-stack", "--overwrite")
+    again = invoke("predict", stack, "--model", run["ckpt"], "--select", top + 1,
+                   "--out-stack", out / "sel.mrcs", "--overwrite", "--no-progress")
+    assert again.exit_code == 0, again.output
     # an empty selection is a one-line warning and writes nothing
     result = invoke("predict", stack, "--model", run["ckpt"], "--select", CLASSES[top],
                     "--min-probability", 1.01, "--out-stack", out / "none.mrcs", "--no-progress")
     assert result.exit_code == 0 and not (out / "none.mrcs").exists()
+    assert not (out / "none.star").exists()
     assert any(line.startswith("warning: no image predicted") for line in result.stderr.splitlines())
 
 
-def test_predict_star_input_keeps_columns_and_optics(run: dict[str, Path], tmp_path: Path) -> None:
-    stack = tmp_path / "data" / "parts.mrcs"
-    write_mrc(stack, shapes("ring", 4, np.random.default_rng(3)), apix=2.0, is_stack=True)
-    particles = pd.DataFrame({
-        "rlnImageName": [format_image_name(i, "parts.mrcs") for i in range(4)],
-        "rlnDefocusU": [11000.0, 12000.0, 13000.0, 14000.0],
-        "rlnOpticsGroup": [1, 1, 1, 1],
-    })
-    write_star(tmp_path / "data" / "in.star", particles, apix=2.0, image_size=SIZE)
-    out = tmp_path / "elsewhere" / "out.star"
-    result = invoke("predict", tmp_path / "data" / "in.star", "--model", run["ckpt"],
-                    "--star", out, "--tta", "--no-progress")
-    assert result.exit_code == 0, result.output
-    blocks = starfile.read(out, always_dict=True)
-    parts = blocks["particles"]
-    assert parts["rlnDefocusU"].tolist() == particles["rlnDefocusU"].tolist()
-    assert blocks["optics"]["rlnOpticsGroupName"].tolist() == ["opticsGroup1"]
-    # rebased onto the new folder, still pointing at the same stack
-    paths, sections = read_star(out).image_refs()
-    assert {p.resolve() for p in paths} == {stack.resolve()} and sections.tolist() == [0, 1, 2, 3]
-    assert parts["rlnClassNumber"].between(1, 3).all()
+def test_predict_refuses_to_replace_inputs(run: dict[str, Path], tmp_path: Path) -> None:
+    stack = tmp_path / "in.mrcs"
+    write_mrc(stack, shapes("disc", 3, np.random.default_rng(2)), apix=2.0, is_stack=True)
+    before = stack.read_bytes(), run["ckpt"].read_bytes()
+    assert_clean_error(invoke("predict", stack, "--model", run["ckpt"], "--select", "disc",
+                              "--out-stack", stack, "--overwrite"), "--out-stack", "inputs")
+    assert_clean_error(invoke("predict", stack, "--model", run["ckpt"], "--csv", run["ckpt"],
+                              "--overwrite"), "--csv", "inputs")
+    star = write_star(tmp_path / "p.star", pd.DataFrame({
+        "rlnImageName": [format_image_name(i, "in.mrcs") for i in range(3)]}), apix=2.0,
+        image_size=SIZE)
+    assert_clean_error(invoke("predict", star, "--model", run["ckpt"], "--csv", stack,
+                              "--overwrite"), "--csv", "in.mrcs")  # a stack the STAR names
+    assert (stack.read_bytes(), run["ckpt"].read_bytes()) == before
 
 
 def test_predict_volume_slices_aggregate(run: dict[str, Path], tmp_path: Path) -> None:
@@ -308,7 +317,10 @@ def test_predict_bad_mrc(run: dict[str, Path], tmp_path: Path, kind: str) -> Non
     bad = _bad_mrc(kind, tmp_path / "bad.mrcs")
     csv = tmp_path / "out.csv"
     result = invoke("predict", bad, "--model", run["ckpt"], "--csv", csv, "--no-progress")
-    assert_clean_error(result, "bad.mrcs")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    # tolerated header quirks (NaN statistics) may warn first; the error is one line
+    errors = [line for line in result.stderr.splitlines() if not line.startswith("warning:")]
+    assert len(errors) == 1 and errors[0].startswith("error:") and "bad.mrcs" in errors[0]
     assert list(tmp_path.iterdir()) == [bad]
 
 
