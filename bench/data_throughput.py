@@ -1,26 +1,22 @@
-"""Data throughput: biocnn's memory-mapped MRC reading vs the raw read speed of the same file.
+"""Data path vs model: is reading ever the bottleneck of training?
 
-A float32 stack (``--n`` images of ``--size`` px, 2000 x 128 x 128 = 128 MB by default) is
-written to a temporary folder and read once so the page cache is warm; then, alternately
-in each round:
+For each image size a float32 stack is written to a temporary folder (page cache warm) and,
+alternately in each round, timed:
 
-* ``raw image``: numpy over the memory map, copying image by image (``np.array(data[i])``);
-* ``raw chunk``: the same in blocks of 256 images;
-* ``iter_images``: :func:`biocnn.io.mrc.iter_images` (256-image blocks, NaN check) plus
-  :func:`biocnn.data.preprocess_images` per block: the streaming prediction path;
-* ``dataset read``: :class:`biocnn.data.MrcDataset` with every preprocessing step off
-  (copy and NaN check only), through :func:`biocnn.loader.make_loader`;
-* ``dataset wN``: the dataset with its preprocessing (background normalisation) in a
-  random order, through :func:`biocnn.loader.make_loader` with N workers, batch 64, as
-  :func:`biocnn.engine.fit` builds it.
+* ``data``: the training data path -- :class:`biocnn.data.MrcDataset` batches in a shuffled
+  order through :func:`biocnn.data.make_loader` (sorted reads out of the memory map), then
+  the device-side :class:`biocnn.data.Standardize` (here on the CPU);
+* ``train``: training steps (forward, backward, AdamW) of the default cryo model
+  (``invariant_m``, widths 16-128) on batches of the same size.
 
-Ratios are images/s over the ``raw image`` read of the same round.
+The ratio ``data / train`` (images/s, paired round by round) must stay >= 20: the data path
+is then never what a user waits for. Both run on the same torch thread count.
 
 Usage
 -----
-    python bench/data_throughput.py                # 2000 x 128 x 128, workers 0, 1, 2
-    python bench/data_throughput.py --quick        # smoke run, ~30 s
-    python bench/data_throughput.py --n 8000 --size 256 --workers 0,2
+    python bench/data_throughput.py                      # 64, 128, 256 px; 1 and 2 threads
+    python bench/data_throughput.py --quick              # smoke run
+    python bench/data_throughput.py --sizes 128 --threads 2
 
 Writes ``bench/results/data_throughput.json``.
 """
@@ -30,13 +26,12 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import mrcfile
-import numpy as np
 import torch
+import torch.nn.functional as F
 from _common import (
     console,
     interleaved,
@@ -48,136 +43,83 @@ from _common import (
     spread,
     warm_page_cache,
 )
-from biocnn.loader import make_loader
 
-from biocnn.data import PreprocessConfig, build_dataset, iter_images, preprocess_images
+from biocnn.data import PreprocessConfig, build_dataset, make_loader
+from biocnn.models import create_model
 
-__all__ = ["seconds_per_pass", "main"]
+__all__ = ["main"]
 
-_CHUNK = 256  # images per block of the chunked readers
-
-
-def seconds_per_pass(one_pass: Callable[[], int], expected: int, min_seconds: float) -> float:
-    """Mean seconds of ``one_pass`` (which returns the images it read, checked against
-    ``expected``), repeated until at least ``min_seconds`` have elapsed."""
-    passes, t0 = 0, time.perf_counter()
-    while True:
-        got = one_pass()
-        if got != expected:
-            raise RuntimeError(f"a pass read {got} images, expected {expected}")
-        passes += 1
-        elapsed = time.perf_counter() - t0
-        if elapsed >= min_seconds:
-            return elapsed / passes
+TARGET = 20.0
 
 
-def _count(batches: Iterable[Any]) -> int:
-    """Images in an iterable of ``(images (b, ...), ...)`` batches."""
-    return sum(len(b[0]) for b in batches)
+def _rate(one_pass: Callable[[], int], min_seconds: float) -> float:
+    """Images/s of ``one_pass`` (returns images done), repeated for ``min_seconds``."""
+    images, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < min_seconds or images == 0:
+        images += one_pass()
+    return images / (time.perf_counter() - t0)
 
 
-def _raw_images(data: np.ndarray) -> int:
-    """Copy ``data (N, H, W)`` out of its memory map image by image; returns N."""
-    for i in range(len(data)):
-        np.array(data[i])
-    return len(data)
+def _case(tmp: Path, size: int, batch: int, n: int, rounds: int, min_seconds: float
+          ) -> dict[str, list[float]]:
+    path = make_stack(tmp / f"stack{size}.mrcs", n, size)
+    warm_page_cache(path)
+    data = build_dataset(path, preprocess=PreprocessConfig(box=size, apix=1.0), labeled=False)
+    loader = make_loader(data, batch, shuffle=True, seed=0)
+    standardize = data.preprocess.standardizer()
+    model = create_model("invariant_m", num_classes=4, widths=[16, 32, 64, 128])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.randn(batch, 1, size, size)
+    y = torch.randint(0, 4, (batch,))
 
+    def read() -> int:
+        return sum(len(standardize(images)) for images, _ in loader)
 
-def _raw_chunks(data: np.ndarray) -> int:
-    """Copy ``data (N, H, W)`` out of its memory map :data:`_CHUNK` images at a time."""
-    for start in range(0, len(data), _CHUNK):
-        np.array(data[start : start + _CHUNK])
-    return len(data)
+    def step() -> int:
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return batch
 
-
-def _stream(path: Path, cfg: PreprocessConfig) -> int:
-    """The prediction path: :func:`iter_images` blocks, preprocessed block by block."""
-    return sum(len(preprocess_images(block, cfg, 1.0)) for _, block in iter_images(path, chunk=_CHUNK))
-
-
-def _parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--n", type=int, default=None, help="images in the stack (default 2000)")
-    p.add_argument("--size", type=int, default=128, help="image size in px (default 128)")
-    p.add_argument("--workers", default="0,1,2", help="DataLoader worker counts (default 0,1,2)")
-    p.add_argument("--batch-size", type=int, default=64, help="DataLoader batch size (default 64)")
-    p.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 4)")
-    p.add_argument("--min-seconds", type=float, default=None,
-                   help="repeat each measurement at least this long (default 0.3)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--quick", action="store_true", help="smoke run: 500 images, 2 rounds")
-    args = p.parse_args(argv)
-    args.n = args.n or (500 if args.quick else 2000)
-    args.rounds = args.rounds or (2 if args.quick else 4)
-    args.min_seconds = args.min_seconds if args.min_seconds is not None else (
-        0.05 if args.quick else 0.3)
-    args.workers = [int(w) for w in args.workers.split(",")]
-    return args
+    read(), step()  # warm-up
+    return interleaved({"data": lambda: _rate(read, min_seconds),
+                        "train": lambda: _rate(step, min_seconds)}, rounds)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, print the table, write the JSON; returns the results."""
-    args = _parse(argv)
-    threads = set_threads(args.threads)
-    n, size = args.n, args.size
-    mbytes = n * size * size * 4 / 1e6
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", default="64,128,256", help="image sizes in px")
+    p.add_argument("--threads", default="1,2", help="torch thread counts")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--quick", action="store_true", help="smoke run: 64 px, 1 round")
+    args = p.parse_args(argv)
+    sizes = [64] if args.quick else [int(s) for s in args.sizes.split(",")]
+    rounds, min_seconds = (1, 0.2) if args.quick else (args.rounds, 1.0)
+    results: dict[str, Any] = {}
+    rows = []
     with tempfile.TemporaryDirectory(prefix="biocnn-bench-") as tmp:
-        path = make_stack(Path(tmp) / "stack.mrcs", n, size)
-        warm_page_cache(path)
-        console.print(f"{path.name}: {n} x {size} x {size} float32 = {mbytes:.0f} MB, "
-                      f"page cache warm, {threads} torch threads")
-        handle = mrcfile.mmap(path, mode="r")
-        data = handle.data
-        cfg = PreprocessConfig(box=size, apix=1.0)
-        full = build_dataset(path, preprocess=cfg, labeled=False)
-        read_only = build_dataset(path, preprocess=PreprocessConfig(box=size, apix=1.0,
-                                                                    normalize=False), labeled=False)
-        shuffled = torch.Generator().manual_seed(0)
-        loaders = {
-            "dataset read": make_loader(read_only, args.batch_size, shuffle=True,
-                                        generator=shuffled),
-            **{
-                f"dataset w{w}": make_loader(full, args.batch_size, shuffle=True,
-                                             generator=shuffled, num_workers=w)
-                for w in args.workers
-            },
-        }
-        passes: dict[str, Callable[[], int]] = {
-            "raw image": lambda: _raw_images(data),
-            "raw chunk": lambda: _raw_chunks(data),
-            "iter_images": lambda: _stream(path, cfg),
-            **{name: (lambda loader=loader: _count(loader)) for name, loader in loaders.items()},
-        }
-        for one_pass in passes.values():  # warm-up: worker start, kernel caches
-            one_pass()
-        series = interleaved(
-            {name: (lambda f=f: seconds_per_pass(f, n, args.min_seconds)) for name, f in passes.items()},
-            args.rounds,
-        )
-        handle.close()
-        del loaders
-    rates = {name: [n / s for s in secs] for name, secs in series.items()}
-    results = {
-        name: {
-            "images_per_s": spread(r),
-            "mb_per_s": spread([x * size * size * 4 / 1e6 for x in r]),
-            "ratio_to_raw_image": spread(paired_ratios(r, rates["raw image"])),
-            "ratio_to_raw_chunk": spread(paired_ratios(r, rates["raw chunk"])),
-        }
-        for name, r in rates.items()
-    }
-    rows = [
-        (name, f"{v['images_per_s']['median']:,.0f}", f"{v['mb_per_s']['median']:,.0f}",
-         f"{v['ratio_to_raw_image']['median']:.3f}", f"{v['ratio_to_raw_chunk']['median']:.3f}")
-        for name, v in results.items()
-    ]
-    print_table(f"reading a {mbytes:.0f} MB float32 stack from the page cache (median of "
-                f"{args.rounds} alternating rounds)",
-                ["reader", "images/s", "MB/s", "x raw image", "x raw chunk"], rows)
-    payload = {
-        "n": n, "size": size, "megabytes": mbytes, "batch_size": args.batch_size,
-        "threads": threads, "rounds": args.rounds, "series_seconds": series, "results": results,
-    }
+        for threads in [int(t) for t in args.threads.split(",")]:
+            set_threads(threads)
+            for size in sizes:
+                n = max(4 * args.batch_size, min(4000, (256 << 20) // (4 * size * size)))
+                series = _case(Path(tmp), size, args.batch_size, n, rounds, min_seconds)
+                ratio = spread(paired_ratios(series["data"], series["train"]))
+                key = f"{size}px/{threads}t"
+                results[key] = {"data_images_per_s": spread(series["data"]),
+                                "train_images_per_s": spread(series["train"]),
+                                "data_over_train": ratio, "met": ratio["min"] >= TARGET}
+                rows.append((key, f"{results[key]['data_images_per_s']['median']:,.0f}",
+                             f"{results[key]['train_images_per_s']['median']:,.0f}",
+                             f"{ratio['median']:,.0f}x", "yes" if ratio["min"] >= TARGET else "NO"))
+                console.print(f"{key}: data {rows[-1][1]} img/s, train {rows[-1][2]} img/s")
+    print_table(f"data path (read + standardise) vs invariant_m training step, batch "
+                f"{args.batch_size}, median of {rounds} rounds",
+                ["case", "data img/s", "train img/s", "data / train", f">= {TARGET:g}x"], rows)
+    payload = {"batch_size": args.batch_size, "rounds": rounds, "target": TARGET,
+               "results": results}
     save_results("data_throughput", payload)
     return payload
 
