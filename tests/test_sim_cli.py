@@ -118,3 +118,29 @@ def test_cli_class_averages(tmp_path: Path) -> None:
     assert sum(run["summary"]["junk_kinds"].values()) == 4
     for name in ("good", "junk"):
         assert mrcfile.read(out / name / f"{name}.mrcs").shape == (4, 32, 32)
+
+
+@pytest.mark.parametrize("name", ["sim_class_averages.toml", "sim_class_averages_heldout.toml"])
+def test_shipped_simulation_configs_run_with_overrides(tmp_path: Path, name: str) -> None:
+    config = Path(__file__).resolve().parents[1] / "configs" / name
+    out = tmp_path / "ca"
+    result = runner.invoke(app, ["simulate", str(out), "--config", str(config),
+                                 "--n-per-class", "2", "--box", "32", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    cfg = json.loads((out / "run.json").read_text())["config"]
+    assert cfg["kind"] == "class-averages" and (cfg["n_per_class"], cfg["box"]) == (2, 32)
+    assert cfg["seed"] in (1, 1000) and cfg["averages"]["particles_max"] == 1000
+
+
+def test_config_file_for_particles_and_bad_keys(tmp_path: Path) -> None:
+    (tmp_path / "p.toml").write_text(
+        f'structures = ["{DATA / "1ubi.pdb"}"]\nn_per_class = 3\nbox = 24\napix = 4.0\n')
+    result = runner.invoke(app, ["simulate", str(tmp_path / "o"), "--config",
+                                 str(tmp_path / "p.toml"), "--no-progress", "--seed", "5"])
+    assert result.exit_code == 0, result.output
+    cfg = json.loads((tmp_path / "o" / "run.json").read_text())["config"]
+    assert (cfg["n_per_class"], cfg["box"], cfg["seed"], cfg["kind"]) == (3, 24, 5, "particles")
+    (tmp_path / "bad.toml").write_text("bogus = 1\n")
+    result = runner.invoke(app, ["simulate", str(tmp_path / "b"), "--config",
+                                 str(tmp_path / "bad.toml"), str(DATA / "1ubi.pdb")])
+    assert result.exit_code == 1 and "unknown config key 'bogus'" in result.stderr

@@ -13,7 +13,7 @@ import torch
 
 import biocnn.sim.simulate as sim
 from biocnn.errors import BiocnnError
-from biocnn.sim.config import SimConfig
+from biocnn.sim.config import AverageSettings, SimConfig
 from biocnn.sim.imaging import shift_spectra
 from biocnn.sim.junk import JUNK_KINDS, junk_signals
 from biocnn.sim.project import FourierProjector, euler_to_matrix, spectra_to_images
@@ -180,7 +180,7 @@ def test_repeated_names_merge_structures_into_one_class(tmp_path: Path) -> None:
 
 def test_class_average_data_set_layout_and_seed(tmp_path: Path) -> None:
     cfg = SimConfig(kind="class-averages", n_per_class=6, box=32, seed=2,
-                    structures=[str(DATA / "1ubi.pdb")])
+                    structures=[str(DATA / "1ubi.pdb")], averages=AverageSettings(mass_max=3e5))
     for name in ("a", "b"):
         summary = sim.simulate_dataset(cfg, tmp_path / name)
     assert summary.class_names == ["good", "junk"]
@@ -190,8 +190,10 @@ def test_class_average_data_set_layout_and_seed(tmp_path: Path) -> None:
     assert parts.groupby("rlnClassName").size().to_dict() == {"good": 6, "junk": 6}
     assert parts["rlnImagePixelSize"].nunique() == 12  # drawn per class average
     assert (parts["rlnClassDistributionCount"].between(20, 1000)).all()
-    junk = parts[parts["rlnClassName"] == "junk"]["biocnnJunkKind"]
-    assert len(set(junk)) == 6 and "none" not in set(junk)
+    junk = parts[parts["rlnClassName"] == "junk"]["biocnnKind"]
+    assert len(set(junk)) == 6 and not {"particle", "crowded"} & set(junk)
+    good = parts[parts["rlnClassName"] == "good"]["biocnnKind"]
+    assert set(good) <= {"particle", "crowded"}
     for cls in ("good", "junk"):
         (_, a), (_, b) = (_stack(tmp_path / d / cls / f"{cls}.mrcs") for d in "ab")
         assert np.array_equal(a, b) and a.shape == (6, 32, 32) and np.isfinite(a).all()

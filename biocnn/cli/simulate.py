@@ -51,6 +51,9 @@ def simulate(
         help="PDB/mmCIF (.gz ok) or MRC map; one class each; class name = file stem.",
     ),
     demo: bool = typer.Option(False, "--demo", help="Use the 4 shipped structures, demo settings."),
+    config: Path = typer.Option(None, "--config", show_default=False,
+                                help="TOML file of settings ([averages] table for class-average "
+                                     "ranges); options given on the command line override it."),
     kind: str = typer.Option(_D.kind, "--kind",
                              help=f"What to simulate: {' or '.join(KINDS)} (good/junk 2D classes)."),
     procedural_share: float = typer.Option(
@@ -114,24 +117,35 @@ def simulate(
         if any(s.lower() in ATOMIC_SUFFIXES + MAP_SUFFIXES for s in out.suffixes):
             raise BiocnnError(f"OUT {out} looks like a structure file; give the output folder "
                               "first: biocnn simulate OUT --structures FILE...")
+        from biocnn.sim.config import apply_sim_values, load_sim_toml
+
+        file_values = load_sim_toml(config) if config else {}
+        given = {k: v for k, v in settings.items() if not _is_default(ctx, k)}
+        kind = kind if not _is_default(ctx, "kind") else file_values.get("kind", kind)
         paths = [*(structures or []), *(more or [])]
         averages = kind == "class-averages"
-        if demo and paths:
+        if demo and (paths or file_values.get("structures")):
             raise BiocnnError("--demo uses the shipped structures; do not also give --structures")
-        if not demo and not paths and not averages:
+        if not demo and not paths and not file_values.get("structures") and not averages:
             raise BiocnnError("no structures: give --structures FILE... or --demo")
-        if averages and names:
+        if averages and (names or file_values.get("names")):
             raise BiocnnError("--names: class averages are always 'good' and 'junk'")
-        if demo:  # demo defaults, unless given on the command line
-            settings.update({k: v for k, v in DEMO_SETTINGS.items()
-                             if _is_default(ctx, k)})
-        cfg = SimConfig(
-            structures=[str(p) for p in (demo_structures() if demo else paths)],
-            names=[s.strip() for s in names.split(",")] if names else None,
-            kind=kind, map_apix=_floats(map_apix, "--map-apix"),
-            averages=AverageSettings(procedural_share=procedural_share),
-            **settings,
-        )
+        cfg = apply_sim_values(SimConfig(), file_values)
+        if demo:  # demo defaults, unless given in the file or on the command line
+            cfg = apply_sim_values(cfg, {k: v for k, v in DEMO_SETTINGS.items()
+                                         if k not in file_values})
+        cli: dict[str, object] = {**given, "kind": kind}
+        if demo:
+            cli["structures"] = [str(p) for p in demo_structures()]
+        elif paths:
+            cli["structures"] = [str(p) for p in paths]
+        if names:
+            cli["names"] = [s.strip() for s in names.split(",")]
+        if map_apix:
+            cli["map_apix"] = _floats(map_apix, "--map-apix")
+        if not _is_default(ctx, "procedural_share"):
+            cli["averages"] = {"procedural_share": procedural_share}
+        cfg = apply_sim_values(cfg, cli)
         summary = simulate_dataset(cfg, out, overwrite=overwrite, progress=progress,
                                    preview=preview)
         console.print(

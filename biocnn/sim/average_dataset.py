@@ -133,9 +133,19 @@ def render_good(atoms: PseudoAtoms, s: AverageSettings, box: int, rng: np.random
     rot = jitter_views(euler_to_matrix(angles)[0], s.sub_orientations,
                        rng.uniform(0, s.view_spread_max), rng.uniform(0, s.rotation_error_max), rng)
     offset = torch.from_numpy(rng.normal(0, s.centre_offset_max * box / 2, 2)).float()
-    spec = project_atoms(atoms, rot, p.apix, box, offset.expand(len(rot), 2)).mean(0)
+    crowded = rng.random() < s.crowding_share
+    size = 2 * box if crowded else box  # neighbours lie past the box edge
+    spec = project_atoms(atoms, rot, p.apix, size, offset.expand(len(rot), 2)).mean(0)
+    if crowded:  # touching neighbours, unaligned across members: a faint blurred halo
+        n = int(rng.integers(3, 9))
+        dist = rng.uniform(0.8, 1.3, n) * particle_px
+        angle = rng.uniform(0, 2 * math.pi, n)
+        shifts = torch.from_numpy(np.stack([dist * np.cos(angle), dist * np.sin(angle)], 1))
+        halo = project_atoms(atoms, euler_to_matrix(random_orientations(n, g)), p.apix, size,
+                             shifts.float(), extra_sigma=rng.uniform(0.1, 0.2) * particle_px * p.apix)
+        spec = spec + rng.uniform(0.05, 0.25) * halo.sum(0)
     image = finish_average(class_average(spec, p, box, g, rng), p)
-    return image, _meta(p, particle_px, atoms, "", angles[0])
+    return image, _meta(p, particle_px, atoms, "crowded" if crowded else "", angles[0])
 
 
 def render_junk(kind: str, sample: ModelSampler, s: AverageSettings, box: int,
@@ -175,7 +185,7 @@ def _star_rows(name: str, label: int, metas: list[dict[str, object]]) -> pd.Data
         "biocnnParticleDiameterPx": [m["particle_px"] for m in metas],
         "biocnnStructure": [m["structure"] for m in metas],
         "biocnnMassKDa": [float(m["mass"]) / 1e3 for m in metas],
-        "biocnnJunkKind": [m["junk"] or "none" for m in metas],
+        "biocnnKind": [m["junk"] or "particle" for m in metas],  # good: particle or crowded
     })
 
 

@@ -8,6 +8,7 @@ are the overrides used by ``biocnn simulate --demo``; ``AverageSettings`` the ra
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from biocnn.errors import BiocnnError
 
 __all__ = [
     "SimConfig", "AverageSettings", "DEMO_SETTINGS", "JUNK_CLASS", "GOOD_CLASS", "KINDS",
-    "validate_config", "class_names", "structure_labels",
+    "validate_config", "class_names", "structure_labels", "load_sim_toml", "apply_sim_values",
 ]
 
 JUNK_CLASS = "junk"
@@ -33,7 +34,8 @@ class AverageSettings:
     Pixel sizes in Å, defoci in µm, B-factors in Å^2, angles in degrees. ``fill`` is the
     particle diameter over the mask diameter, ``mask`` the mask diameter over the box;
     ``shift_error`` is the members' residual misalignment (std) as a fraction of the
-    particle diameter; ``mask_edge`` the soft-mask width in original pixels (RELION 5 px).
+    particle diameter; ``mask_edge`` the soft-mask width in original pixels (RELION 5 px);
+    ``crowding_share`` the good classes that show the faint halo of unaligned neighbours.
     """
 
     particles_min: int = 20
@@ -63,6 +65,7 @@ class AverageSettings:
     mass_min: float = 5e4
     mass_max: float = 4e6
     sub_orientations: int = 4
+    crowding_share: float = 0.25
 
 
 @dataclass
@@ -185,3 +188,38 @@ def structure_labels(cfg: SimConfig) -> list[int]:
     labels = _structure_names(cfg)
     order = list(dict.fromkeys(labels))
     return [order.index(n) for n in labels]
+
+
+def load_sim_toml(path: str | os.PathLike) -> dict[str, Any]:
+    """Settings of ``biocnn simulate --config FILE``: top-level keys or a ``[simulate]`` table.
+
+    Keys are :class:`SimConfig` fields; an ``[averages]`` (or ``[simulate.averages]``)
+    table holds :class:`AverageSettings` fields. Relative ``structures`` paths are taken
+    relative to the file's folder.
+    """
+    from biocnn.config import load_toml
+
+    values = load_toml(path)
+    values = dict(values.get("simulate", values))
+    if "structures" in values:
+        base = Path(path).parent
+        values["structures"] = [str(p if Path(p).is_absolute() else base / p)
+                                for p in values["structures"]]
+    return values
+
+
+def apply_sim_values(cfg: SimConfig, values: dict[str, Any]) -> SimConfig:
+    """``cfg`` with ``values`` (as from :func:`load_sim_toml`) applied; unknown keys raise."""
+    from dataclasses import replace
+
+    from biocnn.config import merge
+
+    values = dict(values)
+    averages = values.pop("averages", None)
+    if averages is not None:
+        if not isinstance(averages, dict):
+            raise BiocnnError("config key 'averages' must be a table of class-average settings")
+        cfg = replace(cfg, averages=merge(cfg.averages, averages))
+    if isinstance(values.get("map_apix"), (int, float)):
+        values["map_apix"] = [float(values["map_apix"])]
+    return merge(cfg, values)

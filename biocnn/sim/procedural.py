@@ -178,7 +178,7 @@ def _domains(kind: str, mass: float, rng: np.random.Generator) -> tuple[list[_El
         doms = []
         for t in np.linspace(-0.5, 0.5, n):
             c = np.array([bend[0] * t**2 * length, bend[1] * t**2 * length, t * length])
-            axes = np.array([width, width, 0.75 * length / n]) * rng.uniform(0.8, 1.2, 3)
+            axes = np.array([width, width, 0.65 * length / (n - 1)]) * rng.uniform(0.85, 1.2, 3)
             doms.append(_Ellipsoid(c, axes, _rot_z(rng.uniform(0, 2 * math.pi))))
     elif kind == "multidomain":
         n = int(rng.integers(2, 6))
