@@ -120,8 +120,9 @@ def _fill(domains: list[_Ellipsoid], n_beads: int, rng: np.random.Generator) -> 
     pts = []
     for i, d in enumerate(domains):
         p = d.sample(max(1, round(n_beads * d.volume / total)), rng)
-        for prev in domains[:i]:
-            p = p[~prev.contains(p)]
+        for prev in domains[:i]:  # only domains whose bounding spheres meet can overlap
+            if np.linalg.norm(prev.centre - d.centre) < prev.axes.max() + d.axes.max():
+                p = p[~prev.contains(p)]
         pts.append(p)
     return np.concatenate(pts)
 
