@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from biocnn.errors import BiocnnError
+from biocnn.errors import OptionError
 
 __all__ = [
     "resolve_device", "seed_everything", "DistInfo", "dist_info", "is_main_process",
@@ -20,7 +20,7 @@ def resolve_device(device: str = "auto") -> torch.device:
     """Turn ``auto|cpu|cuda|cuda:N`` into a :class:`torch.device`.
 
     ``auto`` picks CUDA when it is available (the local rank's GPU under torchrun),
-    else the CPU. Asking for CUDA on a machine without it is a :class:`BiocnnError`.
+    else the CPU. Asking for CUDA on a machine without it is an :class:`OptionError`.
     """
     device = device.lower()
     if device == "auto":
@@ -29,13 +29,13 @@ def resolve_device(device: str = "auto") -> torch.device:
         return torch.device("cpu")
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise BiocnnError(f"--device {device} requested but CUDA is not available")
+            raise OptionError("device", device, "CUDA is not available")
         if device == "cuda":
             return torch.device("cuda", dist_info().local_rank % torch.cuda.device_count())
         return torch.device(device)
     if device == "cpu":
         return torch.device("cpu")
-    raise BiocnnError(f"unknown device {device!r}: use auto, cpu or cuda")
+    raise OptionError("device", repr(device), "use auto, cpu or cuda")
 
 
 def seed_everything(seed: int) -> torch.Generator:

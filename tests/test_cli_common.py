@@ -37,3 +37,19 @@ def test_help_and_version() -> None:
     for command in ("baseline", "simulate", "train", "predict", "evaluate"):
         assert command in result.stdout
     assert runner.invoke(app, ["--version"]).stdout.strip() == __version__
+
+
+def test_option_errors_name_the_field_and_the_cli_shows_the_flag(
+    capsys: pytest.CaptureFixture, tmp_path
+) -> None:
+    from biocnn.data import PreprocessConfig
+    from biocnn.errors import OptionError
+
+    with pytest.raises(OptionError, match=r"^mask_radius 0.0: must be > 0$"):
+        PreprocessConfig(mask_radius=0.0)
+    with pytest.raises(typer.Exit), cli_errors({"apix": "--target-apix"}):
+        PreprocessConfig(apix=-1.0)
+    assert capsys.readouterr().err.strip() == "error: --target-apix -1.0: must be >= 0 (0 = unknown)"
+    result = CliRunner().invoke(app, ["train", str(tmp_path), "--mask-radius", "-2"])
+    assert result.exit_code == 1
+    assert "--mask-radius -2.0: must be > 0" in result.output

@@ -219,7 +219,7 @@ def test_subset_keeps_classes_and_preprocessing(cryo_class_folder: Path) -> None
     assert len(sub) == len(val) and sub.class_names == ds.class_names
     assert sub.preprocess == ds.preprocess
     torch.testing.assert_close(sub[0][0], ds[int(val[0])][0])
-    with pytest.raises(BiocnnError, match="--val-fraction"):
+    with pytest.raises(BiocnnError, match="val_fraction"):
         stratified_split(ds.labels, 1.0, 0)
 
 

@@ -222,9 +222,9 @@ def test_config_round_trip_and_errors() -> None:
     for bad in ({"box": 4}, {"apix": -1.0}, {"mask_radius": 0}, {"lowpass": -2.0}):
         with pytest.raises(BiocnnError):
             PreprocessConfig(**bad)
-    with pytest.raises(BiocnnError, match="--lowpass 8.0 Å needs known pixel sizes"):
+    with pytest.raises(BiocnnError, match="lowpass 8.0 Å: needs known pixel sizes"):
         PreprocessConfig(lowpass=8.0).resolved([(32, 32)], [0.0])
-    with pytest.raises(BiocnnError, match="--mask-radius 40 leaves no background"):
+    with pytest.raises(BiocnnError, match="mask_radius 40: leaves no background"):
         PreprocessConfig(mask_radius=40).resolved([(32, 32)], [1.0])
     with pytest.raises(ValueError, match="resolved"):
         preprocess_images(torch.zeros(1, 16, 16), PreprocessConfig(box=16))

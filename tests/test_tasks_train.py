@@ -118,7 +118,7 @@ def test_run_train_needs_data_and_out(tmp_path: Path) -> None:
         run_train(CryoTrainConfig(out=str(tmp_path / "x")))
     with pytest.raises(BiocnnError, match="--out"):
         run_train(CryoTrainConfig(data=str(tmp_path)))
-    with pytest.raises(BiocnnError, match="--max-shift"):
+    with pytest.raises(BiocnnError, match="max_shift"):
         run_train(CryoTrainConfig(data=str(_folder(tmp_path / "m")), out=str(tmp_path / "r"),
                                   max_shift=-1, progress=False), log=lambda _: None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]

@@ -12,7 +12,7 @@ from datetime import datetime
 import typer
 from rich.console import Console
 
-from biocnn.errors import BiocnnError
+from biocnn.errors import BiocnnError, OptionError
 from biocnn.runtime import is_main_process
 
 __all__ = ["console", "err_console", "cli_errors", "timestamp", "data_source"]
@@ -44,9 +44,16 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
                       soft_wrap=True)
 
 
+#: Config fields whose flag is not ``--field-name`` (a command may add its own).
+FLAGS = {"input_apix": "--apix"}
+
+
 @contextlib.contextmanager
-def cli_errors() -> Iterator[None]:
+def cli_errors(flags: dict[str, str] | None = None) -> Iterator[None]:
     """Turn user-input errors into one line on stderr and exit code 1 (no traceback).
+
+    An :class:`~biocnn.errors.OptionError` names the config field; it is shown as the
+    flag that sets it (``--field-name``, or as ``flags``/:data:`FLAGS` say).
 
     ``BiocnnError`` is the project's own input error; ``OSError`` covers unreadable
     paths. Anything else is a bug and keeps its traceback. Warnings print as one
@@ -58,7 +65,8 @@ def cli_errors() -> Iterator[None]:
             warnings.showwarning = _show_warning
             yield
     except BiocnnError as exc:
-        err_console.print(f"[bold red]error:[/] {_one_line(str(exc))}", highlight=False,
+        text = exc.as_flag({**FLAGS, **(flags or {})}) if isinstance(exc, OptionError) else str(exc)
+        err_console.print(f"[bold red]error:[/] {_one_line(text)}", highlight=False,
                           soft_wrap=True)
         raise typer.Exit(1) from None
     except OSError as exc:

@@ -91,7 +91,7 @@ def train(
     progress: bool = typer.Option(None, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Train a classifier; write checkpoints, metrics, curves, confusion matrix and run.json."""
-    with cli_errors():
+    with cli_errors({"apix": "--target-apix"}):
         from biocnn.config import resolve
         from biocnn.engine import TrainingInterrupted
         from biocnn.tasks.train import CryoTrainConfig, run_train, train_tables

@@ -36,7 +36,7 @@ import torch
 from torch.utils.data import Dataset
 
 from biocnn.data.preprocess import PreprocessConfig, resample_images
-from biocnn.errors import BiocnnError
+from biocnn.errors import BiocnnError, OptionError
 from biocnn.io.mrc import (
     MRC_SUFFIXES,
     MrcInfo,
@@ -302,7 +302,7 @@ def stratified_split(
         Sorted int64 index arrays, disjoint, together ``arange(len(labels))``.
     """
     if not 0 <= val_fraction < 1:
-        raise BiocnnError(f"--val-fraction {val_fraction}: must be in [0, 1)")
+        raise OptionError("val_fraction", val_fraction, "must be in [0, 1)")
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     val: list[np.ndarray] = []
@@ -369,7 +369,7 @@ def _finish(
     and build the dataset."""
     if apix is not None:
         if not (np.isfinite(apix) and apix > 0):
-            raise BiocnnError(f"--apix {apix}: must be > 0")
+            raise OptionError("input_apix", apix, "must be > 0")
         index = dataclasses.replace(index, apix=np.full(len(index), float(apix)))
     elif preprocess.is_resolved:
         _placeholder_apix(index, float(preprocess.apix or 0.0))

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from biocnn.errors import BiocnnError
+from biocnn.errors import BiocnnError, OptionError
 
 __all__ = [
     "PreprocessConfig",
@@ -87,15 +87,15 @@ class PreprocessConfig:
 
     def __post_init__(self) -> None:
         if self.box is not None and (isinstance(self.box, bool) or int(self.box) < MIN_BOX):
-            raise BiocnnError(f"--box {self.box}: must be an integer >= {MIN_BOX}")
+            raise OptionError("box", self.box, f"must be an integer >= {MIN_BOX}")
         if self.apix is not None and not (math.isfinite(self.apix) and self.apix >= 0):
-            raise BiocnnError(f"--apix {self.apix}: must be >= 0 (0 = unknown)")
+            raise OptionError("apix", self.apix, "must be >= 0 (0 = unknown)")
         if not (math.isfinite(self.mask_radius) and self.mask_radius > 0):
-            raise BiocnnError(f"--mask-radius {self.mask_radius}: must be > 0")
+            raise OptionError("mask_radius", self.mask_radius, "must be > 0")
         if not (math.isfinite(self.lowpass) and self.lowpass >= 0):
-            raise BiocnnError(f"--lowpass {self.lowpass}: must be >= 0 (0 = off)")
+            raise OptionError("lowpass", self.lowpass, "must be >= 0 (0 = off)")
         if not (math.isfinite(self.lowpass_edge) and self.lowpass_edge >= 0):
-            raise BiocnnError(f"--lowpass-edge {self.lowpass_edge}: must be >= 0")
+            raise OptionError("lowpass_edge", self.lowpass_edge, "must be >= 0")
 
     @property
     def is_resolved(self) -> bool:
@@ -139,11 +139,10 @@ class PreprocessConfig:
             apix = max(n * a for n, a in known) / box if known else 0.0
         out = replace(self, box=int(box), apix=float(apix))
         if self.lowpass > 1 and not apix:
-            raise BiocnnError(f"--lowpass {self.lowpass} Å needs known pixel sizes (or --apix)")
+            raise OptionError("lowpass", f"{self.lowpass} Å", "needs known pixel sizes")
         if circular_mask(out.box, out.mask_radius_px(out.box)).all():
-            raise BiocnnError(
-                f"--mask-radius {self.mask_radius} leaves no background in a {out.box}-px box"
-            )
+            raise OptionError("mask_radius", self.mask_radius,
+                              f"leaves no background in a {out.box}-px box")
         return out
 
     def is_passthrough(self, shape: tuple[int, int], apix: float) -> bool:

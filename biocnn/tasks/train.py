@@ -51,7 +51,7 @@ from biocnn.data import (
     stratified_split,
 )
 from biocnn.engine import FitResult, TrainingInterrupted, evaluate, fit
-from biocnn.errors import BiocnnError
+from biocnn.errors import BiocnnError, OptionError
 from biocnn.metrics import classification_summary
 from biocnn.models import create_model
 from biocnn.plots import plot_confusion, plot_curves
@@ -267,7 +267,7 @@ def run_train(cfg: CryoTrainConfig, log: Callable[[str], None] = print) -> Train
         round(DEFAULT_SHIFT_FRACTION * box, 1) if cfg.max_shift is None else float(cfg.max_shift)
     )
     if max_shift < 0:
-        raise BiocnnError(f"--max-shift {max_shift}: must be >= 0")
+        raise OptionError("max_shift", max_shift, "must be >= 0")
     cfg = replace(cfg, box=box, apix=pre.apix, max_shift=max_shift,
                   model_kwargs={**MODEL_DEFAULTS.get(cfg.model, {}), **cfg.model_kwargs})
     names = data.class_names
