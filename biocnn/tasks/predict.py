@@ -12,7 +12,7 @@ atomically:
   and the predictions in new ``biocnn*`` columns (:mod:`biocnn.io.relion`);
 * ``--select CLASS --out-stack sel.mrcs``: the original pixels of the images predicted as
   ``CLASS`` as a new stack, plus ``sel.star``: the subset of the particle rows (all columns
-  kept, as ``--star`` writes them);
+  kept, as ``--star`` writes them; not for volume slices, which have no RELION name);
 * ``--select CLASS --out-cs sel.cs``: the selected rows of a ``.cs`` input, for cryoSPARC;
 * ``--cam gallery.png``: class-activation maps of the predicted class over the first images.
 
@@ -26,6 +26,7 @@ Example
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import warnings
@@ -44,7 +45,6 @@ from biocnn.checkpoint import Classifier, load_classifier
 from biocnn.data.inputs import MEMORY_BUDGET, Inputs, batch_for, expand_inputs, open_inputs
 from biocnn.engine import predict_logits
 from biocnn.errors import BiocnnError
-from biocnn.io.mrc import read_sections
 from biocnn.io.relion import (
     add_predictions,
     complete_optics,
@@ -197,13 +197,11 @@ def run_predict(cfg: PredictConfig, log: Callable[[str], None] = print) -> Predi
     )
     if "--csv" in outputs:
         result.written.append(write_csv(outputs["--csv"], probs, clf.class_names, inputs.name))
-    rows = None if select is None else np.flatnonzero(
-        (result.predicted == select) & (probs[:, select] >= cfg.min_probability))
-    tables = (relion_tables(result) if "--star" in outputs
-              or "--out-stack" in outputs and rows is not None and len(rows) else None)
-    if "--star" in outputs and tables is not None:
-        result.written.append(write_relion_star(outputs["--star"], *tables))
-    if rows is not None and select is not None:
+    tables = functools.cache(lambda: relion_tables(result))  # built once, only if written
+    if "--star" in outputs:
+        result.written.append(write_relion_star(outputs["--star"], *tables()))
+    if select is not None:
+        rows = np.flatnonzero((result.predicted == select) & (probs[:, select] >= cfg.min_probability))
         result.selected = len(rows)
         if len(rows):
             result.written += _write_selection(outputs, result, rows, tables)
@@ -217,9 +215,8 @@ def run_predict(cfg: PredictConfig, log: Callable[[str], None] = print) -> Predi
 
 def _check_writable(cfg: PredictConfig, inputs: Inputs) -> None:
     """Outputs the inputs cannot give, refused before any work."""
-    if (cfg.star or cfg.out_stack) and inputs.has_volume_views:
-        opt = "--star" if cfg.star else "--out-stack"
-        raise BiocnnError(f"{opt}: volume slices have no RELION image name; use --csv")
+    if cfg.star and inputs.has_volume_views:
+        raise BiocnnError("--star: volume slices have no RELION image name; use --csv")
     if cfg.out_cs and (len(inputs.sources) != 1 or inputs.sources[0].kind != "cs"):
         raise BiocnnError("--out-cs needs exactly one cryoSPARC .cs input")
 
@@ -237,14 +234,14 @@ def _probabilities(clf: Classifier, inputs: Inputs, cfg: PredictConfig) -> np.nd
 
 def _write_selection(
     outputs: dict[str, Path], result: PredictResult, rows: np.ndarray,
-    tables: tuple[pd.DataFrame, pd.DataFrame] | None,
+    tables: Callable[[], tuple[pd.DataFrame, pd.DataFrame]],
 ) -> list[Path]:
     """The selection outputs asked for: stack + its STAR, ``.cs`` subset."""
     written = []
     if "--out-stack" in outputs:
         written.append(write_selection(outputs["--out-stack"], result, rows))
-        if tables is not None:
-            particles, optics = tables
+        if not result.inputs.has_volume_views:  # volume slices have no RELION image name
+            particles, optics = tables()
             written.append(write_relion_star(outputs["--out-stack STAR"],
                                              particles.iloc[rows].reset_index(drop=True), optics))
     if "--out-cs" in outputs:
@@ -310,8 +307,7 @@ def _selected_blocks(result: PredictResult, rows: np.ndarray, block: int) -> Ite
         images = []
         for i in rows[start : start + block].tolist():
             src, j = result.inputs.locate(i)
-            index = src.dataset.index
-            images.append(read_sections(index.files[index.file_id[j]], [int(index.section[j])])[0])
+            images.append(src.dataset.index.read(j))  # a stack image or a volume view
         yield np.stack(images)
 
 
