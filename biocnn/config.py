@@ -94,14 +94,27 @@ def merge(cfg: T, overrides: dict[str, Any]) -> T:
     return dataclasses.replace(cfg, **changes)
 
 
-def resolve(cfg: T, config_file: str | os.PathLike | None, cli: dict[str, Any]) -> T:
+#: Commands whose table (``[train]``, ...) a shared TOML file may hold.
+COMMANDS = ("baseline", "simulate", "train", "predict", "evaluate", "select")
+
+
+def resolve(cfg: T, config_file: str | os.PathLike | None, cli: dict[str, Any],
+            command: str | None = None) -> T:
     """Defaults ← TOML file ← CLI flags (flags left at ``None`` keep the file's value).
 
-    A TOML file may hold the keys at top level or under a table named after the command;
-    nested tables are passed to :func:`merge` only when their name is a field.
+    The TOML file holds keys at top level and/or in a table named after the command
+    (``[train]``), which wins over the top level; other commands' tables are ignored, so
+    one file can configure several commands. Any other unknown key is an error.
     """
     if config_file is not None:
-        cfg = merge(cfg, load_toml(config_file))
+        data = load_toml(config_file)
+        top = {k: v for k, v in data.items() if k not in COMMANDS}
+        cfg = merge(cfg, top)
+        table = data.get(command) if command else None
+        if table is not None:
+            if not isinstance(table, dict):
+                raise BiocnnError(f"config file {config_file}: [{command}] must be a table")
+            cfg = merge(cfg, table)
     return merge(cfg, cli)
 
 

@@ -33,3 +33,15 @@ def test_merge_rejects_unknown_and_bad_values(tmp_path: Path) -> None:
 def test_to_plain_is_json_safe() -> None:
     plain = to_plain({"p": Path("/x"), "t": (1, 2), "cfg": TrainConfig()})
     assert plain["p"] == "/x" and plain["t"] == [1, 2] and plain["cfg"]["epochs"] == 10
+
+
+def test_command_tables_win_over_the_top_level(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text('epochs = 3\nlr = 0.1\n[train]\nepochs = 7\n[predict]\nbatch_size = 1\n')
+    cfg = resolve(TrainConfig(), f, {}, "train")
+    assert (cfg.epochs, cfg.lr, cfg.batch_size) == (7, 0.1, TrainConfig().batch_size)
+    assert resolve(TrainConfig(), f, {"epochs": 9}, "train").epochs == 9
+    assert resolve(TrainConfig(), f, {}, "evaluate").epochs == 3
+    f.write_text('[train]\nbogus = 1\n')
+    with pytest.raises(BiocnnError, match="unknown config key 'bogus'"):
+        resolve(TrainConfig(), f, {}, "train")

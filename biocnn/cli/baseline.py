@@ -64,7 +64,7 @@ def mnist(
             "data_dir": str(data_dir) if data_dir else None,
             "models": tuple(m.strip() for m in models.split(",") if m.strip()) if models else None,
         }
-        cfg = resolve(BaselineConfig(), config, cli)
+        cfg = resolve(BaselineConfig(), config, cli, "baseline")
         out = out or Path("runs") / f"mnist-{timestamp()}"
         log_console = err_console if json_out else console
         with atomic_dir(out) as tmp:

@@ -109,7 +109,7 @@ def train(
             "num_workers": num_workers, "amp": amp, "compile": compile,
             "out": str(out) if out is not None else None, "progress": progress,
         }
-        cfg = resolve(CryoTrainConfig(), config, cli)
+        cfg = resolve(CryoTrainConfig(), config, cli, "train")
         if not cfg.out and not cfg.resume:
             cfg.out = str(Path("runs") / f"train-{timestamp()}")
         try:
