@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import biocnn.tasks.evaluate
 from biocnn.checkpoint import save_checkpoint
 from biocnn.data import PreprocessConfig, ViewSpec
 from biocnn.errors import BiocnnError
@@ -79,3 +81,48 @@ def test_run_evaluate(tmp_path: Path) -> None:
         run_evaluate(EvaluateConfig(data="x", model="y", out="z", shifts=(-1,)))
     with pytest.raises(BiocnnError, match="--model is required"):
         run_evaluate(EvaluateConfig(data="x", out="z"))
+
+
+def test_evaluate_outputs_are_safe(tmp_path: Path) -> None:
+    model = create_model("invariant", num_classes=2, widths=[4, 8])
+    maps = _folder(tmp_path / "maps")
+    ckpt = save_checkpoint(tmp_path / "runs" / "m.pt", model, {
+        "class_names": ["p", "q"], "preprocess": PreprocessConfig(box=16, apix=1.0).to_dict(),
+        "views": ViewSpec().to_dict(),
+    })
+    base = EvaluateConfig(data=str(maps), model=str(ckpt), shifts=(0,), device="cpu",
+                          progress=False, batch_size=4)
+    for out, what in ((tmp_path / "runs", "m.pt"), (maps, "maps"), (maps / "p", "s.mrcs")):
+        with pytest.raises(BiocnnError, match=f"--out .*would replace the input .*{what}"):
+            run_evaluate(dataclasses.replace(base, out=str(out), overwrite=True))
+    out = tmp_path / "ev"
+    run_evaluate(dataclasses.replace(base, out=str(out)), log=lambda _: None)
+    with pytest.raises(BiocnnError, match="--overwrite"):
+        run_evaluate(dataclasses.replace(base, out=str(out)))
+    report = run_evaluate(dataclasses.replace(base, out=str(out), overwrite=True, apix=2.0),
+                          log=lambda _: None).report
+    assert report["apix"] == 2.0 and json.loads((out / "evaluation.json").read_text())["apix"] == 2.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ev", "maps", "runs"]
+    with pytest.raises(BiocnnError, match="--apix"):
+        run_evaluate(dataclasses.replace(base, out=str(tmp_path / "e2"), apix=-1.0))
+
+
+def test_evaluate_batches_by_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A byte budget of 3 images gives the same report as the requested batch size."""
+    model = create_model("invariant", num_classes=2, widths=[4, 8])
+    ckpt = save_checkpoint(tmp_path / "m.pt", model, {
+        "class_names": ["p", "q"], "preprocess": PreprocessConfig(box=16, apix=1.0).to_dict(),
+        "views": ViewSpec().to_dict(),
+    })
+    cfg = EvaluateConfig(data=str(_folder(tmp_path / "maps")), model=str(ckpt), shifts=(0,),
+                         device="cpu", progress=False, batch_size=64, out=str(tmp_path / "a"))
+    big = run_evaluate(cfg, log=lambda _: None).report
+    seen = []
+    real = biocnn.tasks.evaluate.make_loader
+    monkeypatch.setattr("biocnn.data.inputs.MEMORY_BUDGET", 3 * 4 * (4 * 16 * 16 + 2 * 16 * 16))
+    monkeypatch.setattr("biocnn.tasks.evaluate.make_loader",
+                        lambda data, batch, **kw: seen.append(batch) or real(data, batch, **kw))
+    small = run_evaluate(dataclasses.replace(cfg, out=str(tmp_path / "b")), log=lambda _: None).report
+    assert seen == [3]
+    assert small["accuracy"] == big["accuracy"] and small["confusion"] == big["confusion"]
+    assert small["loss"] == pytest.approx(big["loss"], abs=1e-5)

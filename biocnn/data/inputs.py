@@ -39,9 +39,10 @@ __all__ = ["MEMORY_BUDGET", "InputSource", "Inputs", "batch_for", "expand_inputs
 MEMORY_BUDGET = 256 * 2**20
 
 
-def batch_for(data: MrcDataset, batch_size: int, budget: int = MEMORY_BUDGET) -> int:
+def batch_for(data: MrcDataset, batch_size: int, budget: int | None = None) -> int:
     """``batch_size`` capped so one batch of ``data`` costs at most ``budget`` bytes
-    (:meth:`MrcDataset.bytes_per_image`); at least 1."""
+    (default :data:`MEMORY_BUDGET`; :meth:`MrcDataset.bytes_per_image`); at least 1."""
+    budget = MEMORY_BUDGET if budget is None else budget
     return max(1, min(batch_size, budget // max(data.bytes_per_image(), 1)))
 
 
