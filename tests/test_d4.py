@@ -88,15 +88,16 @@ def test_group_conv_shares_weights_across_the_group() -> None:
     dx=st.integers(-40, 40),
     pool=st.sampled_from(["avg", "max", "avgmax"]),
     group_pool=st.sampled_from(["max", "avg"]),
+    norm=st.sampled_from(["batch", "batch", "group", "none"]),
 )
 def test_exact_invariance_to_shifts_rotations_and_flips(
-    seed: int, height: int, width: int, dy: int, dx: int, pool: str, group_pool: str
+    seed: int, height: int, width: int, dy: int, dx: int, pool: str, group_pool: str, norm: str
 ) -> None:
     """Logits equal for every D4 element combined with a circular shift, odd and even sizes,
     in eval mode (running statistics) and in train mode (batch statistics)."""
     torch.manual_seed(seed)
     model = create_model("invariant_d4", num_classes=7, in_chans=2, widths=(4, 6, 8), pool=pool,
-                         group_pool=group_pool)
+                         group_pool=group_pool, norm=norm)
     _randomise_norms(model, seed)
     x = torch.randn(3, 2, height, width, generator=torch.Generator().manual_seed(seed))
     moved = [torch.roll(d4_transform(x, g), (dy, dx), (2, 3)) for g in ELEMENTS]
@@ -130,10 +131,11 @@ def test_shift_only_core_is_not_rotation_invariant() -> None:
         assert (model(x) - model(d4_transform(x, 1))).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("order", ["conv_down_norm", "conv_norm_down"])
-def test_fast_path_is_the_reference_composition(order: str) -> None:
+@pytest.mark.parametrize(("order", "norm"), [("conv_down_norm", "batch"), ("conv_norm_down", "batch"),
+                                             ("conv_down_norm", "none")])
+def test_fast_path_is_the_reference_composition(order: str, norm: str) -> None:
     torch.manual_seed(0)
-    kw = {"num_classes": 3, "widths": (3, 5, 6), "depths": (1, 2, 1), "order": order}
+    kw = {"num_classes": 3, "widths": (3, 5, 6), "depths": (1, 2, 1), "order": order, "norm": norm}
     fast, slow = create_model("invariant_d4", **kw), create_model("invariant_d4", fast=False, **kw)
     assert list(fast.state_dict()) == list(slow.state_dict())
     slow.load_state_dict(fast.state_dict())
