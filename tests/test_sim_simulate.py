@@ -189,7 +189,7 @@ def test_class_average_data_set_layout_and_seed(tmp_path: Path) -> None:
     parts = starfile.read(out / "particles.star")["particles"]
     assert parts.groupby("rlnClassName").size().to_dict() == {"good": 6, "junk": 6}
     assert parts["rlnImagePixelSize"].nunique() == 12  # drawn per class average
-    assert (parts["rlnClassDistributionCount"].between(20, 1000)).all()
+    assert (parts["biocnnParticles"].between(20, 1000)).all()
     junk = parts[parts["rlnClassName"] == "junk"]["biocnnKind"]
     assert len(set(junk)) == 6 and not {"particle", "crowded"} & set(junk)
     good = parts[parts["rlnClassName"] == "good"]["biocnnKind"]

@@ -259,6 +259,7 @@ def average_transfer(
     sigma2 = (var / p.snr if var > 0 else 1.0) * (size / p.box_orig) ** 2
     env_n, a_n, q_n = transfer(size) if m != size else (env, a_m, q_m)
     if p.correction == "phase_flip":
+        # mean of K phase-flipped members = S * mean|CTF| + white noise of variance sigma^2 / K
         return a_m * env, torch.full_like(env_n, sigma2 / p.n_particles) * (env_n > 0)
     # RELION's regulariser sigma_c^2 / tau^2 in the members' (size) box, capped at 50 so
     # that classes without signal still pass their noise as RELION's do

@@ -129,6 +129,7 @@ def render_good(atoms: PseudoAtoms, s: AverageSettings, box: int, rng: np.random
                 g: torch.Generator) -> tuple[torch.Tensor, dict[str, object]]:
     """One good class average of ``atoms``: ``(box, box)`` float32 and its parameters."""
     p, particle_px = draw_average_params(rng, s, box, atoms.diameter)
+    p = replace(p, snr=max(p.snr, s.min_class_snr / p.n_particles))
     angles = random_orientations(1, g)
     rot = jitter_views(euler_to_matrix(angles)[0], s.sub_orientations,
                        rng.uniform(0, s.view_spread_max), rng.uniform(0, s.rotation_error_max), rng)
@@ -175,7 +176,7 @@ def _star_rows(name: str, label: int, metas: list[dict[str, object]]) -> pd.Data
         "rlnCtfBfactor": [p.bfactor for p in ps],
         "rlnVoltage": [p.voltage for p in ps],
         "rlnAmplitudeContrast": [p.amplitude_contrast for p in ps],
-        "rlnClassDistributionCount": [p.n_particles for p in ps],
+        "biocnnParticles": [p.n_particles for p in ps],
         "biocnnOriginalBox": [p.box_orig for p in ps],
         "biocnnParticleSnr": [p.snr for p in ps],
         "biocnnCtfCorrection": [p.correction for p in ps],

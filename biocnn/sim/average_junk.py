@@ -179,7 +179,7 @@ def junk_spectrum(
         return proj(atoms, n, shifts, blur=rng.uniform(1.0, 3.0)).sum(0)
     if kind == "mask_cut":
         if rng.random() < 0.5:  # off-centre: the mask edge crosses the particle
-            shift = _polar(R * rng.uniform(0.5, 1.0), rng)[None]
+            shift = _polar(R + rng.uniform(-0.35, 0.15) * d, rng)[None]
             return proj(atoms, 1, shift)[0]
         big = rng.uniform(1.1, 1.6) * 2 * R / d  # a particle larger than the mask
         scaled = PseudoAtoms(atoms.xyz * big, atoms.weight, atoms.mass, atoms.sigma * big,

@@ -35,7 +35,9 @@ class AverageSettings:
     particle diameter over the mask diameter, ``mask`` the mask diameter over the box;
     ``shift_error`` is the members' residual misalignment (std) as a fraction of the
     particle diameter; ``mask_edge`` the soft-mask width in original pixels (RELION 5 px);
-    ``crowding_share`` the good classes that show the faint halo of unaligned neighbours.
+    ``crowding_share`` the good classes that show the faint halo of unaligned neighbours;
+    ``min_class_snr`` the least ``K * snr`` of a good class (below it the particle is not
+    recognisable, so an annotator would not call the class good; junk has no floor).
     """
 
     particles_min: int = 20
@@ -66,6 +68,7 @@ class AverageSettings:
     mass_max: float = 4e6
     sub_orientations: int = 4
     crowding_share: float = 0.25
+    min_class_snr: float = 0.3
 
 
 @dataclass
