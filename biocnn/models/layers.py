@@ -5,7 +5,8 @@
   polyphase component of largest norm, which makes stride-2 subsampling exactly
   equivariant (up to a shift) to circular shifts.
 * :class:`APSConv2d` — a circular conv and APS in one layer: the same output as
-  ``APS2d()(conv(x))``, with the gradient computed for the kept component only.
+  ``APS2d()(conv(x))``, with the gradient computed for the kept component only
+  (:func:`aps_conv2d` is the same for a weight built from other parameters).
 * :func:`circular_pad` — circular padding with a cheap backward pass.
 * :class:`GlobalPool2d` — global average / max / concatenated pooling.
 * :class:`DownConv2d` — a conv followed by a parameter-free downsampling module.
