@@ -121,3 +121,14 @@ def test_cryosparc_cs_source(tmp_path: Path) -> None:
     bad = _cs(project / "J13" / "bad.cs", ["J2/extract/parts.mrc"], [9], 2.0)
     with pytest.raises(BiocnnError, match="out of range"):
         open_inputs([str(bad)], preprocess=PRE, views=ViewSpec())
+
+
+def test_forward_bytes_scales_with_the_image() -> None:
+    from biocnn.data.inputs import forward_bytes
+    from biocnn.models import create_model
+
+    model = create_model("invariant", num_classes=2, widths=[4, 8]).eval()
+    small, large = forward_bytes(model, 16), forward_bytes(model, 32)
+    assert small > 4 * 16 * 16  # at least the first layer's activations
+    assert large == pytest.approx(4 * small, rel=0.2)  # activations grow with the area
+    assert forward_bytes(model, 16, tta=True) == small + 8 * 4 * 16 * 16

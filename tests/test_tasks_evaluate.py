@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 import biocnn.tasks.evaluate
 from biocnn.checkpoint import save_checkpoint
 from biocnn.data import PreprocessConfig, ViewSpec
+from biocnn.data.inputs import forward_bytes
 from biocnn.errors import BiocnnError
 from biocnn.io.mrc import write_mrc
 from biocnn.metrics import classification_summary, shifted_correct
@@ -119,7 +120,8 @@ def test_evaluate_batches_by_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     big = run_evaluate(cfg, log=lambda _: None).report
     seen = []
     real = biocnn.tasks.evaluate.make_loader
-    monkeypatch.setattr("biocnn.data.inputs.MEMORY_BUDGET", 3 * 4 * (4 * 16 * 16 + 2 * 16 * 16))
+    per_image = 4 * (4 * 16 * 16 + 2 * 16 * 16) + forward_bytes(model.eval(), 16)  # data + forward
+    monkeypatch.setattr("biocnn.data.inputs.MEMORY_BUDGET", 3 * per_image)
     monkeypatch.setattr("biocnn.tasks.evaluate.make_loader",
                         lambda data, batch, **kw: seen.append(batch) or real(data, batch, **kw))
     small = run_evaluate(dataclasses.replace(cfg, out=str(tmp_path / "b")), log=lambda _: None).report

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from biocnn.data.datasets import ImageIndex, MrcDataset, files_dataset, star_dataset
 from biocnn.data.preprocess import PreprocessConfig
@@ -31,19 +32,46 @@ from biocnn.io import refuse_unsupported, sniff_format
 from biocnn.io.mrc import MRC_SUFFIXES, ViewKind, ViewSpec, inspect_mrc
 from biocnn.io.star import StarTable, read_star
 
-__all__ = ["MEMORY_BUDGET", "InputSource", "Inputs", "batch_for", "expand_inputs", "open_inputs",
-           "input_kind"]
+__all__ = ["MEMORY_BUDGET", "InputSource", "Inputs", "batch_for", "forward_bytes", "expand_inputs",
+           "open_inputs", "input_kind"]
 
-#: Bytes one prediction/evaluation batch (or one block of a written stack) may cost: keeps
-#: peak memory well under 1 GB for any image size (issue 12).
+#: Bytes one prediction/evaluation batch (reading, resampling and the forward pass) or one
+#: block of a written stack may cost: with ~330 MB for Python, torch and the model this
+#: keeps the peak under 1 GB for any image size and count (issue 12).
 MEMORY_BUDGET = 256 * 2**20
 
 
-def batch_for(data: MrcDataset, batch_size: int, budget: int | None = None) -> int:
+def batch_for(data: MrcDataset, batch_size: int, budget: int | None = None,
+              model_bytes: int = 0) -> int:
     """``batch_size`` capped so one batch of ``data`` costs at most ``budget`` bytes
-    (default :data:`MEMORY_BUDGET`; :meth:`MrcDataset.bytes_per_image`); at least 1."""
+    (default :data:`MEMORY_BUDGET`): reading and resampling
+    (:meth:`MrcDataset.bytes_per_image`) plus ``model_bytes`` per image for the forward
+    pass (:func:`forward_bytes`); at least 1."""
     budget = MEMORY_BUDGET if budget is None else budget
-    return max(1, min(batch_size, budget // max(data.bytes_per_image(), 1)))
+    return max(1, min(batch_size, budget // max(data.bytes_per_image() + model_bytes, 1)))
+
+
+def forward_bytes(model: torch.nn.Module, box: int, device: torch.device | str = "cpu",
+                  tta: bool = False) -> int:
+    """Bytes one ``(1, box, box)`` image costs in an inference forward pass of ``model``: the
+    sum of every leaf module's float32 output (measured with one image; an upper bound of
+    what is alive at once: 3.75 MB against 2.1 MB measured for the default model at 128 px),
+    plus the 8 rotated copies of the input under ``tta``."""
+    sizes: list[int] = []
+
+    def hook(_m: torch.nn.Module, _i: object, out: object) -> None:
+        if isinstance(out, torch.Tensor):
+            sizes.append(out.numel() * 4)
+
+    leaves = [m for m in model.modules() if not any(True for _ in m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 1, box, box, device=device))
+    finally:
+        for h in handles:
+            h.remove()
+    return sum(sizes) + (8 * 4 * box * box if tta else 0)
 
 
 @dataclass

@@ -37,7 +37,7 @@ from biocnn.atomic import atomic_dir, write_json
 from biocnn.checkpoint import load_classifier
 from biocnn.config import run_metadata, to_plain
 from biocnn.data import build_dataset, make_loader
-from biocnn.data.inputs import batch_for
+from biocnn.data.inputs import batch_for, forward_bytes
 from biocnn.engine import predict_logits
 from biocnn.errors import BiocnnError
 from biocnn.metrics import classification_summary, consistency, placement_summary, shifted_correct
@@ -150,7 +150,8 @@ def run_evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = print) -> Eva
         class_names=clf.class_names, apix=cfg.apix,
     )
     _check_out(out, [Path(f) for f in data.index.files], cfg.overwrite)
-    batch = batch_for(data, cfg.batch_size)
+    batch = batch_for(data, cfg.batch_size,
+                      model_bytes=forward_bytes(clf.model, clf.box, clf.device, cfg.tta))
     with atomic_dir(out, overwrite=cfg.overwrite) as tmp:
         box = clf.box
         shifts = [float(s) for s in cfg.shifts] or default_shifts(box)

@@ -42,7 +42,14 @@ import torch.nn.functional as F
 
 from biocnn.atomic import check_outputs
 from biocnn.checkpoint import Classifier, load_classifier
-from biocnn.data.inputs import MEMORY_BUDGET, Inputs, batch_for, expand_inputs, open_inputs
+from biocnn.data.inputs import (
+    MEMORY_BUDGET,
+    Inputs,
+    batch_for,
+    expand_inputs,
+    forward_bytes,
+    open_inputs,
+)
 from biocnn.engine import predict_logits
 from biocnn.errors import BiocnnError
 from biocnn.io.relion import (
@@ -223,10 +230,12 @@ def _check_writable(cfg: PredictConfig, inputs: Inputs) -> None:
 
 def _probabilities(clf: Classifier, inputs: Inputs, cfg: PredictConfig) -> np.ndarray:
     """``(N, K)`` float32 class probabilities of every image, batches sized by bytes."""
+    model_bytes = forward_bytes(clf.model, clf.box, clf.device, cfg.tta)
     parts = [
-        predict_logits(clf.model, s.dataset, batch_size=batch_for(s.dataset, cfg.batch_size),
-                       device=clf.device, num_workers=cfg.num_workers, amp=cfg.amp, tta=cfg.tta,
-                       progress=cfg.progress, standardize=clf.standardize).softmax(1).numpy()
+        predict_logits(clf.model, s.dataset, device=clf.device, num_workers=cfg.num_workers,
+                       batch_size=batch_for(s.dataset, cfg.batch_size, model_bytes=model_bytes),
+                       amp=cfg.amp, tta=cfg.tta, progress=cfg.progress,
+                       standardize=clf.standardize).softmax(1).numpy()
         for s in inputs.sources
     ]
     return np.concatenate(parts).astype(np.float32)
