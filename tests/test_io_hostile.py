@@ -156,3 +156,125 @@ def test_random_headers_read_or_raise_biocnn_error_only(
         assert isinstance(raised, BiocnnError), repr(raised)
         assert "\n" not in str(raised) and str(p) in str(raised)
     assert peak < ALLOC_LIMIT, peak
+
+
+# --- STAR and cryoSPARC tables -----------------------------------------------------------------
+
+STAR_LINES = st.sampled_from([
+    "data_", "data_particles", "data_optics", "data_images", "loop_", "_rlnImageName #1",
+    "_rlnOpticsGroup #2", "_rlnImagePixelSize #3", "_rlnClassNumber", "_rlnDetectorPixelSize",
+    "_rlnMagnification", "# version 30001", "", "   ", "1@a.mrcs 1 2.5", "000002@a.mrcs", "a.mrc 1",
+    "12345678901234567890@a.mrcs 1 1", "0@a.mrcs", "'1@my stack.mrcs' 1 1.0", '"', "'", "1 1 nan",
+    "x y z", "1 inf -3", "data_particles extra", "_rlnImagePixelSize 1.5", "@", "1@", "١@a.mrcs 1",
+])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    lines=st.lists(st.one_of(STAR_LINES, st.text(max_size=30)), max_size=40),
+    encoding=st.sampled_from(["utf-8", "latin-1", "utf-16"]),
+    tail=st.binary(max_size=16),
+)
+def test_random_star_files_read_or_raise_biocnn_error_only(
+    tmp_path: Path, lines: list[str], encoding: str, tail: bytes
+) -> None:
+    from biocnn.io.star import read_star
+
+    p = tmp_path / "random.star"
+    p.write_bytes("\n".join(lines).encode(encoding, "replace") + tail)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            table = read_star(p)
+            table.image_refs()
+            table.pixel_sizes()
+            table.duplicate_images()
+            table.pixel_size_mismatches({})
+            outcome = "read"
+        except BiocnnError as exc:
+            assert "\n" not in str(exc)
+            outcome = "refused"
+    event(outcome)
+
+
+def _cs_bytes(tmp_path: Path) -> bytes:
+    rec = np.zeros(3, [("uid", "<u8"), ("blob/path", "S16"), ("blob/idx", "<u4"), ("blob/psize_A", "<f4")])
+    rec["blob/path"] = b"J1/a.mrc"
+    rec["blob/idx"] = [0, 1, 2]
+    rec["blob/psize_A"] = 1.2
+    p = tmp_path / "seed.cs"
+    with open(p, "wb") as f:
+        np.save(f, rec)
+    return p.read_bytes()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    edits=st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)), max_size=6),
+    cut=st.one_of(st.none(), st.integers(0, 250)),
+)
+def test_corrupted_cs_files_read_or_raise_biocnn_error_only(
+    tmp_path: Path, edits: list[tuple[int, int]], cut: int | None
+) -> None:
+    from biocnn.io.cs import read_cs
+
+    raw = bytearray(_cs_bytes(tmp_path))
+    for pos, value in edits:
+        if pos < len(raw):
+            raw[pos] = value
+    p = tmp_path / "corrupt.cs"
+    p.write_bytes(bytes(raw[:cut] if cut is not None else raw))
+    (tmp_path / "J1").mkdir(exist_ok=True)
+    (tmp_path / "J1" / "a.mrc").write_bytes(b"")
+    peak, raised = _peak_bytes(lambda: _use_cs(read_cs(p)))
+    event("refused" if raised is not None else "read")
+    if raised is not None:
+        assert isinstance(raised, BiocnnError), repr(raised)
+        assert "\n" not in str(raised)
+    assert peak < ALLOC_LIMIT
+
+
+def _use_cs(table: object) -> None:
+    table.image_refs()  # type: ignore[attr-defined]
+    table.pixel_sizes()  # type: ignore[attr-defined]
+    table.duplicate_images()  # type: ignore[attr-defined]
+
+
+def test_cs_header_claiming_a_huge_table(tmp_path: Path) -> None:
+    """A 1 kB .cs whose header says 10^12 rows is refused before mapping or allocating."""
+    from biocnn.io.cs import read_cs
+
+    raw = _cs_bytes(tmp_path).replace(b"'shape': (3,)", b"'shape': (1000000000000,)", 1)
+    p = tmp_path / "huge.cs"
+    p.write_bytes(raw)
+    peak, raised = _peak_bytes(lambda: read_cs(p))
+    assert isinstance(raised, BiocnnError) and "file is truncated" in str(raised)
+    assert peak < ALLOC_LIMIT
+
+
+HOSTILE_STAR = {
+    "3000 columns": (lambda: "data_particles\nloop_\n" + "".join(f"_c{i}\n" for i in range(3000)) + "1\n",
+                     r"has 3000 columns \(at most 2000 are read\)"),
+    "900 kB name": (lambda: "data_particles\nloop_\n_rlnImageName\n" + "a" * 900_000 + "\n", "is too long"),
+    "900 kB of quotes": (lambda: "data_particles\nloop_\n_rlnImageName\n" + '"' * 900_001 + "\n",
+                         "values with spaces must be quoted"),
+    "60000 values": (lambda: "data_x\n" + "".join(f"_k{i} {i}\n" for i in range(60_000)),
+                     "has more than 2000 values"),
+    "20000 blocks": (lambda: "".join(f"data_{i}\nloop_\n_rlnImageName\n1@a.mrcs\n" for i in range(20_000)),
+                     r"no particle block with rlnImageName \(blocks: '0', '1', .*, \.\.\.\)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_STAR))
+def test_hostile_star_files_are_refused_cheaply(tmp_path: Path, case: str) -> None:
+    import re
+
+    from biocnn.io.star import read_star
+
+    make, message = HOSTILE_STAR[case]
+    p = tmp_path / "hostile.star"
+    p.write_text(make())
+    assert p.stat().st_size <= 1 << 20
+    peak, raised = _peak_bytes(lambda: read_star(p).image_refs())
+    assert isinstance(raised, BiocnnError) and re.search(message, str(raised)), raised
+    assert len(str(raised)) < 500 and peak < 200 << 20

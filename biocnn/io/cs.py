@@ -35,8 +35,37 @@ INDEX_FIELD = "blob/idx"
 PSIZE_FIELD = "blob/psize_A"
 _NUMPY_MAGIC = b"\x93NUMPY"
 _CSDAT_MAGIC = b"\x94CSDAT"  # cryosparc-tools' compressed format
-#: Largest ``.npy`` header read (cryoSPARC's can exceed NumPy's 10 kB default).
-_MAX_HEADER = 1 << 24
+#: Largest ``.npy`` header read: cryoSPARC's exceed NumPy's 10 kB default (about 45 bytes a
+#: field), but parsing a header costs ~80x its size in memory, so it is bounded.
+_MAX_HEADER = 256 << 10
+#: Deepest bracket nesting of a header (a cryoSPARC dtype needs 3), checked before parsing.
+_MAX_DEPTH = 8
+
+
+def _check_header_text(path: Path, f, size: int) -> None:
+    """Bound the ``.npy`` header's length and nesting before NumPy parses it, so a hostile
+    header costs neither memory nor time; ``f`` is left where it was."""
+    start = f.tell()
+    prefix = f.read(12)
+    major = prefix[6] if len(prefix) > 6 else 0
+    width = 2 if major == 1 else 4
+    if len(prefix) < 8 + width:
+        raise BiocnnError(f"{path}: not a readable cryoSPARC .cs file (file ends in its header)")
+    length = int.from_bytes(prefix[8 : 8 + width], "little")
+    if length > _MAX_HEADER or 8 + width + length > size:
+        raise BiocnnError(
+            f"{path}: not a readable cryoSPARC .cs file (header of {length} bytes; "
+            f"at most {_MAX_HEADER} and the file has {size})"
+        )
+    f.seek(start + 8 + width)
+    brackets = f.read(length).translate(None, delete=bytes(b for b in range(256) if b not in b"([{}])"))
+    depth = deepest = 0
+    for b in brackets:
+        depth += 1 if b in b"([{" else -1
+        deepest = max(deepest, depth)
+    if deepest > _MAX_DEPTH:
+        raise BiocnnError(f"{path}: not a readable cryoSPARC .cs file (header nested {deepest} deep)")
+    f.seek(start)
 
 
 @dataclass(eq=False)
@@ -118,11 +147,11 @@ class CsTable:
         return paths, sections
 
     def _locate(self, rel: str) -> Path:
-        if not rel:
-            raise BiocnnError(f"{self.path}: empty {PATH_FIELD}")
+        if not rel or len(rel) > 4096:
+            raise BiocnnError(f"{self.path}: {PATH_FIELD} of {len(rel)} characters")
         path = Path(rel)
         if path.is_absolute():
-            if path.is_file():
+            if _is_file(path):
                 return path
             bases: tuple[Path, ...] = ()
         elif self.project_dir is not None:
@@ -131,11 +160,11 @@ class CsTable:
             here = self.path.parent
             bases = (here, *here.resolve().parents, Path.cwd())
         for base in bases:
-            if (base / path).is_file():
+            if _is_file(base / path):
                 return base / path
         if self.project_dir is not None:
             flat = self.project_dir / path.name
-            if flat.is_file():
+            if _is_file(flat):
                 return flat
             raise BiocnnError(
                 f"{self.path}: particle stack {rel} not found in --cs-project {self.project_dir}"
@@ -163,6 +192,14 @@ class CsTable:
         return duplicates(self.image_groups())
 
 
+def _is_file(path: Path) -> bool:
+    """``path.is_file()`` that answers False for names the OS refuses (too long, NUL bytes)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def _read_header(path: Path, size: int) -> tuple[np.dtype, int, int]:
     """``(dtype, count, data offset)`` of a ``.npy`` file, checked against its ``size``."""
     try:
@@ -179,6 +216,7 @@ def _read_header(path: Path, size: int) -> tuple[np.dtype, int, int]:
                 what = FORMAT_NAMES[kind] if kind in ("mrc", "star") else "not a NumPy file"
                 raise BiocnnError(f"{path}: not a cryoSPARC .cs file ({what})")
             f.seek(0)
+            _check_header_text(path, f, size)
             major, _ = np.lib.format.read_magic(f)
             reader = {1: np.lib.format.read_array_header_1_0}.get(major, np.lib.format.read_array_header_2_0)
             shape, fortran, dtype = reader(f, max_header_size=_MAX_HEADER)

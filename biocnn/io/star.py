@@ -20,8 +20,9 @@ from __future__ import annotations
 import os
 import re
 import warnings
+from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from io import StringIO
 from pathlib import Path
 
@@ -51,6 +52,11 @@ IMAGE_COLUMN = "rlnImageName"
 #: Largest image index (``index@file``): an MRC file holds at most 2^31 - 1 sections.
 MAX_INDEX = 2**31 - 1
 
+#: Most columns read from one loop (RELION writes under 100); bounds a hostile file's cost.
+MAX_COLUMNS = 2000
+#: Longest image path accepted (Linux PATH_MAX).
+MAX_PATH = 4096
+
 #: Columns kept as text even when every value looks like a number.
 _TEXT_COLUMNS = frozenset({
     "rlnImageName", "rlnImageOriginalName", "rlnMicrographName", "rlnMicrographMovieName",
@@ -72,6 +78,8 @@ def parse_image_name(name: str, star: str | os.PathLike = "STAR file") -> tuple[
     one-line :class:`BiocnnError` raised for a malformed name.
     """
     name = str(name).strip()
+    if len(name) > MAX_PATH + 20:
+        raise BiocnnError(f"{star}: image name of {len(name)} characters starting {name[:60]!r} is too long")
     if "@" not in name:
         return 0, name
     index, _, path = name.partition("@")
@@ -107,6 +115,8 @@ class StarTable:
     path: Path
     particles: pd.DataFrame
     optics: pd.DataFrame | None
+    _found: dict[str, Path] = field(default_factory=dict, repr=False)
+    _bases: tuple[Path, ...] = field(default=(), repr=False)
 
     def __len__(self) -> int:
         return len(self.particles)
@@ -144,11 +154,17 @@ class StarTable:
         name stacks relative to the project folder, e.g. ``Extract/job007/...`` from
         ``Class2D/job012/run_data.star``) in each parent folder and the working directory.
         Falls back to the STAR file's folder, so a missing stack is reported there."""
+        key = str(rel)
+        if key in self._found:  # found before (misses are looked up again)
+            return self._found[key]
         rel = Path(rel)
         if rel.is_absolute():
             return rel
-        for base in (self.path.parent, *self.path.parent.resolve().parents, Path.cwd()):
-            if (base / rel).exists():
+        if not self._bases:  # the STAR's folder, its parents (a RELION project), the cwd
+            self._bases = (self.path.parent, *self.path.parent.resolve().parents, Path.cwd())
+        for base in self._bases:
+            if _exists(os.path.join(base, key)):  # strings: pathlib costs ~100 µs a file here
+                self._found[key] = base / rel
                 return base / rel
         return self.path.parent / rel
 
@@ -262,6 +278,14 @@ def duplicates(groups: np.ndarray) -> np.ndarray:
     return counts[groups] > 1
 
 
+def _exists(path: str) -> bool:
+    """``os.path.exists`` that answers False for names the OS refuses (too long, NUL bytes)."""
+    try:
+        return os.path.exists(path)
+    except (OSError, ValueError):
+        return False
+
+
 def _positive(col: pd.Series) -> np.ndarray:
     """A numeric column as float64 with non-finite or negative values as 0 (unknown)."""
     values = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
@@ -323,14 +347,15 @@ def _numericise(value: str) -> str | int | float:
 
 def _typed(table: pd.DataFrame) -> pd.DataFrame:
     """Columns of numbers become int64/float64 (like starfile); text columns stay text."""
+    columns: dict[str, pd.Series] = {}
     for name in table.columns:
-        if name in _TEXT_COLUMNS:
-            continue
-        try:
-            table[name] = pd.to_numeric(table[name])
-        except (ValueError, TypeError):
-            pass
-    return table
+        columns[name] = table[name]
+        if name not in _TEXT_COLUMNS and table[name].dtype.kind not in "iufb":
+            try:
+                columns[name] = pd.to_numeric(table[name])
+            except (ValueError, TypeError):
+                pass
+    return pd.DataFrame(columns, copy=False)  # built once: assigning column by column is quadratic
 
 
 def _loop_table(
@@ -344,7 +369,8 @@ def _loop_table(
         text = text.replace("'", '"')
     try:
         table = pd.read_csv(
-            StringIO(text), sep=r"\s+", header=None, names=labels, dtype=str,
+            StringIO(text), sep=r"\s+", header=None, names=labels,
+            dtype={name: str for name in labels if name in _TEXT_COLUMNS},
             keep_default_na=False, na_filter=False, quotechar='"', engine="c",
         )
     except (ValueError, pd.errors.ParserError) as exc:
@@ -353,16 +379,30 @@ def _loop_table(
     return _typed(table)
 
 
-def _parse_star(path: Path, text: str) -> dict[str, pd.DataFrame]:
-    """Every data block of a STAR text as a DataFrame (key-value blocks as one row).
+@dataclass
+class _Block:
+    """One data block as scanned: a loop (labels and validated rows) or key-value pairs."""
+
+    labels: list[str]
+    rows: list[str]
+    first_line: int
+    pairs: dict[str, str | int | float]
+
+    @property
+    def columns(self) -> list[str]:
+        return self.labels if self.labels else list(self.pairs)
+
+
+def _scan_star(path: Path, text: str) -> dict[str, _Block]:
+    """Every data block of a STAR text, scanned and validated but not yet parsed.
 
     Lines before the first ``data_`` and comment lines are ignored; a loop's rows must each
     have one value per ``_label`` (else a one-line error naming the line).
     """
     lines = text.splitlines()
-    blocks: dict[str, pd.DataFrame] = {}
-    pairs: dict[str, dict[str, str | int | float]] = {}
-    block: str | None = None
+    blocks: dict[str, _Block] = {}
+    current: _Block | None = None
+    name = ""
     i, n = 0, len(lines)
     while i < n:
         s = lines[i].strip()
@@ -370,10 +410,10 @@ def _parse_star(path: Path, text: str) -> dict[str, pd.DataFrame]:
         if not s or s.startswith("#"):
             continue
         if s.startswith("data_"):
-            block = s[5:].split()[0] if s[5:].strip() else ""
-            pairs[block] = {}
+            name = s[5:].split()[0] if s[5:].strip() else ""
+            current = blocks[name] = _Block([], [], i, {})
             continue
-        if block is None:
+        if current is None:
             continue  # text before the first data block
         if s.startswith("loop_"):
             labels: list[str] = []
@@ -383,12 +423,15 @@ def _parse_star(path: Path, text: str) -> dict[str, pd.DataFrame]:
                     labels.append(label.split()[0][1:])
                 i += 1
             if not labels:
-                raise BiocnnError(f"{path}: loop_ on line {i} of data_{block} has no _labels")
-            dup = sorted({x for x in labels if labels.count(x) > 1})
+                raise BiocnnError(f"{path}: loop_ on line {i} of data_{name} has no _labels")
+            if len(labels) > MAX_COLUMNS:
+                raise BiocnnError(
+                    f"{path}: data_{name} has {len(labels)} columns (at most {MAX_COLUMNS} are read)"
+                )
+            dup = sorted(k for k, v in Counter(labels).items() if v > 1)
             if dup:
-                raise BiocnnError(f"{path}: data_{block} lists column _{dup[0]} twice")
-            rows: list[str] = []
-            first = i + 1
+                raise BiocnnError(f"{path}: data_{name} lists column _{dup[0]} twice")
+            current.labels, current.first_line = labels, i + 1
             while i < n:
                 row = lines[i].strip()
                 if row.startswith(("data_", "loop_", "_")):
@@ -399,35 +442,41 @@ def _parse_star(path: Path, text: str) -> dict[str, pd.DataFrame]:
                 count = _count_values(row)
                 if count != len(labels):
                     raise BiocnnError(
-                        f"{path}: line {i} has {count} values but data_{block} has "
+                        f"{path}: line {i} has {count} values but data_{name} has "
                         f"{len(labels)} columns (values with spaces must be quoted)"
                     )
-                rows.append(row)
-            blocks[block] = _loop_table(path, block, labels, rows, first)
+                current.rows.append(row)
             continue
         if s.startswith("_"):
             tokens = _TOKEN.findall(s)
             if len(tokens) != 2:
                 raise BiocnnError(
-                    f"{path}: line {i} should be '_label value' in data_{block} "
+                    f"{path}: line {i} should be '_label value' in data_{name} "
                     "(values with spaces must be quoted)"
                 )
-            pairs[block][tokens[0][1:]] = _numericise(_unquote(tokens[1]))
+            if len(current.pairs) >= MAX_COLUMNS:
+                raise BiocnnError(f"{path}: data_{name} has more than {MAX_COLUMNS} values")
+            current.pairs[tokens[0][1:]] = _numericise(_unquote(tokens[1]))
             continue
         raise BiocnnError(f"{path}: line {i}: {s[:60]!r} is neither a _label nor in a loop_")
-    for name, values in pairs.items():
-        if name not in blocks and values:
-            blocks[name] = pd.DataFrame([values])
     return blocks
+
+
+def _table(path: Path, name: str, block: _Block) -> pd.DataFrame:
+    """A scanned block as a DataFrame (a key-value block as one row)."""
+    if block.labels:
+        return _loop_table(path, name, block.labels, block.rows, block.first_line)
+    return pd.DataFrame([block.pairs]) if block.pairs else pd.DataFrame()
 
 
 def read_star(path: str | os.PathLike) -> StarTable:
     """Read a RELION 3.0 or 3.1+ particle STAR file.
 
     The particle block is ``data_particles`` if present, else the only block that has an
-    ``rlnImageName`` column; ``data_optics`` is kept when present. Errors (missing file,
-    other formats, malformed rows, no particle block) are one-line :class:`BiocnnError`;
-    a file that is not UTF-8 is read as Latin-1 with a :class:`StarWarning`.
+    ``rlnImageName`` column; ``data_optics`` is kept when present (other blocks are
+    validated but not parsed). Errors (missing file, other formats, malformed rows, no
+    particle block) are one-line :class:`BiocnnError`; a file that is not UTF-8 is read
+    as Latin-1 with a :class:`StarWarning`.
     """
     path = Path(path)
     if not path.is_file():
@@ -436,22 +485,23 @@ def read_star(path: str | os.PathLike) -> StarTable:
         raw = path.read_bytes()
     except OSError as exc:
         raise BiocnnError(f"cannot read {path}: {exc.strerror}") from exc
-    tables = _parse_star(path, _decode(path, raw))
-    if "particles" in tables:
-        particles = tables["particles"]
+    blocks = _scan_star(path, _decode(path, raw))
+    if "particles" in blocks:
+        name = "particles"
     else:
-        candidates = [t for t in tables.values() if IMAGE_COLUMN in t.columns]
+        candidates = [n for n, b in blocks.items() if IMAGE_COLUMN in b.columns]
         if len(candidates) != 1:
+            names = ", ".join(repr(n) for n in list(blocks)[:10]) + (", ..." if len(blocks) > 10 else "")
             raise BiocnnError(
                 f"{path}: no particle block with {IMAGE_COLUMN} "
-                f"(blocks: {', '.join(repr(n) for n in tables) or 'none; not a STAR file?'})"
+                f"(blocks: {names or 'none; not a STAR file?'})"
             )
-        particles = candidates[0]
+        name = candidates[0]
+    particles = _table(path, name, blocks[name])
     if IMAGE_COLUMN not in particles.columns:
         raise BiocnnError(f"{path}: the particle block has no {IMAGE_COLUMN} column")
-    return StarTable(
-        path=path, particles=particles.reset_index(drop=True), optics=tables.get("optics")
-    )
+    optics = _table(path, "optics", blocks["optics"]) if "optics" in blocks else None
+    return StarTable(path=path, particles=particles.reset_index(drop=True), optics=optics)
 
 
 def optics_block(apix: float, image_size: int, name: str = "opticsGroup1") -> pd.DataFrame:
