@@ -466,6 +466,18 @@ def test_other_formats_are_refused_naming_what_is_supported(
     assert "biocnn reads MRC .mrc/.mrcs/.map, RELION .star, cryoSPARC .cs" in msg
 
 
+def test_tables_given_as_images_are_named(tmp_path: Path) -> None:
+    star = tmp_path / "p.mrc"
+    star.write_text("data_particles\nloop_\n_rlnImageName #1\n1@s.mrcs\n" + "#" * 2000)
+    with pytest.raises(BiocnnError, match=r"p.mrc: STAR file, not an MRC image file"):
+        inspect_mrc(star)
+    cs = tmp_path / "p.mrcs"
+    with open(cs, "wb") as f:
+        np.save(f, np.zeros(300, [("uid", "<u8")]))
+    with pytest.raises(BiocnnError, match=r"p.mrcs: cryoSPARC .cs \(NumPy\) file, not an MRC image file"):
+        inspect_mrc(cs)
+
+
 def test_sniff_recognises_our_formats(tmp_path: Path) -> None:
     from biocnn.io import sniff_format
 

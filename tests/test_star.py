@@ -285,6 +285,7 @@ def test_key_value_blocks_and_empty_loops(tmp_path: Path) -> None:
         (b"\x93NUMPY\x01\x00" + b"\0" * 100, r"x.star: cryoSPARC .cs \(NumPy\) file, not a STAR file"),
         (b"data_\nloop_\n_rlnImageName\n1@a\0.mrcs\n", r"x.star: not a STAR file \(binary data"),
         (b"", r"x.star: an empty file is not supported"),
+        ("data_\nloop_\n_rlnImageName\n1@a.mrcs\n".encode("utf-16"), r"x.star: UTF-16 text; save the STAR"),
     ],
 )
 def test_other_formats_refused(tmp_path: Path, content: bytes, message: str) -> None:

@@ -65,7 +65,7 @@ from mrcfile.dtypes import HEADER_DTYPE
 
 from biocnn.atomic import atomic_path
 from biocnn.errors import BiocnnError
-from biocnn.io import refuse_unsupported, sniff_bytes
+from biocnn.io import FORMAT_NAMES, refuse_unsupported, sniff_bytes
 
 __all__ = [
     "MRC_SUFFIXES",
@@ -410,7 +410,10 @@ def _open(path: str) -> MrcHandle:
     """Validate the header against the file size, then map the data block."""
     raw, size, mapped = _read_head(path)
     try:
-        refuse_unsupported(path, sniff_bytes(raw, path))
+        kind = sniff_bytes(raw, path)
+        refuse_unsupported(path, kind)
+        if kind in ("star", "cs"):
+            raise BiocnnError(f"{path}: {FORMAT_NAMES[kind]} file, not an MRC image file")
         if size < _HEADER_BYTES:
             raise BiocnnError(
                 f"{path}: not a readable MRC file ({size} bytes, shorter than the 1024-byte header)"

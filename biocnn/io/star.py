@@ -309,6 +309,8 @@ def _decode(path: Path, raw: bytes) -> str:
     refuse_unsupported(path, kind)
     if kind in ("mrc", "cs"):
         raise BiocnnError(f"{path}: {FORMAT_NAMES[kind]} file, not a STAR file")
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise BiocnnError(f"{path}: UTF-16 text; save the STAR file as UTF-8 (or ASCII), as RELION reads")
     if b"\0" in raw:
         raise BiocnnError(f"{path}: not a STAR file (binary data: NUL bytes)")
     try:
