@@ -10,6 +10,7 @@ import dataclasses
 import os
 import platform
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -22,36 +23,121 @@ else:  # pragma: no cover
 
 from biocnn.errors import BiocnnError
 
-__all__ = ["TrainConfig", "load_toml", "merge", "resolve", "to_plain", "run_metadata"]
+__all__ = [
+    "TrainConfig", "CryoTrainConfig", "option", "describe", "load_toml", "merge", "resolve",
+    "to_plain", "run_metadata",
+]
 
 T = TypeVar("T")
+
+
+def option(default: Any = None, help: str = "", *, shown: str | None = None,  # noqa: A002
+           factory: Callable[[], Any] | None = None) -> Any:
+    """A config field with its help text: the one place a command's option is described.
+
+    ``shown`` replaces the default in ``--help`` (for defaults resolved at run time).
+    """
+    meta = {"help": help, "shown": shown}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def describe(cls: type, name: str) -> str:
+    """``--help`` text of field ``name`` of dataclass ``cls``: its help and its default."""
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    shown = f.metadata.get("shown")
+    if shown is None:
+        value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        shown = ("on" if value else "off") if isinstance(value, bool) else str(value)
+    return f"{f.metadata.get('help', '')} (default: {shown})"
 
 
 @dataclass
 class TrainConfig:
     """Options of the one training loop (:func:`biocnn.engine.fit`)."""
 
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    optimizer: str = "adamw"  # adamw | sgd
-    momentum: float = 0.9  # sgd only
-    warmup_epochs: float = 0.3
-    label_smoothing: float = 0.0
-    patience: int = 0  # early stopping on validation accuracy; 0 = off
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    num_workers: int = 0
-    amp: bool = False  # bf16 autocast
-    compile: bool = False  # torch.compile the model
-    channels_last: bool = False
-    balance_classes: bool = False  # sample classes equally often
-    # re-estimate BatchNorm statistics on this many (un-augmented) training images with the
-    # epoch's final weights before they are used (validation, checkpoints, the end);
-    # 0 = keep the running averages of training
-    bn_recalibrate: int = 256
-    progress: bool = True
+    epochs: int = option(10, "Epochs.")
+    batch_size: int = option(128, "Images per step (per process under torchrun).")
+    lr: float = option(2e-3, "Peak learning rate.")
+    weight_decay: float = option(0.05, "AdamW/SGD weight decay (not on norms and biases).")
+    optimizer: str = option("adamw", "adamw or sgd.")
+    momentum: float = option(0.9, "SGD momentum.")
+    warmup_epochs: float = option(0.3, "Linear warm-up, then cosine decay.")
+    label_smoothing: float = option(0.0, "Label smoothing of the cross-entropy.")
+    patience: int = option(0, "Stop after this many epochs without a better validation "
+                           "accuracy; 0 = off.")
+    seed: int = option(0, "Random seed (data order, initialisation, augmentation).")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N.")
+    num_workers: int = option(0, "Reader processes; 0 reads in the training process (fastest "
+                              "on small machines).")
+    amp: bool = option(False, "bf16 autocast (fast on recent GPUs and CPUs with bf16).")
+    compile: bool = option(False, "torch.compile the model (long first epoch).")
+    channels_last: bool = option(False, "Channels-last memory format.")
+    balance_classes: bool = option(False, "Sample every class equally often.")
+    # precise BatchNorm: running statistics lag the weights (BENCHMARKS.md)
+    bn_recalibrate: int = option(256, "Re-estimate BatchNorm statistics on this many "
+                                 "un-augmented training images before they are used; 0 = off.")
+    progress: bool = option(True, "Show progress bars.")
+
+
+@dataclass
+class CryoTrainConfig(TrainConfig):
+    """Options of ``biocnn train`` (also its TOML keys): the loop options of
+    :class:`TrainConfig` plus data, preprocessing, model and augmentation.
+
+    ``box``, ``apix`` and ``max_shift`` left None are resolved from the data and
+    ``model_kwargs`` is laid over :data:`MODEL_DEFAULTS`; the saved config holds the
+    resolved values.
+    """
+
+    data: str = option("", "Folder of class folders, or a STAR file.")
+    label_column: str = option("rlnClassNumber", "STAR column with the class.")
+    input_apix: float | None = option(None, "Pixel size in Å of every input image, over the "
+                                      "headers and the STAR file.", shown="read from them")
+    box: int | None = option(None, "Box in px.", shown="the largest input image")
+    apix: float | None = option(None, "The model's pixel size in Å; 0 = ignore pixel sizes.",
+                                shown="the coarsest that fits the box")
+    mask_radius: float = option(0.4, "Background mask radius: < 1 a fraction of the box, "
+                                "else px.")
+    invert: bool = option(False, "Invert the contrast.")
+    lowpass: float = option(0.0, "Low-pass: <= 1 a fraction of Nyquist, > 1 a resolution in Å; "
+                            "0 = off.")
+    slice_axis: str = option("z", "Volumes: slice/projection axis z, y or x.")
+    slices: str = option("central", "Volumes: central, all, none or a count.")
+    project: bool = option(False, "Volumes: also use the projection along the axis.")
+    model: str = option("invariant_m", "Registered model (biocnn.list_models()).")
+    model_kwargs: dict[str, Any] = option(
+        help="JSON object of model options over the model's defaults "
+        "(invariant_m: {\"widths\": [16, 32, 64, 128]}; registered: [32, 64, 128, 256]).",
+        factory=dict, shown="{}")
+    val_fraction: float = option(0.15, "Validation fraction per class.")
+    augment: bool = option(True, "Random shift, in-plane rotation and flips.")
+    max_shift: float | None = option(None, "Largest training shift in px.",
+                                     shown="8 % of the box")
+    preload_gb: float = option(2.0, "Hold the resampled images in memory up to this size; "
+                               "0 = always read from the files.")
+    out: str = option("", "Run folder.", shown="runs/train-<timestamp>")
+    resume: str = option("", "Continue the interrupted run in this folder (its saved config "
+                         "is used).", shown="none")
+    # loop defaults sized for ~2000 images of 64 px on a 2-core CPU
+    epochs: int = option(15, "Epochs.")
+    patience: int = option(5, "Stop after this many epochs without a better validation "
+                           "accuracy; 0 = off.")
+    batch_size: int = option(64, "Images per step (per process under torchrun).")
+
+    def preprocess_config(self) -> Any:
+        """The (unresolved) :class:`~biocnn.data.PreprocessConfig` asked for."""
+        from biocnn.data.preprocess import PreprocessConfig
+
+        return PreprocessConfig(box=self.box, apix=self.apix, mask_radius=self.mask_radius,
+                                invert=self.invert, lowpass=self.lowpass)
+
+    def view_spec(self) -> Any:
+        """Which 2D views volumes yield (:class:`~biocnn.io.mrc.ViewSpec`)."""
+        from biocnn.io.mrc import ViewSpec
+
+        return ViewSpec(slice_axis=self.slice_axis, slices=self.slices, project=self.project)
 
 
 def load_toml(path: str | os.PathLike) -> dict[str, Any]:

@@ -12,12 +12,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from biocnn.config import TrainConfig, resolve, to_plain
+from biocnn.config import CryoTrainConfig, TrainConfig, resolve, to_plain
 from biocnn.errors import BiocnnError
 from biocnn.io.mrc import write_mrc
 from biocnn.tasks.train import (
     MODEL_DEFAULTS,
-    CryoTrainConfig,
     build_classifier,
     config_toml,
     run_train,

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import re
 import sys
+import typing
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -15,7 +18,8 @@ from rich.console import Console
 from biocnn.errors import BiocnnError, OptionError
 from biocnn.runtime import is_main_process
 
-__all__ = ["console", "err_console", "cli_errors", "timestamp", "data_source"]
+__all__ = ["console", "err_console", "cli_errors", "timestamp", "data_source", "config_options",
+           "FLAGS"]
 
 # under torchrun only rank 0 talks; errors are printed by every rank
 # wide tables stay readable when output goes to a file or a pipe
@@ -88,3 +92,36 @@ def data_source(data: object | None, star: object | None) -> str | None:
         raise BiocnnError("give DATA or --star, not both")
     source = star if star is not None else data
     return str(source) if source is not None else None
+
+
+def _cli_type(hint: Any) -> type:
+    """The click-friendly type of a config field's type hint (``X | None`` -> X, dict -> JSON str)."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if args:
+        hint = args[0]
+    origin = typing.get_origin(hint) or hint
+    return {dict: str, list: str, tuple: str}.get(origin, origin)
+
+
+def config_options(cls: type, *, skip: Iterable[str] = (), flags: dict[str, str] | None = None
+                   ) -> list[inspect.Parameter]:
+    """Typer options for the fields of config dataclass ``cls``: help and default shown from
+    the field (:func:`biocnn.config.option`), every value ``None`` unless given, so a
+    ``--config`` file and the defaults fill the rest. Booleans get ``--x/--no-x``."""
+    import dataclasses
+
+    flags = {**FLAGS, **(flags or {})}
+    hints = typing.get_type_hints(cls)
+    params = []
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        kind = _cli_type(hints[f.name])
+        flag = flags.get(f.name, "--" + f.name.replace("_", "-"))
+        decls = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
+        from biocnn.config import describe
+
+        option = typer.Option(None, *decls, help=describe(cls, f.name), show_default=False)
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option,
+                                        annotation=kind))
+    return params

@@ -13,9 +13,10 @@ Example
 """
 
 from biocnn.checkpoint import Classifier, load_classifier
+from biocnn.config import CryoTrainConfig
 from biocnn.tasks.evaluate import EvaluateConfig, EvaluateResult, run_evaluate
 from biocnn.tasks.predict import PredictConfig, PredictResult, run_predict
-from biocnn.tasks.train import CryoTrainConfig, TrainResult, run_train
+from biocnn.tasks.train import TrainResult, run_train
 
 __all__ = [
     "Classifier",

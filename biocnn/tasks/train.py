@@ -27,7 +27,7 @@ import contextlib
 import shutil
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +40,10 @@ from torch import nn
 from biocnn.atomic import RunLock, write_json, write_text
 from biocnn.augment import Augment
 from biocnn.checkpoint import read_checkpoint
-from biocnn.config import TrainConfig, merge, run_metadata, to_plain
+from biocnn.config import CryoTrainConfig, merge, run_metadata, to_plain
 from biocnn.data import (
     MrcDataset,
-    PreprocessConfig,
     TensorData,
-    ViewSpec,
     build_dataset,
     make_loader,
     stratified_split,
@@ -74,52 +72,6 @@ DEFAULT_SHIFT_FRACTION = 0.08
 #: ``invariant_m`` at half its registered widths trains ~3.5x faster on a CPU (about
 #: 140 vs 38 images/s at 64 px on one core) and keeps its 4 exact stages of 2 blocks.
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {"invariant_m": {"widths": [16, 32, 64, 128]}}
-
-
-@dataclass
-class CryoTrainConfig(TrainConfig):
-    """Options of ``biocnn train`` (also its TOML keys): the loop options of
-    :class:`~biocnn.config.TrainConfig` plus data, preprocessing, model and augmentation.
-
-    ``box``, ``apix`` and ``max_shift`` left None are resolved from the data and
-    ``model_kwargs`` is laid over :data:`MODEL_DEFAULTS`; the saved config holds the
-    resolved values.
-    """
-
-    data: str = ""  # folder of class folders, or a STAR file
-    label_column: str = "rlnClassNumber"  # STAR column holding the class
-    input_apix: float | None = None  # Å/px of every input image, over headers and STAR
-    box: int | None = None
-    apix: float | None = None  # the model's pixel size
-    mask_radius: float = 0.4
-    invert: bool = False
-    lowpass: float = 0.0
-    slice_axis: str = "z"
-    slices: str | int = "central"
-    project: bool = False
-    model: str = "invariant_m"
-    model_kwargs: dict[str, Any] = field(default_factory=dict)  # over MODEL_DEFAULTS[model]
-    val_fraction: float = 0.15
-    augment: bool = True  # random shift + in-plane rotation + flips
-    max_shift: float | None = None  # px; None = 8 % of the box
-    preload_gb: float = 2.0  # hold preprocessed images in memory up to this size (0 = never)
-    out: str = ""
-    resume: str = ""  # a run folder to continue (its saved config is used)
-    # loop defaults sized for ~2000 images of 64 px on a 2-core CPU
-    epochs: int = 15
-    patience: int = 5
-    batch_size: int = 64
-
-    def preprocess_config(self) -> PreprocessConfig:
-        """The (unresolved) preprocessing asked for."""
-        return PreprocessConfig(
-            box=self.box, apix=self.apix, mask_radius=self.mask_radius, invert=self.invert,
-            lowpass=self.lowpass,
-        )
-
-    def view_spec(self) -> ViewSpec:
-        """Which 2D views volumes yield."""
-        return ViewSpec(slice_axis=self.slice_axis, slices=self.slices, project=self.project)
 
 
 @dataclass
