@@ -147,3 +147,19 @@ def test_checkpoint_errors(tmp_path: Path) -> None:
     with pytest.raises(BiocnnError):
         load_checkpoint(truncated)
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temp files
+
+
+def test_tta_on_an_exact_d4_model_changes_nothing() -> None:
+    """Test-time averaging over the 8 rotations/flips is a no-op for an exactly D4-invariant
+    model (in eval mode, with trained-looking BatchNorm statistics)."""
+    torch.manual_seed(0)
+    model = create_model("invariant_d4", num_classes=3, widths=(4, 8))
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(5, 1, 20, 20)
+    plain = predict_logits(model, x, device="cpu").softmax(1)
+    tta = predict_logits(model, x, device="cpu", tta=True).exp()
+    torch.testing.assert_close(tta, plain, atol=1e-5, rtol=1e-4)
+    assert plain.std(0).max() > 1e-4  # not a constant function of the input
