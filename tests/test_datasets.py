@@ -111,6 +111,33 @@ def test_star_relion31_dataset(tmp_path: Path) -> None:
     assert (unlabelled.labels == -1).all() and len(unlabelled) == 4
 
 
+def test_duplicate_star_rows_warn_and_stay_in_one_split(tmp_path: Path) -> None:
+    _stack(tmp_path / "p.mrcs", 12, apix=0.0, seed=1)
+    names = [format_image_name(i % 10, "p.mrcs") for i in range(20)]  # rows 10-19 repeat 0-9
+    parts = pd.DataFrame({"rlnImageName": names, "rlnClassNumber": [1 + i % 2 for i in range(20)]})
+    star = write_star(tmp_path / "d.star", parts, apix=2.0, image_size=16)
+    with pytest.warns(UserWarning, match="20 rows name an image that another row names too"):
+        ds = build_dataset(star, preprocess=AUTO)
+    keys = ds.image_keys()
+    for seed in range(5):
+        train, val = stratified_split(ds.labels, 0.3, seed, keys)
+        assert len(val) and not set(keys[train]) & set(keys[val])
+        assert sorted(np.concatenate([train, val]).tolist()) == list(range(20))
+
+
+def test_pixel_size_override_and_placeholder_warning(tmp_path: Path) -> None:
+    stack = _stack(tmp_path / "s.mrcs", 3, apix=1.0, seed=1)
+    assert stack.shape == (3, 16, 16)
+    fixed = PreprocessConfig(box=16, apix=2.0)
+    with pytest.warns(UserWarning, match=r"s.mrcs: header pixel size 1 Å looks like a placeholder; "
+                      r"the model expects 2 Å/px; using 1 Å/px \(set it with --apix\)"):
+        build_dataset(tmp_path / "s.mrcs", preprocess=fixed, labeled=False)
+    ds = build_dataset(tmp_path / "s.mrcs", preprocess=fixed, labeled=False, apix=2.0)
+    assert (ds.index.apix == 2.0).all()
+    with pytest.raises(BiocnnError, match="input_apix -1"):
+        build_dataset(tmp_path / "s.mrcs", preprocess=fixed, labeled=False, apix=-1.0)
+
+
 def test_star_relion30_dataset_with_header_pixel_size(tmp_path: Path) -> None:
     data = _stack(tmp_path / "stacks" / "s.mrcs", 4, size=20, apix=1.4)
     (tmp_path / "meta").mkdir()

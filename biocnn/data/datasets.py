@@ -569,20 +569,11 @@ def star_dataset(
     else:
         labels, classes = _labels_from_names(names, class_names, f"{table.path} [{label_column}]")
     shapes = {f: (info.shape[1], info.shape[2]) for f, info in enumerate(infos)}
-    dup = _duplicates(file_id, sections)
+    dup = table.duplicate_images()
     if dup.any():
-        warnings.warn(f"{table.path}: {int(dup.sum())} row(s) name an image already listed "
-                      "(kept; copies stay in one train/validation split)", stacklevel=2)
+        warnings.warn(f"{table.path}: {int(dup.sum())} rows name an image that another row names "
+                      "too (kept; copies stay in one train/validation split)", stacklevel=2)
     return _finish(index, labels, classes, preprocess, ViewSpec(), shapes, apix)
-
-
-def _duplicates(file_id: np.ndarray, section: np.ndarray) -> np.ndarray:
-    """``(N,)`` True for rows whose ``(file, section)`` appeared in an earlier row."""
-    key = file_id.astype(np.int64) << 32 | section.astype(np.int64)
-    _, first = np.unique(key, return_index=True)
-    dup = np.ones(len(key), dtype=bool)
-    dup[first] = False
-    return dup
 
 
 def _check_star_apix(star: Path, infos: Sequence[MrcInfo], file_id: np.ndarray,
