@@ -113,3 +113,24 @@ def test_any_field_value_reads_or_fails_in_one_line(tmp_path: Path, field: str, 
         load_classifier(tmp_path / "h.pt", "cpu")
     except BiocnnError as exc:
         assert "\n" not in str(exc)
+
+
+_FULL_DISK = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))  # a 20 kB file-size limit
+from biocnn import BiocnnError, create_model
+from biocnn.checkpoint import save_checkpoint
+try:
+    save_checkpoint(sys.argv[1], create_model("invariant", num_classes=2), {})
+except BiocnnError as exc:
+    print(exc)
+"""
+
+
+@pytest.mark.skipif(not hasattr(resource, "RLIMIT_FSIZE"), reason="no file-size limits")
+def test_full_disk_is_one_line_and_leaves_no_temp_file(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-c", _FULL_DISK, str(tmp_path / "m.pt")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == f"cannot write {tmp_path / 'm.pt'}: disk full or file size limit reached" \
+        or out.stdout.strip() == f"cannot write {tmp_path / 'm.pt'}: file size limit reached", out
+    assert list(tmp_path.iterdir()) == []

@@ -56,7 +56,9 @@ def test_folder_dataset(cryo_class_folder: Path) -> None:
 
 def test_folder_dataset_volume_views(cryo_class_folder: Path) -> None:
     views = ViewSpec(slice_axis="y", slices="all", project=True)
-    ds = build_dataset(cryo_class_folder, preprocess=AUTO, views=views)
+    with pytest.warns(UserWarning, match=r"volume.map: a 3D volume in class folder beta gives "
+                      r"21 image\(s\) \(slices all \+ projection along y\)"):
+        ds = build_dataset(cryo_class_folder, preprocess=AUTO, views=views)
     assert ds.class_counts() == {"alpha": 7, "beta": 4 + 20 + 1}
     assert ds.name(len(ds) - 1).endswith("volume.map:sum_y") and ds.views == views
     ds3 = build_dataset(cryo_class_folder, preprocess=AUTO, views=ViewSpec(slices=3))

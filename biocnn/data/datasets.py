@@ -453,7 +453,15 @@ def folder_dataset(
         if not files:
             raise BiocnnError(f"class folder {d} has no .mrc/.mrcs/.map files")
         for p in files:
-            infos.append(inspect_mrc(p, as_volume=views.as_volume, permissive=permissive))
+            info = inspect_mrc(p, as_volume=views.as_volume, permissive=permissive)
+            if info.layout == "volume":
+                k = len(views.views(info))
+                what = f"slices {views.slices}" + (" + projection" if views.project else "")
+                warnings.warn(f"{p}: a 3D volume in class folder {d.name} gives {k} image(s) "
+                              f"({what} along {views.slice_axis}); use --slices all|K or "
+                              "--project for more, or --stack if it is a particle stack",
+                              stacklevel=2)
+            infos.append(info)
             file_class.append(d.name)
     index = ImageIndex.from_infos(infos, views, permissive)
     labels, names = _labels_from_names(
