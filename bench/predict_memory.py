@@ -141,7 +141,7 @@ def _child_api(stack: str, checkpoint: str, batch_size: int) -> None:
     apix = inspect_mrc(stack).apix
     counts = np.zeros(len(ckpt["class_names"]), dtype=np.int64)
     for _, block in iter_images(stack, chunk=batch_size):
-        x = preprocess_images(block, cfg, apix, inplace=True)[:, None]
+        x = preprocess_images(block, cfg, apix)[:, None]
         logits = predict_logits(model, x, batch_size=batch_size, device="cpu")
         counts += np.bincount(logits.argmax(1).numpy(), minlength=len(counts))
     print(json.dumps({"images": int(counts.sum())}))

@@ -81,8 +81,6 @@ class ImageIndex:
         ``(N,)`` float64 pixel size in Å (0 = unknown).
     slice_axis
         Axis of volume slices/projections.
-    permissive
-        Open files with mrcfile's permissive mode.
     """
 
     files: tuple[str, ...]
@@ -92,11 +90,10 @@ class ImageIndex:
     section: np.ndarray
     apix: np.ndarray
     slice_axis: str = "z"
-    permissive: bool = False
 
     @classmethod
     def from_infos(
-        cls, infos: Sequence[MrcInfo], views: ViewSpec, permissive: bool = False
+        cls, infos: Sequence[MrcInfo], views: ViewSpec
     ) -> ImageIndex:
         """One row per view of each file (:meth:`ViewSpec.views`), pixel size from headers."""
         file_id, kind, section, apix = [], [], [], []
@@ -114,7 +111,6 @@ class ImageIndex:
             section=np.asarray(section, dtype=np.int32),
             apix=np.asarray(apix, dtype=np.float64),
             slice_axis=views.slice_axis,
-            permissive=permissive,
         )
 
     def __len__(self) -> int:
@@ -127,7 +123,6 @@ class ImageIndex:
             int(self.kind[i]),
             int(self.section[i]),
             self.slice_axis,
-            self.permissive,
         )
 
     def name(self, i: int) -> str:
@@ -149,7 +144,6 @@ class ImageIndex:
             self.section[idx],
             self.apix[idx],
             self.slice_axis,
-            self.permissive,
         )
 
 
@@ -234,9 +228,9 @@ class MrcDataset(Dataset):
             file, view = int(idx.file_id[first]), int(idx.kind[first])
             path = idx.files[file]
             if view == ViewKind.IMAGE:
-                images = read_sections(path, sec[group], idx.permissive)
+                images = read_sections(path, sec[group])
             else:
-                images = np.stack([read_view(path, view, int(s), idx.slice_axis, idx.permissive)
+                images = np.stack([read_view(path, view, int(s), idx.slice_axis)
                                    for s in sec[group]])
             out[torch.from_numpy(group), 0] = resample_images(images, self.preprocess,
                                                               float(idx.apix[first]))
@@ -413,7 +407,6 @@ def folder_dataset(
     preprocess: PreprocessConfig,
     views: ViewSpec | None = None,
     class_names: Sequence[str] | None = None,
-    permissive: bool = False,
     apix: float | None = None,
 ) -> MrcDataset:
     """Dataset of ``root/<class>/*.mrc|*.mrcs|*.map`` (one sub-folder per class).
@@ -428,8 +421,6 @@ def folder_dataset(
         How 3D files are read and which views volumes yield.
     class_names
         The model's classes (evaluation); None derives sorted folder names and needs >= 2.
-    permissive
-        Open files with mrcfile's permissive mode.
     apix
         Pixel size in Å of every input image, instead of the headers'.
 
@@ -453,7 +444,7 @@ def folder_dataset(
         if not files:
             raise BiocnnError(f"class folder {d} has no .mrc/.mrcs/.map files")
         for p in files:
-            info = inspect_mrc(p, as_volume=views.as_volume, permissive=permissive)
+            info = inspect_mrc(p, as_volume=views.as_volume)
             if info.layout == "volume":
                 k = len(views.views(info))
                 what = f"slices {views.slices}" + (" + projection" if views.project else "")
@@ -463,7 +454,7 @@ def folder_dataset(
                               stacklevel=2)
             infos.append(info)
             file_class.append(d.name)
-    index = ImageIndex.from_infos(infos, views, permissive)
+    index = ImageIndex.from_infos(infos, views)
     labels, names = _labels_from_names(
         [file_class[f] for f in index.file_id.tolist()], class_names, str(root)
     )
@@ -476,7 +467,6 @@ def files_dataset(
     *,
     preprocess: PreprocessConfig,
     views: ViewSpec | None = None,
-    permissive: bool = False,
     apix: float | None = None,
 ) -> MrcDataset:
     """Unlabelled dataset of every view of the given MRC files (labels -1); ``apix``
@@ -484,8 +474,8 @@ def files_dataset(
     views = views or ViewSpec()
     if not paths:
         raise BiocnnError("no MRC files given")
-    infos = [inspect_mrc(p, as_volume=views.as_volume, permissive=permissive) for p in paths]
-    index = ImageIndex.from_infos(infos, views, permissive)
+    infos = [inspect_mrc(p, as_volume=views.as_volume) for p in paths]
+    index = ImageIndex.from_infos(infos, views)
     shapes = {f: views.image_shape(info) for f, info in enumerate(infos)}
     return _finish(index, np.full(len(index), -1, dtype=np.int64), [], preprocess, views, shapes,
                    apix)
@@ -505,7 +495,6 @@ def star_dataset(
     preprocess: PreprocessConfig,
     label_column: str | None = "rlnClassNumber",
     class_names: Sequence[str] | None = None,
-    permissive: bool = False,
     apix: float | None = None,
 ) -> MrcDataset:
     """Dataset of the particles of a RELION 3.0/3.1+ STAR file.
@@ -528,8 +517,6 @@ def star_dataset(
         numerically). None = unlabelled (labels -1).
     class_names
         The model's classes (evaluation); None derives them and needs >= 2.
-    permissive
-        Open files with mrcfile's permissive mode.
 
     Raises
     ------
@@ -551,7 +538,7 @@ def star_dataset(
             if not p.is_file():
                 raise BiocnnError(f"{table.path}: image file {p} not found")
             file_of[p] = len(infos)
-            infos.append(inspect_mrc(p, as_volume=False, permissive=permissive))
+            infos.append(inspect_mrc(p, as_volume=False))
         file_id[i] = file_of[p]
     counts = np.asarray([info.shape[0] for info in infos])[file_id]
     bad = np.flatnonzero((sections < 0) | (sections >= counts))
@@ -570,7 +557,6 @@ def star_dataset(
         kind=np.full(len(paths), int(ViewKind.IMAGE), dtype=np.int8),
         section=sections.astype(np.int32),
         apix=np.where(star_apix > 0, star_apix, header_apix),
-        permissive=permissive,
     )
     if names is None:
         labels, classes = np.full(len(index), -1, dtype=np.int64), []
@@ -605,7 +591,6 @@ def build_dataset(
     label_column: str = "rlnClassNumber",
     labeled: bool = True,
     class_names: Sequence[str] | None = None,
-    permissive: bool = False,
     apix: float | None = None,
 ) -> MrcDataset:
     """Build a dataset from a folder, a STAR file or an MRC file.
@@ -620,7 +605,7 @@ def build_dataset(
     ----------
     source
         Folder, STAR file or MRC file.
-    preprocess, views, class_names, permissive, apix
+    preprocess, views, class_names, apix
         As in :func:`folder_dataset` / :func:`star_dataset`.
     label_column
         STAR column holding the class.
@@ -635,7 +620,6 @@ def build_dataset(
             preprocess=preprocess,
             label_column=label_column if labeled else None,
             class_names=class_names,
-            permissive=permissive,
             apix=apix,
         )
     if source.is_dir():
@@ -645,19 +629,16 @@ def build_dataset(
                 preprocess=preprocess,
                 views=views,
                 class_names=class_names,
-                permissive=permissive,
-                apix=apix,
+                    apix=apix,
             )
         files = _mrc_files(source, recursive=True)
         if not files:
             raise BiocnnError(f"{source}: no .mrc/.mrcs/.map files")
-        return files_dataset(files, preprocess=preprocess, views=views, permissive=permissive,
-                             apix=apix)
+        return files_dataset(files, preprocess=preprocess, views=views, apix=apix)
     if not source.exists():
         raise BiocnnError(f"input {source} not found")
     if labeled:
         raise BiocnnError(
             f"{source}: a single file has no labels; use a folder per class or a STAR file"
         )
-    return files_dataset([source], preprocess=preprocess, views=views, permissive=permissive,
-                         apix=apix)
+    return files_dataset([source], preprocess=preprocess, views=views, apix=apix)
