@@ -106,7 +106,7 @@ def write_stack(
 
     The header is written first with placeholder statistics, every block is appended with a
     plain ``write`` (statistics accumulated in float64 on the way), and the header is
-    rewritten at the end. Memory: one block.
+    rewritten at the end. Memory: one block plus one image in float64.
 
     Raises
     ------
@@ -127,8 +127,9 @@ def write_stack(
             fh.write(np.ascontiguousarray(block).data)
             seen += len(block)
             lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
-            total += float(block.sum(dtype=np.float64))
-            total_sq += float(np.square(block, dtype=np.float64).sum())
+            for image in block:  # float64 sums image by image: no float64 copy of the block
+                total += float(image.sum(dtype=np.float64))
+                total_sq += float(np.square(image, dtype=np.float64).sum())
         if seen != count:
             raise BiocnnError(f"{os.fspath(path)}: {seen} images written, {count} expected")
         n = max(count * shape[0] * shape[1], 1)
