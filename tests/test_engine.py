@@ -118,7 +118,14 @@ def test_tta_returns_log_probabilities() -> None:
 def test_evaluate_reports_loss_and_accuracy() -> None:
     model = create_model("invariant", num_classes=2, widths=(4, 8))
     ev = evaluate(model, _bars(n=10), device="cpu")
-    assert 0 <= ev["accuracy"] <= 1 and ev["logits"].shape == (10, 2) and ev["labels"].shape == (10,)
+    data = _bars(n=10)
+    assert ev["logits"].shape == (10, 2) and torch.equal(ev["labels"], data.labels)
+    model.eval()
+    with torch.no_grad():
+        logits = model(data.images)
+    torch.testing.assert_close(ev["logits"], logits)
+    assert ev["accuracy"] == pytest.approx((logits.argmax(1) == data.labels).float().mean().item())
+    assert ev["loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, data.labels).item())
 
 
 def test_checkpoint_errors(tmp_path: Path) -> None:
