@@ -280,6 +280,8 @@ def test_evaluate_report(run: dict[str, Path], tmp_path: Path) -> None:
     assert {p.name for p in out.iterdir()} == {
         "evaluation.json", "confusion.png", "shift_accuracy.png", "run.json"}
     assert "shift robustness" in result.stderr and "precision" in result.stderr
+    stderr = " ".join(result.stderr.split())
+    assert f"{run['maps'] / 'bar' / 'bar.mrcs'}: stack of 16 images (.mrcs name)" in stderr
 
 
 def test_unknown_pixel_size_is_a_warning(run: dict[str, Path], tmp_path: Path) -> None:

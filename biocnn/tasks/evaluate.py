@@ -37,12 +37,12 @@ from biocnn.atomic import atomic_dir, write_json
 from biocnn.checkpoint import load_classifier
 from biocnn.config import run_metadata, to_plain
 from biocnn.data import build_dataset, make_loader
-from biocnn.data.inputs import batch_for, forward_bytes
+from biocnn.data.inputs import Inputs, InputSource, batch_for, forward_bytes
 from biocnn.engine import predict_logits
 from biocnn.errors import BiocnnError
 from biocnn.metrics import classification_summary, consistency, placement_summary, shifted_correct
 from biocnn.plots import plot_accuracy_vs_shift, plot_confusion
-from biocnn.report import class_table  # re-exported until tasks.train imports biocnn.report
+from biocnn.report import class_table, layout_lines  # class_table: re-exported for tasks.train
 
 __all__ = [
     "EvaluateConfig",
@@ -150,6 +150,9 @@ def run_evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = print) -> Eva
         class_names=clf.class_names, apix=cfg.apix,
     )
     _check_out(out, [Path(f) for f in data.index.files], cfg.overwrite)
+    star = Path(cfg.data) if Path(cfg.data).suffix.lower() == ".star" else None
+    for line in layout_lines(Inputs([InputSource(data, "star" if star else "mrc", star, None, 0)])):
+        log(line)
     batch = batch_for(data, cfg.batch_size,
                       model_bytes=forward_bytes(clf.model, clf.box, clf.device, cfg.tta))
     with atomic_dir(out, overwrite=cfg.overwrite) as tmp:
