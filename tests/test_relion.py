@@ -192,6 +192,8 @@ def test_relion_external_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert result.exit_code == 0, result.output
     job = tmp_path / "External" / "job012"
     assert (job / "RELION_JOB_EXIT_SUCCESS").exists()
+    text = (job / "particles.star").read_text()  # RELION's version line before each block
+    assert text.count("# version 30001\n\ndata_") == 2 and "data_optics" in text
     blocks = starfile.read(job / "particles.star", always_dict=True)
     out, optics = blocks["particles"], blocks["optics"]
     assert set(REQUIRED) <= set(optics.columns)

@@ -261,12 +261,31 @@ def add_predictions(
     return out
 
 
-def write_relion_star(path: str | os.PathLike, particles: pd.DataFrame, optics: pd.DataFrame) -> Path:
-    """Atomically write ``data_optics`` + ``data_particles`` (floats with 12 significant
-    digits, so values read from a STAR file are written back unchanged)."""
-    with atomic_path(path, suffix=".star") as tmp:
-        starfile.write({"optics": optics, "particles": particles}, tmp, float_format=_FLOAT_FORMAT)
+def _write_blocks(path: str | os.PathLike, blocks: dict[str, pd.DataFrame]) -> Path:
+    """Atomically write STAR data blocks, each preceded by RELION's ``# version 30001`` line
+    (RELION reads the table version from it), floats with 12 significant digits so values
+    read from a STAR file are written back unchanged. Streams block files, never holding
+    the text of a large table in memory."""
+    with atomic_path(path, suffix=".star") as tmp, open(tmp, "wb") as out:
+        for name, table in blocks.items():
+            part = tmp.with_name(tmp.name + f".{name}")
+            try:
+                starfile.write({name: table}, part, float_format=_FLOAT_FORMAT)
+                out.write(b"\n# version 30001\n\n")
+                with open(part, "rb") as fh:
+                    started = False  # starfile's header comment and blank lines are dropped
+                    for line in fh:
+                        started = started or line.startswith(b"data_")
+                        if started:
+                            out.write(line)
+            finally:
+                part.unlink(missing_ok=True)
     return Path(path)
+
+
+def write_relion_star(path: str | os.PathLike, particles: pd.DataFrame, optics: pd.DataFrame) -> Path:
+    """Atomically write ``data_optics`` + ``data_particles`` as RELION 3.1+ does."""
+    return _write_blocks(path, {"optics": optics, "particles": particles})
 
 
 def write_output_nodes(job_dir: str | os.PathLike, stars: Sequence[str | os.PathLike],
@@ -284,10 +303,7 @@ def write_output_nodes(job_dir: str | os.PathLike, stars: Sequence[str | os.Path
         "rlnPipeLineNodeTypeLabel": [PARTICLES_NODE_LABEL] * len(names),
         "rlnPipeLineNodeType": [PARTICLES_NODE_TYPE] * len(names),
     })
-    path = Path(job_dir) / "RELION_OUTPUT_NODES.star"
-    with atomic_path(path, suffix=".star") as tmp:
-        starfile.write({"output_nodes": nodes}, tmp)
-    return path
+    return _write_blocks(Path(job_dir) / "RELION_OUTPUT_NODES.star", {"output_nodes": nodes})
 
 
 def mark_exit(job_dir: str | os.PathLike, success: bool) -> Path:
