@@ -257,3 +257,15 @@ def test_real_star_round_trip(tmp_path: Path, star: str) -> None:
     paths, sections = read_star(out).image_refs()
     assert {p.resolve() for p in paths} == {(REAL / "relion31.mrcs").resolve()}
     assert sections.tolist() == list(range(5))
+
+
+def test_relion_help_and_bad_project(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["relion", "predict", "--help"])
+    assert result.exit_code == 0 and "--in_parts" in result.output and "--o" in result.output
+    ckpt = _checkpoint(tmp_path / "m.pt", ["good", "junk"])
+    write_mrc(tmp_path / "s.mrcs", np.zeros((2, 16, 16), np.float32), apix=2.0, is_stack=True)
+    result = runner.invoke(app, ["predict", str(tmp_path / "s.mrcs"), "--model", str(ckpt),
+                                 "--star", str(tmp_path / "o.star"), "--relion-project",
+                                 str(tmp_path / "nowhere")])
+    assert result.exit_code == 1 and "--relion-project" in result.stderr
+    assert not (tmp_path / "o.star").exists()
