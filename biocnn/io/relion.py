@@ -49,6 +49,7 @@ __all__ = [
     "PARTICLES_NODE_LABEL",
     "PREFIX",
     "relion_name",
+    "rebase_names",
     "complete_optics",
     "add_predictions",
     "prediction_columns",
