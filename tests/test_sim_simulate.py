@@ -198,3 +198,18 @@ def test_class_average_data_set_layout_and_seed(tmp_path: Path) -> None:
         (_, a), (_, b) = (_stack(tmp_path / d / cls / f"{cls}.mrcs") for d in "ab")
         assert np.array_equal(a, b) and a.shape == (6, 32, 32) and np.isfinite(a).all()
         assert np.all(a[:, 0, 0] == 0) and np.all(a[:, -1, -1] == 0)  # outside the soft mask
+
+
+@pytest.mark.slow
+def test_class_averages_do_not_depend_on_the_number_of_workers(tmp_path: Path) -> None:
+    cfg = SimConfig(kind="class-averages", n_per_class=70, box=32, seed=4,
+                    averages=AverageSettings(procedural_share=1.0, mass_max=2e5))
+    threads = torch.get_num_threads()
+    sim.simulate_dataset(cfg, tmp_path / "one")
+    assert torch.get_num_threads() == threads  # rendering on one thread, restored after
+    sim.simulate_dataset(dataclasses.replace(cfg, workers=2), tmp_path / "two")
+    for cls in ("good", "junk"):  # 70 images: two seeded chunks per class
+        (_, a), (_, b) = (_stack(tmp_path / d / cls / f"{cls}.mrcs") for d in ("one", "two"))
+        assert np.array_equal(a, b), cls
+    star = [(tmp_path / d / "particles.star").read_text() for d in ("one", "two")]
+    assert star[0] == star[1]

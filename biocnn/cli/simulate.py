@@ -52,7 +52,7 @@ def simulate(
     ),
     demo: bool = typer.Option(False, "--demo", help="Use the 4 shipped structures, demo settings."),
     config: Path = typer.Option(None, "--config", show_default=False,
-                                help="TOML file of settings ([averages] table for class-average "
+                                help="TOML file of settings (an averages table for class-average "
                                      "ranges); options given on the command line override it."),
     kind: str = typer.Option(_D.kind, "--kind",
                              help=f"What to simulate: {' or '.join(KINDS)} (good/junk 2D classes)."),
@@ -88,6 +88,8 @@ def simulate(
     keep_waters: bool = typer.Option(_D.keep_waters, "--keep-waters/--no-waters",
                                      help="Keep the waters of atomic models."),
     seed: int = typer.Option(_D.seed, help="Random seed."),
+    workers: int = typer.Option(_D.workers, help="class-averages: worker processes (same images "
+                                                  "whatever the number)."),
     device: str = typer.Option(_D.device, help="auto, cpu or cuda."),
     preview: Path = typer.Option(None, show_default=False,
                                  help="Save a gallery of examples per class (e.g. out.png)."),
@@ -106,7 +108,7 @@ def simulate(
         "astigmatism": astigmatism, "voltage": voltage, "cs": cs,
         "amplitude_contrast": amplitude_contrast, "bfactor": bfactor, "invert": invert,
         "phase_flip": phase_flip, "junk": junk, "tilt_max": tilt_max,
-        "keep_waters": keep_waters, "seed": seed, "device": device,
+        "keep_waters": keep_waters, "seed": seed, "device": device, "workers": workers,
     }
     with cli_errors(), warnings.catch_warnings():
         warnings.showwarning = show_warning

@@ -22,7 +22,9 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import replace
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +51,7 @@ __all__ = [
     "load_atoms",
     "render_good",
     "render_junk",
+    "render_chunk",
     "simulate_class_averages",
 ]
 
@@ -203,6 +206,86 @@ def _write_star(path: Path, box: int, apix: float, rows: pd.DataFrame) -> None:
                        + body)
 
 
+_CHUNK = 64  # images per seeded chunk: results do not depend on the number of workers
+
+
+@dataclass
+class _State:
+    """What a worker needs to render chunks (sent once per worker)."""
+
+    pool: list[PseudoAtoms]
+    settings: AverageSettings
+    box: int
+    seed: int
+    kinds: list[str]
+
+
+_WORKER: _State | None = None
+
+
+def _init_worker(state: _State) -> None:
+    global _WORKER
+    torch.set_num_threads(1)
+    _WORKER = state
+
+
+def render_chunk(state: _State, label: int, chunk: int, indices: list[int]
+                 ) -> tuple[np.ndarray, list[dict[str, object]]]:
+    """Images ``indices`` of class ``label`` (1 good, 2 junk), seeded by (seed, label, chunk).
+
+    Returns
+    -------
+    images, metas
+        ``(len(indices), box, box)`` float32 and one parameter dict per image.
+    """
+    rng = np.random.default_rng([state.seed, label, chunk])
+    g = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    sample = ModelSampler(state.pool, state.settings, rng)
+    out = np.empty((len(indices), state.box, state.box), dtype=np.float32)
+    metas = []
+    for j, i in enumerate(indices):
+        if label == 1:
+            image, meta = render_good(sample(), state.settings, state.box, rng, g)
+        else:
+            image, meta = render_junk(state.kinds[i], sample, state.settings, state.box, rng, g)
+        out[j] = image.numpy()
+        metas.append(meta)
+    return out, metas
+
+
+def _worker_chunk(job: tuple[int, int, list[int]]
+                  ) -> tuple[tuple[int, int], tuple[np.ndarray, list[dict[str, object]]]]:
+    assert _WORKER is not None
+    label, chunk, indices = job
+    return (label, chunk), render_chunk(_WORKER, label, chunk, indices)
+
+
+@contextmanager
+def _single_thread() -> Iterator[None]:
+    """Per-image FFTs and scatters are small: intra-op threads cost more than they give
+    (10x slower on a loaded 2-core machine), so render on one thread and restore after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@contextmanager
+def _executor(state: _State, workers: int) -> Iterator[Callable[[list], Iterator]]:
+    """Map chunks in this process (``workers <= 1``) or in spawned worker processes."""
+    if workers <= 1:
+        _init_worker(state)
+        yield lambda jobs: map(_worker_chunk, jobs)
+        return
+    import multiprocessing as mp
+
+    # spawn, not fork: a forked child of a process that ran OpenMP regions can hang
+    with mp.get_context("spawn").Pool(workers, _init_worker, (state,)) as pool:
+        yield lambda jobs: pool.imap_unordered(_worker_chunk, jobs)
+
+
 def simulate_class_averages(
     cfg: SimConfig,
     out: str | os.PathLike,
@@ -214,9 +297,11 @@ def simulate_class_averages(
     """Simulate ``n_per_class`` good and ``n_per_class`` junk class averages into ``out``.
 
     Uses ``cfg.box``, ``cfg.n_per_class``, ``cfg.seed``, ``cfg.structures`` (the shipped
-    models when empty and ``procedural_share < 1``), ``cfg.map_apix``, ``cfg.keep_waters``
-    and ``cfg.averages``; the particle-image settings (apix, snr, defocus, ...) are drawn
-    per image from ``cfg.averages`` instead.
+    models when empty and ``procedural_share < 1``), ``cfg.map_apix``, ``cfg.keep_waters``,
+    ``cfg.workers`` (processes; the images do not depend on it) and ``cfg.averages``; the
+    particle-image settings (apix, snr, defocus, ...) are drawn per image from
+    ``cfg.averages`` instead. Images come in chunks of 64 seeded by
+    ``(seed, class, chunk)``; rendering runs on one thread per process.
 
     Returns
     -------
@@ -244,39 +329,38 @@ def simulate_class_averages(
         raise BiocnnError(f"output directory {out} is not empty (use --overwrite)")
     if preview is not None:
         _check_figure_format(Path(preview))
-    g = seed_everything(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
+    seed_everything(cfg.seed)
     s, box, n = cfg.averages, cfg.box, cfg.n_per_class
     paths = list(cfg.structures)
     if not paths and s.procedural_share < 1:
         paths = [str(p) for p in demo_structures()]
     pool = [load_atoms(p, keep_waters=cfg.keep_waters, map_apix=map_apix_of(cfg, i))
             for i, p in enumerate(paths)]
-    sample = ModelSampler(pool, s, rng)
-    kinds = junk_kinds(n, rng)
+    kinds = junk_kinds(n, np.random.default_rng([cfg.seed, 0]))
+    jobs = [(label, c, list(range(c * _CHUNK, min(n, (c + 1) * _CHUNK))))
+            for label in (1, 2) for c in range(math.ceil(n / _CHUNK))]
+    state = _State(pool, s, box, cfg.seed, kinds)
 
     columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
     tables, examples, apixes, diameters = [], {}, [], {}
     with atomic_dir(out, overwrite=overwrite) as tmp, Progress(*columns,
-                                                               disable=not progress) as bar:
+                                                               disable=not progress) as bar, \
+            _single_thread(), _executor(state, cfg.workers) as run:
         task = bar.add_task("simulating", total=2 * n)
+        results: dict[tuple[int, int], tuple[np.ndarray, list[dict[str, object]]]] = {}
+        for key, result in run(jobs):
+            results[key] = result
+            bar.advance(task, len(result[1]))
         for label, name in ((1, GOOD_CLASS), (2, JUNK_CLASS)):
-            bar.update(task, description=name)
-            stack = torch.empty(n, box, box)
-            metas = []
-            for i in range(n):
-                if name == GOOD_CLASS:
-                    stack[i], meta = render_good(sample(), s, box, rng, g)
-                else:
-                    stack[i], meta = render_junk(kinds[i], sample, s, box, rng, g)
-                metas.append(meta)
-                bar.advance(task)
+            chunks = [results[(label, c)] for c in range(math.ceil(n / _CHUNK))]
+            stack = np.concatenate([c[0] for c in chunks])
+            metas = [m for c in chunks for m in c[1]]
             apix = float(np.median([m["params"].apix for m in metas]))  # type: ignore[attr-defined]
             apixes.append(apix)
-            write_mrc(tmp / name / f"{name}.mrcs", stack.numpy(), apix=apix, is_stack=True)
+            write_mrc(tmp / name / f"{name}.mrcs", stack, apix=apix, is_stack=True)
             tables.append(_star_rows(name, label, metas))
-            examples[name] = stack[:8].numpy()
+            examples[name] = stack[:8]
             diameters[name] = round(float(np.median([m["diameter"] for m in metas])), 1)
         _write_star(tmp / "particles.star", box, float(np.median(apixes)),
                     pd.concat(tables, ignore_index=True))

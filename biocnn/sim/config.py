@@ -101,6 +101,7 @@ class SimConfig:
     seed: int = 0
     device: str = "auto"
     kind: str = "particles"
+    workers: int = 1
     map_apix: list[float] | None = None
     averages: AverageSettings = field(default_factory=AverageSettings)
 
@@ -142,6 +143,7 @@ def validate_config(cfg: SimConfig) -> None:
          f"--amplitude-contrast must be in [0, 1), got {cfg.amplitude_contrast}"),
         (cfg.bfactor >= 0, f"--bfactor must be >= 0 Å^2, got {cfg.bfactor}"),
         (0 < cfg.tilt_max <= 180, f"--tilt-max must be in (0, 180] degrees, got {cfg.tilt_max}"),
+        (cfg.workers >= 1, f"--workers must be >= 1, got {cfg.workers}"),
         (not averages or cfg.box >= 32, f"--box must be at least 32 px for class averages, "
                                         f"got {cfg.box}"),
         (0 <= cfg.averages.procedural_share <= 1,
