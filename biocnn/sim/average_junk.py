@@ -15,7 +15,7 @@ kind                    share  what it shows
 ``crystalline_ice``     0.06   lattice fringes (1-3 plane waves) over an ice patch
 ``carbon``              0.10   a straight or hole-arc carbon edge with textured carbon
 ``aggregate``           0.10   4-15 particles clumped and blurred
-``mask_cut``            0.08   a particle larger than the mask or off-centre, cut by it
+``mask_cut``            0.08   a particle 1.25-1.8x the mask, or centred on the mask edge
 ``neighbour``           0.08   a weak centre with a sharp neighbour dominating the mask
 ``overlap``             0.08   two sharp overlapping particles
 ``streak``              0.06   1-4 straight streaks (filaments, drift, edges of grid bars)
@@ -181,7 +181,7 @@ def junk_spectrum(
         if rng.random() < 0.5:  # off-centre: the mask edge crosses the particle
             shift = _polar(R + rng.uniform(-0.35, 0.15) * d, rng)[None]
             return proj(atoms, 1, shift)[0]
-        big = rng.uniform(1.1, 1.6) * 2 * R / d  # a particle larger than the mask
+        big = rng.uniform(1.25, 1.8) * 2 * R / d  # clearly larger than the mask (good <= 0.9)
         scaled = PseudoAtoms(atoms.xyz * big, atoms.weight, atoms.mass, atoms.sigma * big,
                              atoms.kind)
         return proj(scaled, 1, _polar(rng.uniform(0, 0.2) * R, rng)[None])[0]
