@@ -569,22 +569,42 @@ def check_sections(path: str, sections: np.ndarray, count: int) -> None:
 def read_sections(
     path: str | os.PathLike, sections: np.ndarray | list[int], permissive: bool = False
 ) -> np.ndarray:
-    """Copy images ``sections`` (0-based, any order) of a stack or 2D image file.
+    """Copy images ``sections`` (0-based, any order, repeats allowed) of a stack or 2D image.
+
+    The sections are read in file order with positioned reads, one per run of consecutive
+    sections, rather than through the memory map: pages of a map stay in the process's
+    resident set until it is unmapped, so a stack larger than RAM read through it shows as
+    a growing RSS (and can push other jobs out), while a plain read leaves them to the page
+    cache.
 
     Returns
     -------
     np.ndarray
         ``(B, H, W)`` float32, a copy. Raises :class:`BiocnnError` for an index out of
-        range or an image with NaN/Inf pixels.
+        range, a file that shrank, or an image with NaN/Inf pixels.
     """
     spath = os.fspath(path)
-    data = open_mrc(spath, permissive).data
-    stack = data if data.ndim == 3 else data[None]
+    handle = open_mrc(spath, permissive)
+    h = handle._parsed
+    count = 1 if handle.data.ndim == 2 else len(handle.data)
     idx = np.asarray(sections, dtype=np.int64).reshape(-1)
-    check_sections(spath, idx, len(stack))
-    run = len(idx) > 0 and bool(np.all(np.diff(idx) == 1))
-    picked = stack[idx[0] : idx[-1] + 1] if run else stack[idx]
-    block = np.array(picked, dtype=np.float32)  # always a copy, native float32
+    check_sections(spath, idx, count)
+    order = np.argsort(idx, kind="stable")
+    ordered = idx[order]
+    raw = np.empty((len(idx), h.ny, h.nx), dtype=np.dtype(h.dtype))
+    size = raw[0].nbytes if len(idx) else 0
+    cuts = np.flatnonzero(np.diff(ordered) != 1) + 1
+    try:
+        with open(spath, "rb", buffering=0) as f:
+            for run in np.split(np.arange(len(idx)), cuts) if len(idx) else []:
+                f.seek(h.offset + int(ordered[run[0]]) * size)
+                buf = raw[run[0] : run[-1] + 1].reshape(-1).view(np.uint8)
+                if f.readinto(buf) != len(buf):
+                    raise BiocnnError(f"{spath}: file is shorter than when it was opened")
+    except OSError as exc:
+        raise BiocnnError(f"cannot read {spath}: {exc.strerror or exc}") from exc
+    block = np.empty((len(idx), h.ny, h.nx), dtype=np.float32)
+    block[order] = raw  # back to the order asked for, native float32
     bad = _first_nonfinite(block)
     if bad is not None:
         raise BiocnnError(f"{spath}: image {int(idx[bad]) + 1} contains NaN or Inf pixels")

@@ -42,14 +42,13 @@ from biocnn.engine import predict_logits
 from biocnn.errors import BiocnnError
 from biocnn.metrics import classification_summary, consistency, placement_summary, shifted_correct
 from biocnn.plots import plot_accuracy_vs_shift, plot_confusion
-from biocnn.report import class_table, layout_lines  # class_table: re-exported for tasks.train
+from biocnn.report import layout_lines
 
 __all__ = [
     "EvaluateConfig",
     "EvaluateResult",
     "run_evaluate",
     "default_shifts",
-    "class_table",
 ]
 
 

@@ -53,8 +53,8 @@ from biocnn.errors import BiocnnError, OptionError
 from biocnn.metrics import classification_summary
 from biocnn.models import create_model
 from biocnn.plots import plot_confusion, plot_curves
+from biocnn.report import class_table
 from biocnn.runtime import is_main_process, seed_everything
-from biocnn.tasks.evaluate import class_table
 
 __all__ = [
     "CryoTrainConfig",
