@@ -21,7 +21,8 @@ from biocnn.errors import BiocnnError
 from biocnn.io.mrc import write_mrc
 from biocnn.metrics import classification_summary, shifted_correct
 from biocnn.models import create_model
-from biocnn.tasks.evaluate import EvaluateConfig, class_table, default_shifts, run_evaluate
+from biocnn.report import class_table
+from biocnn.tasks.evaluate import EvaluateConfig, default_shifts, run_evaluate
 
 
 def test_default_shifts() -> None:
