@@ -144,3 +144,16 @@ def test_config_file_for_particles_and_bad_keys(tmp_path: Path) -> None:
     result = runner.invoke(app, ["simulate", str(tmp_path / "b"), "--config",
                                  str(tmp_path / "bad.toml"), str(DATA / "1ubi.pdb")])
     assert result.exit_code == 1 and "unknown config key 'bogus'" in result.stderr
+
+
+def test_cli_map_without_pixel_size_needs_map_apix(tmp_path: Path) -> None:
+    z, y, x = np.indices((24, 24, 24)) - 12
+    with mrcfile.new(tmp_path / "nohdr.mrc") as mrc:
+        mrc.set_data((2.0 + np.exp(-(x**2 + y**2 + z**2) / 8.0)).astype(np.float32))
+    args = ["simulate", "--structures", str(tmp_path / "nohdr.mrc"), str(DATA / "1ubi.pdb"),
+            "--n-per-class", "2", "--box", "24", "--apix", "4", "--no-progress"]
+    result = runner.invoke(app, [*args[:1], str(tmp_path / "a"), *args[1:]])
+    assert result.exit_code == 1 and "--map-apix" in result.stderr
+    result = runner.invoke(app, [*args[:1], str(tmp_path / "b"), *args[1:], "--map-apix", "3,0"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "b" / "run.json").read_text())["config"]["map_apix"] == [3.0, 0.0]
