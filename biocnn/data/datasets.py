@@ -55,6 +55,7 @@ __all__ = [
     "build_dataset",
     "folder_dataset",
     "star_dataset",
+    "refs_dataset",
     "files_dataset",
     "stratified_split",
 ]
@@ -529,50 +530,85 @@ def star_dataset(
         raise BiocnnError(f"{table.path}: no particles")
     names = _label_strings(table.column(label_column)) if label_column is not None else None
     paths, sections = table.image_refs()
-    star_apix = table.pixel_sizes()
-    file_of: dict[Path, int] = {}
+    labels, classes = np.full(len(paths), -1, dtype=np.int64), []
+    if names is not None:
+        labels, classes = _labels_from_names(names, class_names, f"{table.path} [{label_column}]")
+    dup = table.duplicate_images()
+    if dup.any():
+        warnings.warn(f"{table.path}: {int(dup.sum())} rows name an image that another row names "
+                      "too (kept; copies stay in one train/validation split)", stacklevel=2)
+    return refs_dataset(table.path, paths, sections, table.pixel_sizes(), preprocess=preprocess,
+                        labels=labels, class_names=classes, apix=apix)
+
+
+def refs_dataset(
+    source: Path,
+    paths: Sequence[Path],
+    sections: np.ndarray,
+    ref_apix: np.ndarray,
+    *,
+    preprocess: PreprocessConfig,
+    labels: np.ndarray | None = None,
+    class_names: Sequence[str] = (),
+    apix: float | None = None,
+    missing_hint: str = "",
+) -> MrcDataset:
+    """Dataset of image references ``(paths[i], sections[i])`` (STAR rows, cryoSPARC blobs),
+    every referenced file read as a stack.
+
+    Parameters
+    ----------
+    source
+        The table the references come from (named in errors).
+    paths, sections
+        ``(N,)`` files and 0-based sections.
+    ref_apix
+        ``(N,)`` pixel sizes the table gives (0 = none: the header's is used).
+    labels, class_names
+        ``(N,)`` class indices (default: unlabelled) and their names.
+    apix
+        A pixel size for every image, over the table and the headers.
+    missing_hint
+        Appended to the error for a referenced file that does not exist.
+    """
+    sections = np.asarray(sections, dtype=np.int64)
+    ref_apix = np.asarray(ref_apix, dtype=np.float64)
+    file_of: dict[str, int] = {}
     infos: list[MrcInfo] = []
     file_id = np.empty(len(paths), dtype=np.int32)
     for i, p in enumerate(paths):
-        if p not in file_of:
-            if not p.is_file():
-                raise BiocnnError(f"{table.path}: image file {p} not found")
-            file_of[p] = len(infos)
+        key = os.fspath(p)
+        if key not in file_of:
+            if not Path(p).is_file():
+                raise BiocnnError(f"{source}: image file {p} not found{missing_hint}")
+            file_of[key] = len(infos)
             infos.append(inspect_mrc(p, as_volume=False))
-        file_id[i] = file_of[p]
+        file_id[i] = file_of[key]
     counts = np.asarray([info.shape[0] for info in infos])[file_id]
     bad = np.flatnonzero((sections < 0) | (sections >= counts))
     if len(bad):
         j = int(bad[0])
-        raise BiocnnError(
-            f"{table.path}: image {sections[j] + 1}@{paths[j]} out of range "
-            f"({counts[j]} images in the file)"
-        )
+        raise BiocnnError(f"{source}: image {sections[j] + 1}@{paths[j]} out of range "
+                          f"({counts[j]} images in the file)")
     header_apix = np.asarray([info.apix for info in infos])[file_id]
-    _check_star_apix(table.path, infos, file_id, star_apix)
+    _check_star_apix(source, infos, file_id, ref_apix)
     index = ImageIndex(
         files=tuple(str(i.path) for i in infos),
         layouts=tuple(i.layout for i in infos),
         file_id=file_id,
         kind=np.full(len(paths), int(ViewKind.IMAGE), dtype=np.int8),
         section=sections.astype(np.int32),
-        apix=np.where(star_apix > 0, star_apix, header_apix),
+        apix=np.where(ref_apix > 0, ref_apix, header_apix),
     )
-    if names is None:
-        labels, classes = np.full(len(index), -1, dtype=np.int64), []
-    else:
-        labels, classes = _labels_from_names(names, class_names, f"{table.path} [{label_column}]")
+    if labels is None:
+        labels = np.full(len(index), -1, dtype=np.int64)
     shapes = {f: (info.shape[1], info.shape[2]) for f, info in enumerate(infos)}
-    dup = table.duplicate_images()
-    if dup.any():
-        warnings.warn(f"{table.path}: {int(dup.sum())} rows name an image that another row names "
-                      "too (kept; copies stay in one train/validation split)", stacklevel=2)
-    return _finish(index, labels, classes, preprocess, ViewSpec(), shapes, apix)
+    return _finish(index, labels, class_names, preprocess, ViewSpec(), shapes, apix)
 
 
 def _check_star_apix(star: Path, infos: Sequence[MrcInfo], file_id: np.ndarray,
                      star_apix: np.ndarray) -> None:
-    """Warn once per file where the STAR pixel size and a real header value differ by > 1 %."""
+    """Warn once per file where the table's pixel size and a real header value differ by > 1 %."""
     for f, info in enumerate(infos):
         rows = file_id == f
         if not rows.any() or info.apix in (0.0, 1.0):  # 0 / 1 Å: placeholders, not a claim
@@ -580,7 +616,7 @@ def _check_star_apix(star: Path, infos: Sequence[MrcInfo], file_id: np.ndarray,
         a = float(star_apix[np.argmax(rows)])
         if a > 0 and abs(a - info.apix) > 0.01 * a:
             warnings.warn(f"{star}: pixel size {a:g} Å differs from the header of {info.path} "
-                          f"({info.apix:g} Å); using the STAR value", stacklevel=3)
+                          f"({info.apix:g} Å); using {a:g} Å", stacklevel=3)
 
 
 def build_dataset(

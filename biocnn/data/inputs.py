@@ -22,14 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from biocnn.data.datasets import ImageIndex, MrcDataset, files_dataset, star_dataset
+from biocnn.data.datasets import MrcDataset, files_dataset, refs_dataset, star_dataset
 from biocnn.data.preprocess import PreprocessConfig
 from biocnn.errors import BiocnnError
 from biocnn.io import refuse_unsupported, sniff_format
-from biocnn.io.mrc import MRC_SUFFIXES, ViewKind, ViewSpec, inspect_mrc
+from biocnn.io.cs import read_cs
+from biocnn.io.mrc import MRC_SUFFIXES, ViewKind, ViewSpec
 from biocnn.io.star import StarTable, read_star
 
 __all__ = ["MEMORY_BUDGET", "InputSource", "Inputs", "batch_for", "forward_bytes", "expand_inputs",
@@ -194,50 +194,12 @@ def _cs_dataset(
 ) -> tuple[MrcDataset, Any]:
     """The particles of a cryoSPARC ``.cs`` file (``blob/path``, ``blob/idx``,
     ``blob/psize_A``), every referenced file read as a stack."""
-    try:
-        from biocnn.io.cs import read_cs
-    except ImportError:  # the reader lands separately (biocnn.io.cs)
-        raise BiocnnError(f"{path}: cryoSPARC .cs files are not supported by this biocnn build "
-                          "(biocnn.io.cs is missing)") from None
     table = read_cs(path, project_dir=project)
     paths, sections = table.image_refs()
-    sections = np.asarray(sections, dtype=np.int64)
     if not len(sections):
         raise BiocnnError(f"{path}: no particles")
-    psize = np.asarray(table.pixel_sizes(), dtype=np.float64)
-    file_of: dict[str, int] = {}
-    infos = []
-    file_id = np.empty(len(paths), dtype=np.int32)
-    for i, p in enumerate(paths):
-        key = os.fspath(p)
-        if key not in file_of:
-            if not Path(p).is_file():
-                raise BiocnnError(f"{path}: particle file {p} not found (set --cs-project to the "
-                                  "cryoSPARC project folder)")
-            file_of[key] = len(infos)
-            infos.append(inspect_mrc(p, as_volume=False))
-        file_id[i] = file_of[key]
-    counts = np.asarray([info.shape[0] for info in infos])[file_id]
-    bad = np.flatnonzero((sections < 0) | (sections >= counts))
-    if len(bad):
-        j = int(bad[0])
-        raise BiocnnError(f"{path}: particle {sections[j]} of {paths[j]} out of range "
-                          f"({counts[j]} images in the file)")
-    header = np.asarray([info.apix for info in infos])[file_id]
-    pixel = np.full(len(paths), float(apix)) if apix is not None else np.where(psize > 0, psize, header)
-    if apix is not None and not (np.isfinite(apix) and apix > 0):
-        raise BiocnnError(f"--apix {apix}: must be > 0")
-    index = ImageIndex(
-        files=tuple(str(i.path) for i in infos),
-        layouts=tuple(i.layout for i in infos),
-        file_id=file_id,
-        kind=np.full(len(paths), int(ViewKind.IMAGE), dtype=np.int8),
-        section=sections.astype(np.int32),
-        apix=pixel.astype(np.float64),
-    )
-    shapes = [(info.shape[1], info.shape[2]) for info in infos]
-    data = MrcDataset(index, np.full(len(index), -1, dtype=np.int64), [], preprocess, ViewSpec(),
-                      shapes)
+    data = refs_dataset(path, paths, sections, table.pixel_sizes(), preprocess=preprocess,
+                        apix=apix, missing_hint=" (set --cs-project to the cryoSPARC project folder)")
     return data, table
 
 
