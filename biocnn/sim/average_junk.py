@@ -183,7 +183,7 @@ def junk_spectrum(
             return proj(atoms, 1, shift)[0]
         big = rng.uniform(1.25, 1.8) * 2 * R / d  # clearly larger than the mask (good <= 0.9)
         scaled = PseudoAtoms(atoms.xyz * big, atoms.weight, atoms.mass, atoms.sigma * big,
-                             atoms.kind)
+                             atoms.kind, atoms.n_protein)
         return proj(scaled, 1, _polar(rng.uniform(0, 0.2) * R, rng)[None])[0]
     if kind == "neighbour":
         centre = proj(atoms, 1, _polar(rng.uniform(0, 0.1) * d, rng)[None],
