@@ -1,15 +1,22 @@
-"""The corner-shift experiment: train a model zoo on centred digits, test every placement.
+"""The corner-shift and rotation experiment: train a model zoo on centred digits, test moved ones.
 
 Each model is trained on centred MNIST (optionally with random-placement augmentation)
-and evaluated on: the centred test set, the four corner sets (each digit's bounding box
-moved to touch a corner), every valid placement of a subset of test digits (mean and
-worst-case accuracy), and consistency under two random placements (Zhang 2019) and under
-random circular shifts.
+and evaluated on the centred test set and, per ``transform``:
+
+* ``shift``: the four corner sets (each digit's bounding box moved to touch a corner),
+  every valid placement of a subset of test digits (mean and worst-case accuracy), and
+  consistency under two random placements (Zhang 2019) and under random circular shifts;
+* ``rotate``: the 8 right-angle rotations and flips of the centred digits (D4, exact),
+  a rotation curve over angles ``0, step, .., 180`` (bilinear, each digit kept whole on
+  the canvas, a subset of test digits) and consistency under two random angles;
+* ``both``: all of the above.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,10 +30,17 @@ from biocnn.config import TrainConfig, to_plain
 from biocnn.data import TensorData
 from biocnn.engine import fit, predict_logits
 from biocnn.errors import BiocnnError
-from biocnn.metrics import accuracy, agreement, circular_consistency
+from biocnn.metrics import accuracy, agreement, circular_consistency, placement_summary
 from biocnn.models import create_model, list_models
 from biocnn.runtime import resolve_device, seed_everything
 from mnist_baseline.data import MnistData, load_mnist
+from mnist_baseline.rotations import (
+    D4_ELEMENTS,
+    d4_sets,
+    random_angles,
+    rotatable,
+    rotate_digits,
+)
 from mnist_baseline.shifts import (
     CORNERS,
     bounding_boxes,
@@ -37,10 +51,22 @@ from mnist_baseline.shifts import (
     random_placements,
 )
 
-__all__ = ["ZOO", "BaselineConfig", "ModelResult", "run_experiment", "random_placement_augment"]
+__all__ = [
+    "ZOO",
+    "BaselineConfig",
+    "ModelResult",
+    "ShiftResult",
+    "RotationResult",
+    "rotation_angles",
+    "rotation_subset",
+    "run_experiment",
+    "random_placement_augment",
+]
 
 SHIFT_KINDS = ("corners", "all", "random", "none")
-N_EXAMPLES = 6  # test digits shown per corner in report.png
+TRANSFORMS = ("shift", "rotate", "both")
+N_EXAMPLES = 6  # test digits shown per corner in report.png (and per angle in rotation.png)
+Predict = Callable[[np.ndarray | Tensor], np.ndarray]  # uint8 (N, S, S) or float (N, 1, S, S) -> labels (N,)
 
 # experiment entry -> (registered model, extra kwargs, trained with random placements)
 ZOO: dict[str, tuple[str, dict[str, Any], bool]] = {
@@ -58,12 +84,15 @@ class BaselineConfig:
     """Resolved options of ``biocnn baseline mnist`` (also the TOML keys)."""
 
     shift: str = "corners"
+    transform: str = "shift"  # shift | rotate | both: which test views to measure
     canvas: int = 28
     models: tuple[str, ...] = ("lenet_fc", "lenet_fc_aug", "gap_zero_pad", "invariant")
     epochs: int = 2
     augment: bool = False  # random-placement augmentation for every model (not only *_aug)
     limit: int = 0  # 0 = full data; else the first N train and N // 6 test digits
     all_shift_limit: int = 500  # test digits evaluated at every valid placement
+    rotation_limit: int = 1000  # rotatable test digits for the angle curve and random angles (0 = all)
+    rotation_step: int = 15  # degrees between the angles 0 .. 180 of the rotation curve
     batch_size: int = 128
     lr: float = 3e-3
     seed: int = 0
@@ -83,20 +112,45 @@ class BaselineConfig:
 
 @dataclass
 class ModelResult:
-    """One row of ``results.json``; accuracies are fractions in [0, 1]."""
+    """The fields every row of ``results.json`` has; accuracies are fractions in [0, 1]."""
 
     centered: float
+    epochs: int
+    train_seconds: float
+    augment: bool
+    model: str
+    parameters: int
+
+
+@dataclass
+class ShiftResult:
+    """Shift view of one model (top-level keys of its ``results.json`` row)."""
+
     corners: dict[str, float]
     worst_corner: float
     all_shift_mean: float
     all_shift_worst_case: float
     consistency: float
     circular_consistency: float
-    epochs: int
-    train_seconds: float
-    augment: bool
-    model: str
-    parameters: int
+
+
+@dataclass
+class RotationResult:
+    """Rotation view of one model (the ``rotation`` key of its ``results.json`` row).
+
+    ``d4`` is on every test digit; the angle curve and ``consistency`` (same label for
+    two random angles in [0, 360)) are on the ``digits`` rotatable test digits.
+    """
+
+    d4: dict[str, float]
+    d4_mean: float
+    d4_worst_case: float  # right under all 8 elements
+    angles: list[float]
+    angle_accuracy: list[float]
+    angle_mean: float
+    angle_worst_case: float  # right at every angle of the curve
+    consistency: float
+    digits: int
 
 
 def random_placement_augment(x: Tensor, generator: torch.Generator) -> Tensor:
@@ -144,16 +198,75 @@ def _load(cfg: BaselineConfig) -> tuple[MnistData, np.ndarray, np.ndarray, np.nd
     return data, xtr, ytr.astype(np.int64), xte, yte.astype(np.int64)
 
 
-def _evaluate(
-    model: nn.Module, cfg: BaselineConfig, xte: np.ndarray, yte: np.ndarray, device: torch.device
-) -> dict[str, Any]:
-    """Every shift metric of one trained model on the test digits ``(N, H, W)`` uint8."""
+def rotation_angles(step: int) -> list[float]:
+    """The rotation curve's angles ``0, step, .., <= 180`` degrees."""
+    if not 1 <= step <= 180:
+        raise BiocnnError(f"rotation_step must be in 1..180 degrees, got {step}")
+    return [float(a) for a in range(0, 181, step)]
 
+
+def rotation_subset(images: np.ndarray, canvas: int, limit: int) -> np.ndarray:
+    """Indices of the first ``limit`` (0 = all) test digits that stay whole at every angle: int64 ``(M,)``."""
+    keep = np.zeros(len(images), bool)
+    step = max(limit + limit // 8 + 16, 256) if limit else len(images)
+    for start in range(0, len(images), step):  # scan in chunks: ink diameters cost ~1 ms a digit
+        keep[start : start + step] = rotatable(images[start : start + step], canvas)
+        if limit and keep.sum() >= limit:
+            break
+    index = np.flatnonzero(keep)
+    return index[:limit] if limit else index
+
+
+def _train_config(cfg: BaselineConfig, model: nn.Module) -> TrainConfig:
+    """The shared training options; channels_last only where ``Module.to`` accepts it.
+
+    ``model.to(memory_format=channels_last)`` fails on 5-D tensors (the group-conv weights of
+    ``invariant_d4``), so those models train in the default layout.
+    """
+    tensors = [*model.parameters(), *model.buffers()]
+    ok = all(t.dim() != 5 for t in tensors)
+    return dataclasses.replace(cfg.train_config(), channels_last=cfg.channels_last and ok)
+
+
+def _predictor(model: nn.Module, device: torch.device) -> Predict:
     def predict(images: np.ndarray | Tensor) -> np.ndarray:
         x = images if isinstance(images, Tensor) else _to_tensor(images)
         return predict_logits(model, x, batch_size=1024, device=device).argmax(1).numpy()
 
-    out: dict[str, Any] = {"centered": accuracy(predict(centered(xte, cfg.canvas)), yte)}
+    return predict
+
+
+def _evaluate_rotations(
+    predict: Predict, cfg: BaselineConfig, xte: np.ndarray, yte: np.ndarray
+) -> tuple[RotationResult, dict[str, Any]]:
+    """Rotation view of one model on the test digits ``(N, H, W)`` uint8 (and example predictions)."""
+    d4 = d4_sets(xte, cfg.canvas)
+    d4_ok = np.stack([predict(d4[k]) == yte for k in D4_ELEMENTS], 1)  # (N, 8)
+    index = rotation_subset(xte, cfg.canvas, cfg.rotation_limit)
+    digits, labels = xte[index], yte[index]
+    angles = rotation_angles(cfg.rotation_step)
+    angle_preds = [predict(rotate_digits(digits, a, cfg.canvas)) for a in angles]
+    angle_ok = np.stack([p == labels for p in angle_preds], 1)  # (M, A)
+    rng = np.random.default_rng(cfg.seed + 4)
+    view_a = rotate_digits(digits, random_angles(len(digits), rng), cfg.canvas)
+    view_b = rotate_digits(digits, random_angles(len(digits), rng), cfg.canvas)
+    d4_summary, angle_summary = placement_summary(d4_ok), placement_summary(angle_ok)
+    result = RotationResult(
+        d4={k: float(d4_ok[:, e].mean()) for e, k in enumerate(D4_ELEMENTS)},
+        d4_mean=d4_summary["mean"], d4_worst_case=d4_summary["worst_case"],
+        angles=angles, angle_accuracy=[float(v) for v in angle_ok.mean(0)],
+        angle_mean=angle_summary["mean"], angle_worst_case=angle_summary["worst_case"],
+        consistency=agreement(predict(view_a), predict(view_b)), digits=len(index),
+    )
+    examples = {"predictions": np.stack([p[:N_EXAMPLES] for p in angle_preds], 1)}  # (n, A)
+    return result, examples
+
+
+def _evaluate(
+    predict: Predict, cfg: BaselineConfig, xte: np.ndarray, yte: np.ndarray
+) -> dict[str, Any]:
+    """Every shift metric of one trained model on the test digits ``(N, H, W)`` uint8."""
+    out: dict[str, Any] = {}
     corner_sets = corners(xte, cfg.canvas)
     corner_preds = {k: predict(corner_sets[k]) for k in CORNERS}
     out["corners"] = {k: accuracy(corner_preds[k], yte) for k in CORNERS}
@@ -214,32 +327,47 @@ def run_experiment(
     Returns
     -------
     results
-        The ``results.json`` document: ``{"dataset", "shift", "canvas", "models": {...}}``.
+        The ``results.json`` document: ``{"dataset", "shift", "transform", "canvas", "models": {...}}``;
+        each model row holds :class:`ModelResult`, with ``transform`` shift or both the
+        :class:`ShiftResult` keys, and with rotate or both a ``rotation`` :class:`RotationResult`.
     examples
-        For ``report.png``: ``digits`` (corner → ``(n, S, S)``), ``labels`` ``(n,)`` and
-        ``predictions`` (model → corner → ``(n,)``) of the first test digits.
+        For the figures. Shift view: ``digits`` (corner → ``(n, S, S)``), ``labels`` ``(n,)``
+        and ``predictions`` (model → corner → ``(n,)``) of the first test digits. Rotation
+        view, under ``rotation``: ``angles`` ``(A,)``, ``digits`` ``(n, A, S, S)``, ``labels``
+        ``(n,)`` and ``predictions`` (model → ``(n, A)``) of the first rotatable test digits.
     """
     if cfg.shift not in SHIFT_KINDS:
         raise BiocnnError(f"unknown --shift {cfg.shift!r}: use one of {', '.join(SHIFT_KINDS)}")
+    if cfg.transform not in TRANSFORMS:
+        raise BiocnnError(f"unknown --transform {cfg.transform!r}: use one of {', '.join(TRANSFORMS)}")
     unknown = [m for m in cfg.models if m not in ZOO and m not in list_models()]
     if unknown:
         raise BiocnnError(
             f"unknown model {unknown[0]!r}; available: {', '.join(sorted(set(ZOO) | set(list_models())))}"
         )
+    angles = rotation_angles(cfg.rotation_step)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     device = resolve_device(cfg.device)
     data, xtr, ytr, xte, yte = _load(cfg)
     train_set = TensorData(_to_tensor(centered(xtr, cfg.canvas)), torch.from_numpy(ytr))
     num_classes = int(max(ytr.max(), yte.max()) + 1)
+    shifts, rotations = cfg.transform in ("shift", "both"), cfg.transform in ("rotate", "both")
 
     results: dict[str, Any] = {
-        "dataset": "mnist", "shift": cfg.shift, "canvas": cfg.canvas,
+        "dataset": "mnist", "shift": cfg.shift, "transform": cfg.transform, "canvas": cfg.canvas,
         "train_images": len(xtr), "test_images": len(xte), "data_source": str(data.source),
         "models": {},
     }
-    corner_sets = corners(xte[:N_EXAMPLES], cfg.canvas)
-    examples: dict[str, Any] = {"digits": corner_sets, "labels": yte[:N_EXAMPLES], "predictions": {}}
+    examples: dict[str, Any] = {"labels": yte[:N_EXAMPLES], "predictions": {}}
+    if shifts:
+        examples["digits"] = corners(xte[:N_EXAMPLES], cfg.canvas)
+    if rotations:
+        first = rotation_subset(xte, cfg.canvas, N_EXAMPLES)
+        examples["rotation"] = {
+            "angles": np.asarray(angles), "labels": yte[first], "predictions": {},
+            "digits": np.stack([rotate_digits(xte[first], a, cfg.canvas) for a in angles], 1),
+        }
     for name in cfg.models:
         arch, extra, aug = ZOO.get(name, (name, {}, False))
         aug = aug or cfg.augment
@@ -249,30 +377,39 @@ def run_experiment(
         n_params = sum(p.numel() for p in model.parameters())
         log(f"training {name} ({arch}, {n_params:,} parameters, "
             f"augment={aug})")
-        fitted = fit(model, train_set, None, cfg.train_config(),
+        fitted = fit(model, train_set, None, _train_config(cfg, model),
                      augment=random_placement_augment if aug else None, desc=name)
         t0 = time.perf_counter()
-        metrics = _evaluate(model, cfg, xte, yte, device)
+        predict = _predictor(model, device)
         row = ModelResult(
-            centered=metrics["centered"], corners=metrics["corners"],
-            worst_corner=metrics["worst_corner"], all_shift_mean=metrics["all_shift_mean"],
-            all_shift_worst_case=metrics["all_shift_worst_case"],
-            consistency=metrics["consistency"],
-            circular_consistency=metrics["circular_consistency"],
+            centered=accuracy(predict(centered(xte, cfg.canvas)), yte),
             epochs=cfg.epochs, train_seconds=round(fitted.train_seconds, 2), augment=aug,
             model=arch, parameters=n_params,
         )
+        doc: dict[str, Any] = to_plain(row)
+        summary = [f"centred {100 * row.centered:.2f}%"]
+        if shifts:
+            metrics = _evaluate(predict, cfg, xte, yte)
+            shift_row = ShiftResult(**{k: metrics[k] for k in ShiftResult.__dataclass_fields__})
+            doc.update(to_plain(shift_row))
+            if "random" in metrics:
+                doc["random"] = metrics["random"]
+            examples["predictions"][name] = metrics["example_predictions"]
+            results["all_shift_digits"] = metrics["all_shift_digits"]
+            results["all_shift_placements"] = metrics["all_shift_placements"]
+            summary.append(f"worst corner {100 * shift_row.worst_corner:.2f}%")
+        if rotations:
+            rot, rot_examples = _evaluate_rotations(predict, cfg, xte, yte)
+            doc["rotation"] = to_plain(rot)
+            examples["rotation"]["predictions"][name] = rot_examples["predictions"]
+            results["rotation_digits"] = rot.digits
+            summary.append(f"D4 worst-case {100 * rot.d4_worst_case:.2f}%, "
+                           f"rotation consistency {100 * rot.consistency:.2f}%")
         eval_seconds = time.perf_counter() - t0
-        log(f"  {name}: centred {100 * row.centered:.2f}%, worst corner {100 * row.worst_corner:.2f}%"
+        doc["eval_seconds"] = round(eval_seconds, 2)
+        log(f"  {name}: {', '.join(summary)}"
             f" (train {fitted.train_seconds:.0f} s, evaluate {eval_seconds:.0f} s)")
-        results["models"][name] = {
-            **to_plain(row),
-            "eval_seconds": round(eval_seconds, 2),
-            **({"random": metrics["random"]} if "random" in metrics else {}),
-        }
-        examples["predictions"][name] = metrics["example_predictions"]
-        results["all_shift_digits"] = metrics["all_shift_digits"]
-        results["all_shift_placements"] = metrics["all_shift_placements"]
+        results["models"][name] = doc
         save_checkpoint(out_dir / f"{name}.pt", model, {
             "class_names": [str(i) for i in range(num_classes)],
             "experiment_entry": name, "config": to_plain(cfg),
