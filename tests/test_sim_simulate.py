@@ -158,6 +158,9 @@ def test_existing_output_needs_overwrite(tmp_path: Path) -> None:
         ({"names": ["junk", "b"], "junk": True}, "reserved"),
         ({"kind": "bogus"}, "--kind"),
         ({"map_apix": [1.0, 2.0, 3.0]}, "--map-apix"),
+        ({"kind": "class-averages", "averages": AverageSettings(particles_min=0)},
+         "particles_min"),
+        ({"kind": "class-averages", "averages": AverageSettings(mask_max=1.5)}, "mask_min"),
         ({"names": ["ok", "../bad"]}, "folder name"),
     ],
 )

@@ -148,8 +148,20 @@ def validate_config(cfg: SimConfig) -> None:
                                         f"got {cfg.box}"),
         (0 <= cfg.averages.procedural_share <= 1,
          f"--procedural-share must be in [0, 1], got {cfg.averages.procedural_share}"),
-        (not averages or cfg.averages.procedural_share > 0 or len(cfg.structures) > 0,
-         "--procedural-share 0 needs --structures (or --demo)"),
+        (cfg.averages.particles_min >= 1
+         and cfg.averages.particles_min <= cfg.averages.particles_max,
+         "averages.particles_min/max must satisfy 1 <= min <= max"),
+        (0 < cfg.averages.particle_snr_min <= cfg.averages.particle_snr_max,
+         "averages.particle_snr_min/max must satisfy 0 < min <= max"),
+        (0 < cfg.averages.fill_min <= cfg.averages.fill_max,
+         "averages.fill_min/max must satisfy 0 < min <= max"),
+        (0 < cfg.averages.mask_min <= cfg.averages.mask_max <= 1,
+         "averages.mask_min/max must satisfy 0 < min <= max <= 1"),
+        (0 < cfg.averages.apix_min <= cfg.averages.apix_max
+         and 2 <= cfg.averages.box_min <= cfg.averages.box_max,
+         "averages: need 0 < apix_min <= apix_max and 2 <= box_min <= box_max"),
+        (1e3 <= cfg.averages.mass_min <= cfg.averages.mass_max <= 1e8,
+         "averages.mass_min/max must satisfy 1 kDa <= min <= max <= 100 MDa"),
     ]
     for ok, message in checks:
         if not ok:
