@@ -129,30 +129,29 @@ def _folder(root: Path) -> Path:
 @pytest.mark.slow
 def test_cli_sigterm_then_resume(tmp_path: Path) -> None:
     """``biocnn train`` stopped by SIGTERM leaves the run at --out, marked interrupted, with
-    the resume command printed; a second run on the same folder is refused while the first
-    holds it; ``--resume`` finishes it."""
+    the resume command printed; a new run on that folder is refused; ``--resume`` finishes it."""
+    import json
+
     data, out = _folder(tmp_path / "maps"), tmp_path / "run"
-    cmd = [sys.executable, "-m", "biocnn", "train", str(data), "--out", str(out), "--epochs", "15",
+    cmd = [sys.executable, "-m", "biocnn", "train", str(data), "--out", str(out), "--epochs", "30",
            "--batch-size", "4", "--patience", "0", "--device", "cpu", "--no-progress",
            "--model", "invariant", "--model-kwargs", '{"widths": [4, 8]}']
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not (out / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    second = subprocess.run(cmd, capture_output=True, text=True)
-    assert second.returncode == 1 and "exists and is not empty" in second.stderr
-    proc.send_signal(signal.SIGTERM)
     try:
+        deadline = time.time() + 120
+        while not (out / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)  # during epoch 2 at the latest
         _, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert f"biocnn train --resume {out}" in err
-    import json
-
     assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
+    again = subprocess.run(cmd, capture_output=True, text=True)
+    assert again.returncode == 1 and "exists and is not empty" in again.stderr
     resumed = subprocess.run([sys.executable, "-m", "biocnn", "train", "--resume", str(out),
                               "--no-progress"], capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((out / "run.json").read_text())["status"] == "finished"
-    assert len((out / "metrics.jsonl").read_text().splitlines()) == 15
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 30
