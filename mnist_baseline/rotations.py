@@ -195,6 +195,9 @@ def rotate_digits(
     patches = place_at(images, (side - sizes) // 2, side, boxes)
     rotated = _rotate_patches(patches, angles)
     new_boxes = bounding_boxes(rotated)
+    # no ink (none to begin with, or faint ink rounded away): a 1x1 box, as nothing is left to place
+    empty = ~(rotated != 0).reshape(n, -1).any(1)
+    new_boxes[empty] = (side // 2, side // 2, side // 2 + 1, side // 2 + 1)
     new_sizes = new_boxes[:, 2:] - new_boxes[:, :2]
     too_big = np.flatnonzero((new_sizes > canvas).any(1))
     if too_big.size:

@@ -73,6 +73,8 @@ def test_baseline_with_data_dir_and_config(tmp_path: Path) -> None:
     ("missing data", ["--data-dir", "{tmp}/nowhere"], "nowhere"),
     ("corrupt data", ["--data-dir", "{tmp}/bad"], "t10k-labels"),
     ("bad shift", ["--shift", "diagonal"], "unknown --shift"),
+    ("bad transform", ["--transform", "shear"], "unknown --transform"),
+    ("bad rotation step", ["--transform", "rotate", "--rotation-step", "0"], "rotation_step"),
 ])
 def test_baseline_bad_input_is_one_clean_line(tmp_path: Path, problem: str, args: list[str],
                                               message: str) -> None:
@@ -86,6 +88,37 @@ def test_baseline_bad_input_is_one_clean_line(tmp_path: Path, problem: str, args
     assert message in result.stderr
     assert "Traceback" not in result.output and len(result.stderr.strip().splitlines()) == 1
     assert not out.exists() and not list(tmp_path.glob(".run*"))
+
+
+def test_baseline_rotation_view_end_to_end(tmp_path: Path) -> None:
+    _write_tiny_mnist(tmp_path / "idx")
+    out = tmp_path / "run"
+    result = runner.invoke(app, [
+        "baseline", "mnist", "--data-dir", str(tmp_path / "idx"), "--transform", "rotate",
+        "--models", "lenet_fc,invariant_d4", "--epochs", "1", "--rotation-limit", "12",
+        "--rotation-step", "45", "--out", str(out), "--no-progress", "--device", "cpu", "--json",
+    ])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((out / "results.json").read_text())
+    assert doc == json.loads(result.stdout[result.stdout.index("{"):])
+    assert doc["transform"] == "rotate" and doc["rotation_digits"] == 12
+    for name, row in doc["models"].items():
+        rot = row["rotation"]
+        assert "corners" not in row and rot["digits"] == 12
+        assert list(rot["d4"]) == ["identity", "rot90", "rot180", "rot270", "flip", "flip_rot90",
+                                   "flip_rot180", "flip_rot270"]
+        assert rot["d4"]["identity"] == row["centered"], name
+        assert rot["d4_worst_case"] <= min(rot["d4"].values()) <= rot["d4_mean"] <= max(rot["d4"].values())
+        assert rot["angles"] == [0.0, 45.0, 90.0, 135.0, 180.0] and len(rot["angle_accuracy"]) == 5
+        assert rot["angle_worst_case"] <= min(rot["angle_accuracy"]) and 0 <= rot["consistency"] <= 1
+    d4 = doc["models"]["invariant_d4"]["rotation"]
+    # exact D4 and shift invariance: every element and every right angle give the same answers
+    assert len(set(d4["d4"].values())) == 1 and d4["d4_worst_case"] == d4["d4"]["identity"]
+    assert d4["angle_accuracy"][0] == d4["angle_accuracy"][2] == d4["angle_accuracy"][4]
+    names = {p.name for p in out.iterdir()}
+    assert {"results.json", "rotation.png", "run.json", "invariant_d4.pt"} <= names
+    assert "report.png" not in names
+    assert "accuracy (%) vs angle" in result.stderr and "tested rotated" in result.stderr
 
 
 def test_baseline_unwritable_out(tmp_path: Path) -> None:
