@@ -26,6 +26,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from biocnn.atomic import disk_errors, write_text
 from biocnn.checkpoint import save_checkpoint
 from biocnn.config import TrainConfig, to_plain
 from biocnn.data.loader import BatchDataset, TensorData, make_loader
@@ -320,7 +321,7 @@ def fit(
         first_epoch, skip = resume["epoch"], resume["step"]
         sums = resume["sums"].to(device)
         if metrics_path is not None:  # rows of epochs the checkpoint has not seen go
-            metrics_path.write_text("".join(json.dumps(r) + "\n" for r in result.history))
+            write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in result.history))
 
     def train_state(epoch: int, step: int, sums: Tensor) -> dict[str, Any]:
         """Everything a resumed run needs besides the weights (``step`` batches of ``epoch``
@@ -413,7 +414,7 @@ def fit(
                     bar.update(task, stats=bar.tasks[task].fields["stats"]
                                + f"  val {row['val_acc']:.4f}")
                 if metrics_path is not None:
-                    with open(metrics_path, "a") as fh:
+                    with disk_errors(metrics_path), open(metrics_path, "a") as fh:
                         fh.write(json.dumps(row) + "\n")
                 if out_dir is not None:
                     if improved:
