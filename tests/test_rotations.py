@@ -178,3 +178,19 @@ def test_random_angles_range_and_seed() -> None:
     assert a.shape == (1000,) and (a >= 0).all() and (a < 360).all() and a.std() > 90
     np.testing.assert_array_equal(a, random_angles(1000, seed=3))
     assert not np.array_equal(a, random_angles(1000, seed=4))
+
+
+def test_rotation_subset_keeps_the_first_rotatable_digits() -> None:
+    from mnist_baseline.experiment import rotation_angles, rotation_subset
+
+    x = np.zeros((600, 12, 12), np.uint8)
+    x[:, 5, 5] = 9
+    big = np.arange(0, 600, 7)
+    x[big, 0, 0] = x[big, 11, 11] = 9  # diameter 11 sqrt(2): never whole on a 12 x 12 canvas at 45 degrees
+    small = np.setdiff1d(np.arange(600), big)
+    np.testing.assert_array_equal(rotation_subset(x, 12, 300), small[:300])
+    np.testing.assert_array_equal(rotation_subset(x, 12, 0), small)
+    np.testing.assert_array_equal(rotation_subset(x, 12, 10_000), small)
+    assert rotation_angles(45) == [0.0, 45.0, 90.0, 135.0, 180.0] and rotation_angles(50)[-1] == 150.0
+    with pytest.raises(BiocnnError, match="rotation_step"):
+        rotation_angles(0)
