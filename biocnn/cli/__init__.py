@@ -8,6 +8,7 @@ Examples
     biocnn predict slice.mrc --model runs/train-.../best.pt
     biocnn evaluate maps/ --model runs/train-.../best.pt
     biocnn relion predict --o External/job012/ --in_parts particles.star --model best.pt
+    biocnn select Class2D/job010/ --model best.pt --out Select/biocnn/
     biocnn export runs/train-.../best.pt --onnx model.onnx
 """
 
@@ -29,7 +30,7 @@ app = typer.Typer(
 
 # Each sub-command module defines ``register(app)``; importing is cheap (torch is
 # imported lazily inside the commands) so `biocnn --help` stays fast.
-for _name in ("baseline", "simulate", "train", "predict", "evaluate", "relion", "export"):
+for _name in ("baseline", "simulate", "train", "predict", "evaluate", "relion", "select", "export"):
     importlib.import_module(f"biocnn.cli.{_name}").register(app)
 
 
