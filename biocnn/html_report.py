@@ -112,7 +112,7 @@ body {{ font-family: sans-serif; margin: 1.5em; color: #222; }}
 figure.cls {{ margin: 0; padding: 3px; border: 5px solid; text-align: center; font-size: 12px; }}
 figure.good {{ border-color: {GOOD_COLOUR}; }}
 figure.bad {{ border-color: {BAD_COLOUR}; }}
-figure.cls img {{ display: block; width: 96px; height: 96px; image-rendering: pixelated; }}
+figure.cls img {{ display: block; margin: 0 auto; width: 96px; height: 96px; image-rendering: pixelated; }}
 .legend span {{ display: inline-block; width: 1em; height: 1em; vertical-align: middle; }}
 """
 
@@ -135,7 +135,7 @@ def render_report(rows: Sequence[ClassRow], threshold: float, title: str = "bioc
         figures.append(
             f'<figure class="cls {"good" if r.good else "bad"}" data-score="{r.score:.4f}" '
             f'title="{esc(r.name)}"><img alt="class {r.index}" src="data:image/png;base64,{data}">'
-            f'<figcaption>#{r.index} · <b>{r.score:.2f}</b>{count}{note}</figcaption></figure>')
+            f'<figcaption>#{r.index} · <b>{r.score:.3f}</b>{count}{note}</figcaption></figure>')
     warn = "".join(f'<p class="warning">{esc(n)}</p>' for n in notes)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
