@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from biocnn.checkpoint import load_classifier, save_checkpoint
@@ -143,6 +145,7 @@ def test_relion_job_folder_and_particles_star(tmp_path: Path, version_30: bool) 
     ckpt = _checkpoint(tmp_path / "m.pt")
     job = _relion_job(tmp_path, version_30=version_30)
     assert resolve_classes([str(job)]).model_star == job / "run_it025_model.star"  # last iteration
+    assert resolve_classes([str(job / "run_it025_classes.mrcs")]).kind == "relion"
     expected = good_probability(_logits(ckpt, _averages()), 0)
     threshold = float(np.sort(expected)[2])  # classes 3 of 6 below, rest kept
     res = run_select(SelectConfig(inputs=(str(job),), model=str(ckpt), out=str(tmp_path / "sel"),
@@ -235,3 +238,13 @@ def test_ood_pixel_size_and_input_level_share() -> None:
     assert len(input_warnings(reasons, 2.0)) == 1  # pixel size: any image
     # one noise-only junk class among class averages is no input-level warning
     assert input_warnings([["busy background"], [], [], []]) == []
+
+
+@settings(max_examples=25, deadline=None)
+@given(scale=st.floats(1e-3, 1e4), seed=st.integers(0, 2**16), sign=st.sampled_from([1.0, -1.0]),
+       noise=st.floats(0.0, 2.0))
+def test_ood_reasons_do_not_depend_on_the_intensity_scale(scale: float, seed: int, sign: float,
+                                                          noise: float) -> None:
+    rng = np.random.default_rng(seed)
+    x = torch.from_numpy(np.stack([_average(rng, 3.0, noise=noise, sign=sign) for _ in range(2)]))
+    assert ood_reasons(x * scale, _background()) == ood_reasons(x, _background())

@@ -138,11 +138,14 @@ _ITER = re.compile(r"_it(\d+)_model\.star$")
 
 
 def find_relion_model(path: str | Path) -> Path | None:
-    """The ``_model.star`` of a RELION 2D input: the file itself, or the last iteration's in
-    a job folder; None when ``path`` is neither."""
+    """The ``_model.star`` of a RELION 2D input: the file itself, the one beside a
+    ``_classes.mrcs``, or the last iteration's in a job folder; None otherwise."""
     p = Path(path)
     if p.is_file() and p.name.endswith("_model.star"):
         return p
+    if p.is_file() and p.name.endswith("_classes.mrcs"):  # the stack of a RELION iteration
+        model = p.with_name(p.name[: -len("_classes.mrcs")] + "_model.star")
+        return model if model.is_file() else None
     if p.is_dir():
         found = [(int(m.group(1)), f) for f in p.glob("*_model.star") if (m := _ITER.search(f.name))]
         if found:
