@@ -30,7 +30,13 @@ from biocnn.config import TrainConfig, to_plain
 from biocnn.data import TensorData
 from biocnn.engine import fit, predict_logits
 from biocnn.errors import BiocnnError
-from biocnn.metrics import accuracy, agreement, circular_consistency, placement_summary
+from biocnn.metrics import (
+    accuracy,
+    agreement,
+    circular_consistency,
+    confusion_matrix,
+    placement_summary,
+)
 from biocnn.models import create_model, list_models
 from biocnn.runtime import resolve_device, seed_everything
 from mnist_baseline.data import MnistData, load_mnist
@@ -59,6 +65,7 @@ __all__ = [
     "RotationResult",
     "rotation_angles",
     "rotation_subset",
+    "top_confusions",
     "run_experiment",
     "random_placement_augment",
 ]
@@ -115,6 +122,7 @@ class ModelResult:
     """The fields every row of ``results.json`` has; accuracies are fractions in [0, 1]."""
 
     centered: float
+    top_confusions: list[list[int]]  # the most frequent centred errors as [true, predicted, count]
     epochs: int
     train_seconds: float
     augment: bool
@@ -226,6 +234,18 @@ def _train_config(cfg: BaselineConfig, model: nn.Module) -> TrainConfig:
     tensors = [*model.parameters(), *model.buffers()]
     ok = all(t.dim() != 5 for t in tensors)
     return dataclasses.replace(cfg.train_config(), channels_last=cfg.channels_last and ok)
+
+
+def top_confusions(preds: np.ndarray, labels: np.ndarray, num_classes: int, k: int = 5) -> list[list[int]]:
+    """The ``k`` most frequent errors as ``[true, predicted, count]``, most frequent first.
+
+    Ties are ordered by true then predicted label; ``preds`` and ``labels`` are ``(N,)``.
+    """
+    conf = confusion_matrix(preds, labels, num_classes)
+    np.fill_diagonal(conf, 0)
+    order = np.argsort(-conf, axis=None, kind="stable")[:k]
+    rows, cols = np.unravel_index(order, conf.shape)
+    return [[int(t), int(q), int(conf[t, q])] for t, q in zip(rows, cols, strict=True) if conf[t, q]]
 
 
 def _predictor(model: nn.Module, device: torch.device) -> Predict:
@@ -381,8 +401,10 @@ def run_experiment(
                      augment=random_placement_augment if aug else None, desc=name)
         t0 = time.perf_counter()
         predict = _predictor(model, device)
+        centred_preds = predict(centered(xte, cfg.canvas))
         row = ModelResult(
-            centered=accuracy(predict(centered(xte, cfg.canvas)), yte),
+            centered=accuracy(centred_preds, yte),
+            top_confusions=top_confusions(centred_preds, yte, num_classes),
             epochs=cfg.epochs, train_seconds=round(fitted.train_seconds, 2), augment=aug,
             model=arch, parameters=n_params,
         )
