@@ -9,6 +9,7 @@ of the same image receive the same prediction.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -23,6 +24,8 @@ __all__ = [
     "agreement",
     "consistency",
     "circular_consistency",
+    "rotated_correct",
+    "transform_consistency",
     "classification_summary",
     "shifted_correct",
 ]
@@ -118,6 +121,57 @@ def consistency(
             shift = torch.randint(-max_shift, max_shift + 1, (len(x), 2), generator=generator)
             preds.append(_as_preds(predict(shift_images(x, shift.float(), fill))))
         views.append(np.concatenate(preds))
+    return agreement(*views)
+
+
+@torch.no_grad()
+def rotated_correct(
+    predict: PredictFn, images: Tensor, labels: Tensor | np.ndarray, angles_deg: Sequence[float],
+) -> np.ndarray:
+    """Which images stay correctly classified when rotated by each angle about the centre.
+
+    Bilinear interpolation with zero fill (:func:`biocnn.augment.affine_sample`); multiples
+    of 90° on square images are exact permutations of the pixels.
+
+    Returns
+    -------
+    np.ndarray
+        ``(N, P)`` bool for ``P`` angles.
+    """
+    from biocnn.augment import affine_sample
+
+    labels = np.asarray(labels.cpu() if isinstance(labels, Tensor) else labels)
+    out = np.zeros((len(images), len(angles_deg)), dtype=bool)
+    zero = torch.zeros(len(images), 2, device=images.device)
+    for p, a in enumerate(angles_deg):
+        if a % 360 == 0:
+            moved = images
+        elif a % 90 == 0 and images.shape[-1] == images.shape[-2]:
+            moved = torch.rot90(images, -int(a // 90) % 4, (2, 3))
+        else:
+            angle = torch.full((len(images),), math.radians(a), device=images.device)
+            moved = affine_sample(images, angle, zero)
+        out[:, p] = _as_preds(predict(moved)) == labels
+    return out
+
+
+@torch.no_grad()
+def transform_consistency(
+    predict: PredictFn, images: Tensor, generator: torch.Generator, *, rotate: bool = False,
+    max_shift: float = 0.0,
+) -> float:
+    """P(same prediction for two random views of one image): each view a uniform random
+    rotation (``rotate``) and/or a uniform sub-pixel shift in ``[-max_shift, max_shift]``
+    per axis, bilinear with zero fill (rotation consistency; sub-pixel consistency)."""
+    from biocnn.augment import affine_sample
+
+    views = []
+    for _ in range(2):
+        n = len(images)
+        angle = (torch.rand(n, generator=generator) * 2 * math.pi if rotate else torch.zeros(n))
+        shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * max_shift
+        moved = affine_sample(images, angle.to(images.device), shift.to(images.device))
+        views.append(_as_preds(predict(moved)))
     return agreement(*views)
 
 

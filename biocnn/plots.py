@@ -22,6 +22,7 @@ __all__ = [
     "show_image",
     "plot_heatmap_gallery",
     "plot_accuracy_vs_shift",
+    "plot_accuracy_vs_angle",
 ]
 
 
@@ -100,6 +101,19 @@ def plot_heatmap_gallery(
     for ax, image, heat, title in zip(axes.ravel(), images, heatmaps, titles, strict=False):
         show_image(ax, image, title)
         ax.imshow(heat, cmap="jet", alpha=alpha, vmin=0.0, vmax=1.0, interpolation="bilinear")
+    return save_figure(fig, path)
+
+
+def plot_accuracy_vs_angle(
+    angles: Sequence[float], accuracy: Sequence[float], path: str | os.PathLike
+) -> Path:
+    """Accuracy against in-plane rotation angle in degrees."""
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    ax.plot(list(angles), list(accuracy), "o-")
+    ax.set_xlabel("rotation (degrees)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
     return save_figure(fig, path)
 
 

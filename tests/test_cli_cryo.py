@@ -278,7 +278,13 @@ def test_evaluate_report(run: dict[str, Path], tmp_path: Path) -> None:
     assert shift["shifts_fraction_of_box"][2] == pytest.approx(5 / SIZE)
     assert 0 <= shift["worst_case"] <= min(shift["accuracy"]) and 0 <= shift["consistency"] <= 1
     assert {p.name for p in out.iterdir()} == {
-        "evaluation.json", "confusion.png", "shift_accuracy.png", "run.json"}
+        "evaluation.json", "confusion.png", "shift_accuracy.png", "rotation_accuracy.png", "run.json"}
+    rot = doc["rotation_robustness"]
+    assert rot["angles_deg"] == [0.0, 30.0, 60.0, 90.0, 120.0, 150.0, 180.0]
+    assert rot["accuracy"][0] == pytest.approx(doc["accuracy"]) and len(rot["accuracy"]) == 7
+    assert rot["worst_case"] <= min(rot["accuracy"]) and 0 < rot["consistency"] <= 1
+    assert 0 < shift["subpixel_consistency"] <= 1
+    assert "rotation robustness" in result.stderr
     assert "shift robustness" in result.stderr and "precision" in result.stderr
     stderr = " ".join(result.stderr.split())
     assert f"{run['maps'] / 'bar' / 'bar.mrcs'}: stack of 16 images (.mrcs name)" in stderr

@@ -44,3 +44,30 @@ def test_consistency_of_invariant_and_position_bound_predictors() -> None:
     assert circular_consistency(corner, images, g) < 0.8
     assert consistency(total, images, 2, g, fill="circular") == 1.0
     assert agreement(np.array([1, 2, 3]), np.array([1, 0, 3])) == 2 / 3
+
+
+def test_rotations_and_transform_consistency() -> None:
+    import torch
+
+    from biocnn.metrics import rotated_correct, transform_consistency
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 1, 12, 12, generator=g)
+    labels = np.arange(6) % 2
+
+    def mean_sign(batch: torch.Tensor) -> torch.Tensor:  # rotation-invariant up to interpolation
+        return (batch.mean((1, 2, 3)) > 0).long()
+
+    truth = mean_sign(x).numpy()
+    hits = rotated_correct(mean_sign, x, truth, [0, 90, 180, 270])
+    assert hits.shape == (6, 4) and hits.all()  # exact multiples of 90°
+
+    def top_row(batch: torch.Tensor) -> torch.Tensor:  # sees only row 0: not invariant
+        return (batch[:, 0, 0, :].mean(1) > 0).long()
+
+    t = top_row(x).numpy()
+    assert rotated_correct(top_row, x, t, [0])[:, 0].all()
+    assert not rotated_correct(top_row, x, t, [90, 180]).all()
+    assert transform_consistency(mean_sign, x, g, rotate=False, max_shift=0.0) == 1.0
+    assert 0 <= transform_consistency(top_row, x, g, rotate=True) <= 1
+    assert rotated_correct(mean_sign, x, labels, [45]).shape == (6, 1)

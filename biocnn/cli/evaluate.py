@@ -20,7 +20,7 @@ from biocnn.cli.common import cli_errors, console, data_source, err_console, tim
 __all__ = ["evaluate", "register", "parse_shifts"]
 
 
-def parse_shifts(text: str | None) -> tuple[float, ...] | None:
+def parse_shifts(text: str | None, option: str = "--shifts") -> tuple[float, ...] | None:
     """``--shifts 0,2,4.5`` → ``(0.0, 2.0, 4.5)`` (None stays None)."""
     from biocnn.errors import BiocnnError
 
@@ -29,7 +29,7 @@ def parse_shifts(text: str | None) -> tuple[float, ...] | None:
     try:
         return tuple(float(s) for s in text.split(",") if s.strip())
     except ValueError:
-        raise BiocnnError(f"--shifts {text!r}: use comma-separated pixel values, e.g. 0,2,4,8") from None
+        raise BiocnnError(f"{option} {text!r}: use comma-separated values, e.g. 0,2,4,8") from None
 
 
 def evaluate(
@@ -43,6 +43,8 @@ def evaluate(
                                "(default: 0, 2, 4, ... up to box/4)."),
     consistency_shift: int = typer.Option(None, help="Largest shift of the consistency test "
                                           "in px (default: 8% of the box)."),
+    angles: str = typer.Option(None, help="Rotation angles in degrees, e.g. 0,45,90 "
+                               "(default: 0,30,...,180)."),
     tta: bool = typer.Option(None, "--tta/--no-tta", help="Average over the 8 rotations/flips."),
     apix: float = typer.Option(None, help="Pixel size in Å of every image (instead of the "
                                "STAR/header value)."),
@@ -70,6 +72,7 @@ def evaluate(
             "data": data_source(data, star),
             "model": str(model) if model is not None else None, "label_column": label_column,
             "shifts": parse_shifts(shifts), "consistency_shift": consistency_shift, "tta": tta,
+            "angles": parse_shifts(angles, "--angles"),
             "apix": apix, "as_volume": volume, "overwrite": overwrite,
             "batch_size": batch_size, "device": device, "num_workers": num_workers, "amp": amp,
             "seed": seed, "out": str(out) if out is not None else None, "progress": progress,

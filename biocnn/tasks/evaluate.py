@@ -2,12 +2,16 @@
 
 :func:`run_evaluate` streams a labelled dataset (folder per class or STAR file) through
 the checkpoint's own preprocessing, in batches sized by bytes, and for every batch also
-classifies copies moved by ``r`` pixels in random directions (zero fill) and two random
-shifts of the same image (consistency, Zhang 2019). It writes, atomically::
+classifies copies moved by ``r`` pixels in random directions (zero fill), copies rotated
+by each of ``angles``, and pairs of random views of the same image: two random shifts
+(consistency, Zhang 2019), two random rotations, two random sub-pixel shifts (bilinear,
+within one pixel: what resampling does to an input). It writes, atomically::
 
-    <out>/evaluation.json    accuracy, loss, per-class metrics, confusion, shift robustness
-    <out>/confusion.png      confusion matrix
-    <out>/shift_accuracy.png accuracy against shift length
+    <out>/evaluation.json       accuracy, loss, per-class metrics, confusion, shift and
+                                rotation robustness, consistencies
+    <out>/confusion.png         confusion matrix
+    <out>/shift_accuracy.png    accuracy against shift length
+    <out>/rotation_accuracy.png accuracy against rotation angle
     <out>/run.json           version, command line, resolved config
 
 Example
@@ -40,8 +44,15 @@ from biocnn.data import build_dataset, make_loader
 from biocnn.data.inputs import Inputs, InputSource, batch_for, forward_bytes
 from biocnn.engine import predict_logits
 from biocnn.errors import BiocnnError
-from biocnn.metrics import classification_summary, consistency, placement_summary, shifted_correct
-from biocnn.plots import plot_accuracy_vs_shift, plot_confusion
+from biocnn.metrics import (
+    classification_summary,
+    consistency,
+    placement_summary,
+    rotated_correct,
+    shifted_correct,
+    transform_consistency,
+)
+from biocnn.plots import plot_accuracy_vs_angle, plot_accuracy_vs_shift, plot_confusion
 from biocnn.report import layout_lines
 
 __all__ = [
@@ -61,6 +72,7 @@ class EvaluateConfig:
     label_column: str = "rlnClassNumber"
     shifts: tuple[float, ...] = ()  # px; () = 0, 2, 4, 8, ... up to a quarter of the box
     consistency_shift: int | None = None  # px; None = 8 % of the box (at least 1)
+    angles: tuple[float, ...] = ()  # degrees; () = 0, 30, ..., 180
     tta: bool = False
     apix: float | None = None  # Å/px of every image, instead of STAR/header values
     as_volume: bool | None = None  # --volume / --stack: how 3D MRC files are read
@@ -80,6 +92,10 @@ class EvaluateResult:
 
     out_dir: Path
     report: dict[str, Any]
+
+
+#: Rotation angles evaluated by default, in degrees.
+DEFAULT_ANGLES = [0.0, 30.0, 60.0, 90.0, 120.0, 150.0, 180.0]
 
 
 def default_shifts(box: int) -> list[float]:
@@ -170,17 +186,22 @@ def run_evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = print) -> Eva
 
         generator = torch.Generator().manual_seed(cfg.seed)
         loader = make_loader(data, batch, num_workers=cfg.num_workers)
-        logits, correct, agree = [], [], 0.0
+        angles = [float(a) for a in cfg.angles] or DEFAULT_ANGLES
+        logits, correct, turned, agree, agree_rot, agree_sub = [], [], [], 0.0, 0.0, 0.0
         for x, y in track(loader, description="evaluate", console=Console(stderr=True),
                           disable=not cfg.progress):
             # standardised before the zero-filled shifts, as in training (fill = background)
             x = clf.standardize(x.to(clf.device))
             logits.append(predict(x))
             correct.append(shifted_correct(predict, x, y, shifts, generator))
+            turned.append(rotated_correct(predict, x, y, angles))
+            agree_rot += transform_consistency(predict, x, generator, rotate=True) * len(x)
+            agree_sub += transform_consistency(predict, x, generator, max_shift=1.0) * len(x)
             agree += consistency(predict, x, c_shift, generator) * len(x)
         all_logits = torch.cat(logits)
         labels = torch.from_numpy(data.labels)
         hits = np.concatenate(correct)
+        rot_hits = np.concatenate(turned)
         report = {
             "model": str(clf.path),
             "model_name": clf.meta["model_name"],
@@ -197,6 +218,14 @@ def run_evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = print) -> Eva
                 **placement_summary(hits),
                 "consistency": agree / len(data),
                 "consistency_max_shift_px": c_shift,
+                "subpixel_consistency": agree_sub / len(data),
+            },
+            "rotation_robustness": {
+                "fill": "zeros",
+                "angles_deg": angles,
+                "accuracy": rot_hits.mean(0).tolist(),
+                **placement_summary(rot_hits),
+                "consistency": agree_rot / len(data),
             },
             "preprocess": clf.preprocess.to_dict(),
             "views": views.to_dict(),
@@ -207,5 +236,7 @@ def run_evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = print) -> Eva
                        title=f"{Path(cfg.data).name}: accuracy {report['accuracy']:.3f}")
         plot_accuracy_vs_shift(shifts, report["shift_robustness"]["accuracy"],
                                tmp / "shift_accuracy.png", box)
+        plot_accuracy_vs_angle(angles, report["rotation_robustness"]["accuracy"],
+                               tmp / "rotation_accuracy.png")
         write_json(tmp / "run.json", run_metadata(to_plain(cfg)))
     return EvaluateResult(out_dir=out, report=report)
