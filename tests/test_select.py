@@ -240,7 +240,8 @@ def test_ood_pixel_size_and_input_level_share() -> None:
     x = torch.from_numpy(_averages(4))
     reasons = ood_reasons(x, _background(), np.array([2.0, 2.0, 2.0, 4.5]), 2.0)
     assert reasons == [[], [], [], ["pixel size"]]
-    assert len(input_warnings(reasons, 2.0)) == 1  # pixel size: any image
+    (line,) = input_warnings(reasons, 2.0, np.array([2.0, 2.0, 2.0, 4.5]))  # pixel size: any image
+    assert "1 of 4" in line and "(2 Å; input median 4.5 Å)" in line
     # one noise-only junk class among class averages is no input-level warning
     assert input_warnings([["busy background"], [], [], []]) == []
 

@@ -284,14 +284,21 @@ _HINTS = {
 }
 
 
-def input_warnings(reasons: Sequence[Sequence[str]], model_apix: float = 0.0) -> list[str]:
-    """One line per reason that holds for at least half the classes (pixel size: any)."""
+def input_warnings(reasons: Sequence[Sequence[str]], model_apix: float = 0.0,
+                   apix: np.ndarray | None = None) -> list[str]:
+    """One line per reason that holds for at least half the classes (pixel size: any);
+    ``apix`` ``(N,)`` the input pixel sizes, for the message."""
     n = max(len(reasons), 1)
     lines = []
     for reason, hint in _HINTS.items():
         k = sum(reason in r for r in reasons)
         if k and (reason == "pixel size" or k / n >= OOD_LIMITS["share"]):
-            extra = f" ({model_apix:g} Å)" if reason == "pixel size" else ""
+            extra = ""
+            if reason == "pixel size":
+                far = [a for a, r in zip(apix if apix is not None else [], reasons, strict=False)
+                       if reason in r]
+                extra = (f" ({model_apix:g} Å" + (f"; input median {np.median(far):.3g} Å)"
+                                                    if far else ")"))
             lines.append(f"{k} of {len(reasons)} images unlike class averages: {hint}{extra}; "
                          "their scores are not reliable")
     return lines
@@ -355,7 +362,8 @@ def run_select(cfg: SelectConfig, log: Callable[[str], None] = print) -> SelectR
     log(f"scoring {n} class average(s) with {clf.path} (P({cfg.good_class}), T={temperature:g}, "
         f"threshold {threshold:g})")
     scores, thumbs, reasons = _score(clf, inputs, good, temperature, cfg)
-    notes = input_warnings(reasons, float(clf.preprocess.apix or 0))
+    apix = np.concatenate([s.dataset.index.apix for s in inputs.sources])
+    notes = input_warnings(reasons, float(clf.preprocess.apix or 0), apix)
     for line in notes:
         warnings.warn(line, stacklevel=2)
     selected = scores >= threshold
