@@ -105,6 +105,9 @@ def test_baseline_rotation_view_end_to_end(tmp_path: Path) -> None:
     for name, row in doc["models"].items():
         rot = row["rotation"]
         assert "corners" not in row and rot["digits"] == 12
+        errors = round((1 - row["centered"]) * doc["test_images"])
+        assert sum(c[2] for c in row["top_confusions"]) <= errors
+        assert all(t != q and n > 0 for t, q, n in row["top_confusions"])
         assert list(rot["d4"]) == ["identity", "rot90", "rot180", "rot270", "flip", "flip_rot90",
                                    "flip_rot180", "flip_rot270"]
         assert rot["d4"]["identity"] == row["centered"], name
