@@ -254,3 +254,18 @@ def test_ood_reasons_do_not_depend_on_the_intensity_scale(scale: float, seed: in
     rng = np.random.default_rng(seed)
     x = torch.from_numpy(np.stack([_average(rng, 3.0, noise=noise, sign=sign) for _ in range(2)]))
     assert ood_reasons(x * scale, _background()) == ood_reasons(x, _background())
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("data_model_general\n\n_rlnPixelSize 2\n", "no data_model_classes"),
+    ("data_model_classes\n\nloop_\n_rlnReferenceImage #1\n_rlnClassDistribution #2\n"
+     "000001@c.mrcs\n", "line 6 has 1 values"),
+    ("data_model_classes\n\nloop_\n_rlnReferenceImage #1\n000002@run_it001_classes.mrcs\n"
+     "000001@run_it001_classes.mrcs\n", "not 1..2 in order"),
+])
+def test_bad_model_star_is_one_line(tmp_path: Path, text: str, message: str) -> None:
+    write_mrc(tmp_path / "run_it001_classes.mrcs", _averages(2), apix=2.0, is_stack=True)
+    (tmp_path / "run_it001_model.star").write_text(text)
+    with pytest.raises(BiocnnError, match=message) as err:
+        resolve_classes([str(tmp_path)])
+    assert "\n" not in str(err.value)
