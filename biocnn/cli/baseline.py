@@ -31,7 +31,8 @@ baseline_app = typer.Typer(help="Reproduce the LeNet corner-shift failure and it
 @baseline_app.command("mnist")
 def mnist(
     shift: str = typer.Option(None, help="Test placements: corners | all | random | none. "
-                              "Every report includes centred, corners and all-shift metrics."),
+                              "The shift view always includes centred, corners and all-shift "
+                              "metrics."),
     transform: str = typer.Option(None, help="Test views: shift | rotate | both (default: shift). "
                                   "rotate: D4 rotations/flips, accuracy vs angle, random-angle "
                                   "consistency; writes rotation.png."),
