@@ -21,7 +21,7 @@ import os
 import re
 import warnings
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from io import StringIO
 from pathlib import Path
@@ -37,6 +37,7 @@ from biocnn.io import FORMAT_NAMES, refuse_unsupported, sniff_bytes
 __all__ = [
     "StarTable",
     "read_star",
+    "read_star_blocks",
     "write_star",
     "parse_image_name",
     "format_image_name",
@@ -469,6 +470,18 @@ def _table(path: Path, name: str, block: _Block) -> pd.DataFrame:
     if block.labels:
         return _loop_table(path, name, block.labels, block.rows, block.first_line)
     return pd.DataFrame([block.pairs]) if block.pairs else pd.DataFrame()
+
+
+def read_star_blocks(path: str | os.PathLike, names: Iterable[str]) -> dict[str, pd.DataFrame]:
+    """The data blocks ``names`` (without ``data_``) of any STAR file that has them, each as
+    a DataFrame (a key-value block as one row); the other blocks are scanned, not parsed."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise BiocnnError(f"cannot read {path}: {exc.strerror}") from None
+    blocks = _scan_star(path, _decode(path, raw))
+    return {n: _table(path, n, blocks[n]) for n in names if n in blocks}
 
 
 def read_star(path: str | os.PathLike) -> StarTable:

@@ -63,7 +63,7 @@ from biocnn.engine import predict_logits
 from biocnn.errors import BiocnnError
 from biocnn.html_report import ClassRow, write_html_report
 from biocnn.io.relion import complete_optics, write_relion_star
-from biocnn.io.star import parse_image_name, read_star
+from biocnn.io.star import parse_image_name, read_star, read_star_blocks
 from biocnn.io.writers import write_stack
 
 __all__ = [
@@ -166,15 +166,7 @@ def _blocks(path: Path) -> dict[str, pd.DataFrame]:
     biocnn's own STAR scanner parses only these two blocks (starfile would parse all of
     them: 1.3 s for the ~400 spectral tables of a 200-class job, against 0.02 s).
     """
-    from biocnn.io.star import _decode, _scan_star, _table
-
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise BiocnnError(f"cannot read {path}: {exc.strerror}") from None
-    blocks = _scan_star(path, _decode(path, raw))
-    return {name: _table(path, name, blocks[name]) for name in ("model_general", "model_classes")
-            if name in blocks}
+    return read_star_blocks(path, ("model_general", "model_classes"))
 
 
 def read_relion_classes(model_star: Path) -> ClassSet:
