@@ -30,7 +30,8 @@ app = typer.Typer(
 
 # Each sub-command module defines ``register(app)``; importing is cheap (torch is
 # imported lazily inside the commands) so `biocnn --help` stays fast.
-for _name in ("baseline", "simulate", "train", "predict", "evaluate", "relion", "select", "export"):
+for _name in ("baseline", "simulate", "train", "predict", "evaluate", "relion", "select", "calibrate",
+              "export"):
     importlib.import_module(f"biocnn.cli.{_name}").register(app)
 
 
