@@ -25,7 +25,7 @@ def select(
                                        "cryoSPARC class-averages .cs, or MRC stacks of class "
                                        "averages."),
     model: Path = typer.Option(None, "--model", "-m", help="Checkpoint from `biocnn train` with a "
-                               "good/junk pair of classes (required for now)."),
+                               "good/junk pair of classes (default: the selector shipped with biocnn)."),
     out: Path = typer.Option(None, "--out", "-o", help="Output folder (good.mrcs, bad.mrcs, "
                              "classes.csv, selection.json, particles.star, report.html)."),
     threshold: float = typer.Option(None, help="Keep classes with P(good) >= this (default: the "

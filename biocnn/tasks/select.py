@@ -304,9 +304,14 @@ def input_warnings(reasons: Sequence[Sequence[str]], model_apix: float = 0.0,
     return lines
 
 
+#: The selector shipped inside the package (``examples/train_selector.sh`` regenerates it).
+SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "weights" / "class_selector.pt"
+
+
 def _check(cfg: SelectConfig) -> None:
     if not cfg.model:
-        raise BiocnnError("select: --model is required (no shipped model yet)")
+        raise BiocnnError("select: no --model given and this biocnn has no shipped selector "
+                          f"({SHIPPED_MODEL} is missing)")
     if not cfg.out:
         raise BiocnnError("select: --out DIR is required")
     if cfg.threshold is not None and not (math.isfinite(cfg.threshold) and 0 <= cfg.threshold <= 1):
@@ -339,6 +344,8 @@ def run_select(cfg: SelectConfig, log: Callable[[str], None] = print) -> SelectR
         Bad option, checkpoint or input, a model without the good class, or an output folder
         that exists (without ``overwrite``) or holds an input; checked before any work.
     """
+    if not cfg.model and SHIPPED_MODEL.is_file():
+        cfg = dataclasses.replace(cfg, model=str(SHIPPED_MODEL))
     _check(cfg)
     out = Path(cfg.out)
     classes = resolve_classes(cfg.inputs)
