@@ -59,13 +59,18 @@ def _write_tiny_mnist(folder: Path, n: int = 60) -> None:
 def test_baseline_with_data_dir_and_config(tmp_path: Path) -> None:
     _write_tiny_mnist(tmp_path / "idx")
     cfg = tmp_path / "c.toml"
-    cfg.write_text('models = ["lenet_fc"]\nepochs = 1\nall_shift_limit = 5\n')
+    cfg.write_text('models = ["lenet_fc"]\nepochs = 1\nall_shift_limit = 5\ntransform = "both"\n'
+                   'rotation_limit = 8\nrotation_step = 90\n')
     out = tmp_path / "run"
     result = runner.invoke(app, ["baseline", "mnist", "--data-dir", str(tmp_path / "idx"),
                                  "--config", str(cfg), "--out", str(out), "--no-progress"])
     assert result.exit_code == 0, result.output
     doc = json.loads((out / "results.json").read_text())
     assert list(doc["models"]) == ["lenet_fc"] and doc["train_images"] == 60
+    row = doc["models"]["lenet_fc"]  # both views: shift keys at top level, rotation nested
+    assert "worst_corner" in row and row["rotation"]["angles"] == [0.0, 90.0, 180.0]
+    assert row["rotation"]["digits"] == 8 and doc["transform"] == "both"
+    assert {"report.png", "rotation.png"} <= {p.name for p in out.iterdir()}
 
 
 @pytest.mark.parametrize("problem, args, message", [
