@@ -278,8 +278,10 @@ def fit(
     prepare = _prepare(device, standardize, cfg.channels_last)
 
     model.to(device)
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
+    if cfg.channels_last:  # 4-D weights only: group convolutions keep 5-D ones
+        for p in model.parameters():
+            if p.dim() == 4:
+                p.data = p.data.contiguous(memory_format=torch.channels_last)
     net: nn.Module = model
     if info.distributed:
         net = nn.parallel.DistributedDataParallel(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -170,3 +171,13 @@ def test_tta_on_an_exact_d4_model_changes_nothing() -> None:
     tta = predict_logits(model, x, device="cpu", tta=True).exp()
     torch.testing.assert_close(tta, plain, atol=1e-5, rtol=1e-4)
     assert plain.std(0).max() > 1e-4  # not a constant function of the input
+
+
+def test_channels_last_with_5d_group_weights() -> None:
+    """channels_last converts the 4-D weights and leaves the D4 models' 5-D ones alone."""
+    torch.manual_seed(0)
+    model = create_model("invariant_d4", num_classes=2, widths=(4, 8))
+    cfg = TrainConfig(epochs=1, batch_size=16, device="cpu", progress=False, channels_last=True,
+                      bn_recalibrate=0)
+    result = fit(model, _bars(n=32), None, cfg)
+    assert len(result.history) == 1 and math.isfinite(result.history[0]["train_loss"])
