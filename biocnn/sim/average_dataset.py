@@ -125,7 +125,9 @@ def _meta(p: AverageParams, particle_px: float, atoms: PseudoAtoms, kind: str,
           angles: torch.Tensor) -> dict[str, object]:
     return {"params": p, "particle_px": particle_px, "structure": atoms.kind,
             "diameter": atoms.diameter,
-            "mass": atoms.mass, "junk": kind, "angles": angles}
+            "mass": atoms.mass, "junk": kind,
+            # numpy, not a tensor: worker results pass tensors as file descriptors, one each
+            "angles": angles.detach().cpu().numpy().astype(np.float64)}
 
 
 def render_good(atoms: PseudoAtoms, s: AverageSettings, box: int, rng: np.random.Generator,
