@@ -31,7 +31,13 @@ from biocnn.checkpoint import save_checkpoint
 from biocnn.config import TrainConfig, to_plain
 from biocnn.data.loader import BatchDataset, TensorData, make_loader
 from biocnn.errors import BiocnnError
-from biocnn.runtime import dist_info, is_main_process, resolve_device, seed_everything
+from biocnn.runtime import (
+    dist_info,
+    is_main_process,
+    resolve_device,
+    reuse_freed_memory,
+    seed_everything,
+)
 
 __all__ = [
     "TrainConfig",
@@ -271,6 +277,8 @@ def fit(
         SIGINT or SIGTERM: the current step was finished and ``last.pt`` written.
     """
     device = resolve_device(cfg.device)
+    if device.type == "cpu":
+        reuse_freed_memory()  # no page faults per activation per step (see its docstring)
     _setup_distributed(device)
     info = dist_info()
     main = is_main_process()

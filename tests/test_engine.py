@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import platform
+import sys
 from pathlib import Path
 
 import pytest
@@ -181,3 +184,30 @@ def test_channels_last_with_5d_group_weights() -> None:
                       bn_recalibrate=0)
     result = fit(model, _bars(n=32), None, cfg)
     assert len(result.history) == 1 and math.isfinite(result.history[0]["train_loss"])
+
+
+_FAULTS = """
+import resource, torch
+from biocnn.runtime import reuse_freed_memory
+applied = reuse_freed_memory()
+fresh = []
+for _ in range(20):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.ones(64 << 18)  # 64 MiB, above glibc's mmap threshold
+    fresh.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(applied, sum(f < 100 for f in fresh[-5:]))  # allocations that touched no new pages
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+                    reason="glibc only")
+def test_training_processes_reuse_freed_memory() -> None:
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES"))}
+    out = subprocess.run([sys.executable, "-c", _FAULTS], capture_output=True, text=True,
+                         check=True, env=env).stdout.split()
+    assert out == ["True", "5"], out
+    off = subprocess.run([sys.executable, "-c", _FAULTS], capture_output=True, text=True,
+                         check=True, env={**env, "BIOCNN_MALLOC": "system"}).stdout.split()
+    assert off[0] == "False" and int(off[1]) < 5, off
