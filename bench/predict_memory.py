@@ -27,6 +27,7 @@ Usage
     python bench/predict_memory.py                           # stacks 0.25 and 2 GB, budget 1 GB
     python bench/predict_memory.py --quick                   # smoke run, ~30 s
     python bench/predict_memory.py --stack-gb 4 --budget-gb 1 --batch-size 128 --runners cli,api
+    python bench/predict_memory.py --size 2048 --box 256 --stack-gb 5.03   # 300 x 2048² images
 
 Writes ``bench/results/predict_memory.json``.
 """
@@ -54,9 +55,9 @@ _STATUS_FIELDS = ("VmRSS", "RssAnon", "RssFile", "RssShmem", "VmHWM")
 _REPO = Path(__file__).resolve().parent.parent
 
 
-def write_checkpoint(path: Path, box: int) -> Path:
-    """Save an untrained two-class ``invariant`` model (one 8-channel stage) with the
-    preprocessing and view records that ``biocnn predict`` reads."""
+def write_checkpoint(path: Path, box: int, apix: float = 1.0) -> Path:
+    """Save an untrained two-class ``invariant`` model (one 8-channel stage) for ``box``-px
+    images at ``apix`` Å with the preprocessing and view records ``biocnn predict`` reads."""
     import torch
 
     from biocnn.checkpoint import save_checkpoint
@@ -67,7 +68,7 @@ def write_checkpoint(path: Path, box: int) -> Path:
     model = create_model("invariant", num_classes=2, widths=(8,))
     meta = {
         "class_names": ["a", "b"],
-        "preprocess": PreprocessConfig(box=box, apix=1.0).to_dict(),
+        "preprocess": PreprocessConfig(box=box, apix=apix).to_dict(),
         "views": ViewSpec().to_dict(),
     }
     return save_checkpoint(path, model, meta)
@@ -176,6 +177,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--stack-gb", type=float, default=None, help="largest stack in GB (default 2)")
     p.add_argument("--budget-gb", type=float, default=None, help="memory budget in GB (default 1)")
     p.add_argument("--size", type=int, default=128, help="image size in px (default 128)")
+    p.add_argument("--box", type=int, default=None,
+                   help="the model's box in px; images are Fourier-resampled to it (default: --size)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="prediction batch (default 256, biocnn predict's; --quick 64)")
     p.add_argument("--runners", default="cli", help="cli, api or cli,api (default cli)")
@@ -210,7 +213,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     sizes_gb = [args.stack_gb / 8, args.stack_gb]
     runs = []
     with tempfile.TemporaryDirectory(prefix="biocnn-bench-") as tmp:
-        checkpoint = write_checkpoint(Path(tmp) / "model.pt", args.size)
+        box = args.box or args.size  # images of 1 Å resampled to the model's box
+        checkpoint = write_checkpoint(Path(tmp) / "model.pt", box, args.size / box)
         for gb in sizes_gb:
             n = int(gb * 1e9 // image_bytes)
             stack = make_stack(Path(tmp) / f"stack-{n}.mrcs", n, args.size)
