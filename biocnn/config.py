@@ -106,6 +106,8 @@ class CryoTrainConfig(TrainConfig):
     slice_axis: str = option("z", "Volumes: slice/projection axis z, y or x.")
     slices: str = option("central", "Volumes: central, all, none or a count.")
     project: bool = option(False, "Volumes: also use the projection along the axis.")
+    as_volume: bool | None = option(None, "Read 3D files as volumes (--volume) or stacks "
+                                    "(--stack).", shown="from the header and name")
     model: str = option("invariant_m", "Registered model (biocnn.list_models()).")
     model_kwargs: dict[str, Any] = option(
         help="JSON object of model options over the model's defaults "
@@ -137,7 +139,8 @@ class CryoTrainConfig(TrainConfig):
         """Which 2D views volumes yield (:class:`~biocnn.io.mrc.ViewSpec`)."""
         from biocnn.io.mrc import ViewSpec
 
-        return ViewSpec(slice_axis=self.slice_axis, slices=self.slices, project=self.project)
+        return ViewSpec(slice_axis=self.slice_axis, slices=self.slices, project=self.project,
+                        as_volume=self.as_volume)
 
 
 def load_toml(path: str | os.PathLike) -> dict[str, Any]:

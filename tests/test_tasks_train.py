@@ -132,3 +132,13 @@ def test_model_kwargs_lie_over_the_model_defaults(tmp_path: Path) -> None:
     assert ckpt["model_name"] == "invariant_m"
     assert ckpt["model_kwargs"]["widths"] == [16, 32, 64, 128]
     assert ckpt["config"]["model_kwargs"] == {"widths": [16, 32, 64, 128], "dropout": 0.2}
+
+
+def test_stack_or_volume_override_reaches_the_views() -> None:
+    from typer.testing import CliRunner
+
+    from biocnn.cli import app
+
+    assert CryoTrainConfig(as_volume=False).view_spec().as_volume is False
+    assert CryoTrainConfig().view_spec().as_volume is None
+    assert "--volume" in CliRunner().invoke(app, ["train", "--help"]).output

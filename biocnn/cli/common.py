@@ -118,7 +118,7 @@ def config_options(cls: type, *, skip: Iterable[str] = (), flags: dict[str, str]
             continue
         kind = _cli_type(hints[f.name])
         flag = flags.get(f.name, "--" + f.name.replace("_", "-"))
-        decls = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
+        decls = [flag if "/" in flag else f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
         from biocnn.config import describe
 
         option = typer.Option(None, *decls, help=describe(cls, f.name), show_default=False)

@@ -50,7 +50,8 @@ def parse_model_kwargs(text: str | None) -> dict | None:
     return value
 
 
-_FLAGS = {"apix": "--target-apix"}  # --apix is the input pixel size (input_apix)
+# --apix is the input pixel size (input_apix); as_volume is --volume/--stack
+_FLAGS = {"apix": "--target-apix", "as_volume": "--volume/--stack"}
 
 
 def train(
