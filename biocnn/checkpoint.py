@@ -109,8 +109,8 @@ def _check_meta(path: Path, ckpt: Any) -> None:
             isinstance(w, int) and not isinstance(w, bool) and 1 <= w <= 8192 for w in widths)):
         raise BiocnnError(f"{path}: model_kwargs['widths'] = {widths!r} is not a list of "
                           "channel counts (1-8192)")
-    names = ckpt.get("class_names")
-    if names is not None:
+    if "class_names" in ckpt:
+        names = ckpt["class_names"]
         if not isinstance(names, list | tuple) or not all(isinstance(n, str) for n in names):
             raise BiocnnError(f"{path}: class_names must be a list of strings")
         k = kwargs.get("num_classes")

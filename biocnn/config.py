@@ -101,6 +101,9 @@ class CryoTrainConfig(TrainConfig):
     mask_radius: float = option(0.4, "Background mask radius: < 1 a fraction of the box, "
                                 "else px.")
     invert: bool = option(False, "Invert the contrast.")
+    norm_region: str = option("background", "Pixels whose mean/std standardise each image: "
+                              "background (outside the mask; particles) or image (all; masked "
+                              "class averages).")
     lowpass: float = option(0.0, "Low-pass: <= 1 a fraction of Nyquist, > 1 a resolution in Å; "
                             "0 = off.")
     slice_axis: str = option("z", "Volumes: slice/projection axis z, y or x.")
@@ -133,7 +136,8 @@ class CryoTrainConfig(TrainConfig):
         from biocnn.data.preprocess import PreprocessConfig
 
         return PreprocessConfig(box=self.box, apix=self.apix, mask_radius=self.mask_radius,
-                                invert=self.invert, lowpass=self.lowpass)
+                                invert=self.invert, lowpass=self.lowpass,
+                                norm_region=self.norm_region)
 
     def view_spec(self) -> Any:
         """Which 2D views volumes yield (:class:`~biocnn.io.mrc.ViewSpec`)."""

@@ -228,3 +228,18 @@ def test_config_round_trip_and_errors() -> None:
         PreprocessConfig(mask_radius=40).resolved([(32, 32)], [1.0])
     with pytest.raises(ValueError, match="resolved"):
         preprocess_images(torch.zeros(1, 16, 16), PreprocessConfig(box=16))
+
+
+def test_whole_image_standardisation_for_masked_class_averages() -> None:
+    """A masked average's background is flat except for residues at the mask edge:
+    background statistics would scale those up without bound; the image's do not."""
+    x = torch.zeros(2, 1, 32, 32)
+    x[:, :, 8:24, 8:24] = torch.randn(2, 1, 16, 16)
+    x[:, :, 0, :20] = 0.05  # residues of a soft mask edge outside the radius
+    bg = PreprocessConfig(box=32, apix=0.0).standardizer()(x)
+    whole = PreprocessConfig(box=32, apix=0.0, norm_region="image").standardizer()(x)
+    assert bg.abs().max() > 50 and whole.abs().max() < 10
+    torch.testing.assert_close(whole.mean((-2, -1)), torch.zeros(2, 1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(whole.std((-2, -1), correction=0), torch.ones(2, 1), atol=1e-4, rtol=0)
+    with pytest.raises(BiocnnError, match="norm_region 'x'"):
+        PreprocessConfig(norm_region="x")

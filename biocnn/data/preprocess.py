@@ -75,6 +75,10 @@ class PreprocessConfig:
         Width of the raised-cosine edge as a fraction of Nyquist.
     normalize
         Apply the background normalisation (step 5).
+    norm_region
+        Pixels whose mean and std standardise an image: ``"background"`` (outside the mask:
+        particles, whose background is noise) or ``"image"`` (all of them: class averages,
+        masked to an exactly flat background whose std would blow small residues up).
     """
 
     box: int | None = None
@@ -84,8 +88,11 @@ class PreprocessConfig:
     lowpass: float = 0.0
     lowpass_edge: float = 0.05
     normalize: bool = True
+    norm_region: str = "background"
 
     def __post_init__(self) -> None:
+        if self.norm_region not in ("background", "image"):
+            raise OptionError("norm_region", repr(self.norm_region), "use background or image")
         if self.box is not None and (isinstance(self.box, bool) or int(self.box) < MIN_BOX):
             raise OptionError("box", self.box, f"must be an integer >= {MIN_BOX}")
         if self.apix is not None and not (math.isfinite(self.apix) and self.apix >= 0):
@@ -140,7 +147,8 @@ class PreprocessConfig:
         out = replace(self, box=int(box), apix=float(apix))
         if self.lowpass > 1 and not apix:
             raise OptionError("lowpass", f"{self.lowpass} Å", "needs known pixel sizes")
-        if circular_mask(out.box, out.mask_radius_px(out.box)).all():
+        if self.norm_region == "background" and circular_mask(
+                out.box, out.mask_radius_px(out.box)).all():
             raise OptionError("mask_radius", self.mask_radius,
                               f"leaves no background in a {out.box}-px box")
         return out
@@ -156,8 +164,8 @@ class PreprocessConfig:
     def standardizer(self) -> Standardize:
         """Steps 5-6 as a module for the device (needs a resolved config)."""
         box = int(self.box)  # type: ignore[arg-type]
-        return Standardize(box, self.mask_radius_px(box), normalize=self.normalize,
-                           invert=self.invert)
+        radius = self.mask_radius_px(box) if self.norm_region == "background" else -1.0
+        return Standardize(box, radius, normalize=self.normalize, invert=self.invert)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON/checkpoint-friendly dict."""
@@ -313,7 +321,8 @@ class Standardize(nn.Module):
     box
         Image size in pixels.
     mask_radius
-        Radius in px of the circle around ``box // 2`` whose outside is the background.
+        Radius in px of the circle around ``box // 2`` whose outside is the background;
+        negative: every pixel is (whole-image standardisation).
     normalize, invert
         As in :func:`standardize_images`.
     """
@@ -323,8 +332,9 @@ class Standardize(nn.Module):
         super().__init__()
         self.box, self.mask_radius = int(box), float(mask_radius)
         self.normalize, self.invert = bool(normalize), bool(invert)
-        self.register_buffer("background", ~circular_mask(self.box, self.mask_radius),
-                             persistent=False)
+        background = (~circular_mask(self.box, self.mask_radius) if self.mask_radius >= 0
+                      else torch.ones(self.box, self.box, dtype=torch.bool))
+        self.register_buffer("background", background, persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         return standardize_images(x, self.background, self.normalize, self.invert)
