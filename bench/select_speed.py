@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         seconds = []
         for r in range(args.rounds):
             cmd = [sys.executable, "-m", "biocnn", "select", str(stack), "--out",
-                   str(Path(tmp) / f"out{r}"), "--no-progress"]
+                   str(Path(tmp) / f"out{r}")]
             if args.model:
                 cmd += ["--model", args.model]
             t0 = time.perf_counter()
