@@ -96,8 +96,13 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike, overwrite: bool = False,
+               marker: str | None = None) -> Iterator[Path]:
     """Build a directory under a temporary name; move it to ``path`` only on success.
+
+    ``overwrite`` replaces an existing non-empty ``path`` only if it holds ``marker`` (the
+    file that shows it is an earlier output of the same command): a folder of the user's
+    own files is never deleted.
 
     On any exception the temporary directory is removed, so no partial output
     directory is left behind. Under ``torchrun`` only rank 0 publishes ``path``; other
@@ -110,8 +115,13 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
         with tempfile.TemporaryDirectory(prefix="biocnn-rank-") as scratch:
             yield Path(scratch)
         return
-    if path.exists() and any(path.iterdir()) and not overwrite:
-        raise BiocnnError(f"output directory {path} exists and is not empty")
+    if path.exists() and any(path.iterdir()):
+        if not overwrite:
+            raise BiocnnError(f"output directory {path} exists and is not empty")
+        if marker is None or not (path / marker).is_file():
+            raise BiocnnError(f"output directory {path} is not an earlier output of this command "
+                              f"(no {marker or 'marker file'}); not replacing it, even with "
+                              "--overwrite")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
@@ -241,9 +251,7 @@ class RunLock:
             fh.seek(0)
             fh.truncate()  # an empty lock file is a clean release, not a stale one
             fh.flush()
-        with contextlib.suppress(OSError):
-            self.path.unlink()
-        fh.close()  # closing releases the OS lock
+        fh.close()  # releases the OS lock; the file stays (deleting it would race a waiter)
 
 
 def _lock_file(fh: Any) -> None:

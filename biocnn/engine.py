@@ -33,9 +33,9 @@ from biocnn.data.loader import BatchDataset, TensorData, make_loader
 from biocnn.errors import BiocnnError
 from biocnn.runtime import (
     dist_info,
+    freed_memory_reused,
     is_main_process,
     resolve_device,
-    reuse_freed_memory,
     seed_everything,
 )
 
@@ -277,8 +277,27 @@ def fit(
         SIGINT or SIGTERM: the current step was finished and ``last.pt`` written.
     """
     device = resolve_device(cfg.device)
-    if device.type == "cpu":
-        reuse_freed_memory()  # no page faults per activation per step (see its docstring)
+    with freed_memory_reused(device.type == "cpu"):  # no page faults per activation per step
+        return _fit(model, train_data, val_data, cfg, augment=augment, out_dir=out_dir,
+                    checkpoint_meta=checkpoint_meta, standardize=standardize, resume=resume,
+                    desc=desc, device=device)
+
+
+def _fit(
+    model: nn.Module,
+    train_data: BatchDataset,
+    val_data: BatchDataset | None,
+    cfg: TrainConfig,
+    *,
+    augment: Augmenter | None = None,
+    out_dir: Path | None = None,
+    checkpoint_meta: dict[str, Any] | None = None,
+    standardize: nn.Module | None = None,
+    resume: dict[str, Any] | None = None,
+    desc: str = "train",
+    device: torch.device,
+) -> FitResult:
+    """:func:`fit` with the device resolved."""
     _setup_distributed(device)
     info = dist_info()
     main = is_main_process()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +16,7 @@ from biocnn.errors import OptionError
 __all__ = [
     "resolve_device", "seed_everything", "DistInfo", "dist_info", "is_main_process",
     "reuse_freed_memory",
+    "freed_memory_reused",
 ]
 
 
@@ -74,30 +77,50 @@ def is_main_process() -> bool:
     return dist_info().rank == 0
 
 
+def _mallopt(*settings: tuple[int, int]) -> bool:
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return all(bool(libc.mallopt(param, value)) for param, value in settings)
+    except (OSError, AttributeError):
+        return False
+
+
+# glibc mallopt parameters and their defaults
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_TRIM_DEFAULT, _MMAP_MAX_DEFAULT = 128 * 1024, 65536
+
+
 def reuse_freed_memory() -> bool:
     """Let a CPU training process reuse freed memory instead of returning it to the OS
-    (glibc only; elsewhere a no-op). Called by :func:`biocnn.engine.fit` on the CPU.
+    (glibc only; elsewhere a no-op); :func:`freed_memory_reused` undoes it afterwards.
 
     PyTorch's CPU allocator takes every activation and gradient of every step from malloc;
     glibc serves large blocks with ``mmap`` and trims its heap when they are freed, so each
     step's tensors arrive as fresh pages and every first touch of a page is a fault. With
     ``mmap`` off for allocations and no trimming, freed blocks are reused (1.66x faster
-    steps for ``invariant_m`` at 128 px, BENCHMARKS.md); the process then keeps its peak
-    memory until it exits. Skipped (returns False) with ``BIOCNN_MALLOC=system`` or when
-    malloc is already tuned through ``GLIBC_TUNABLES`` or ``MALLOC_*_`` variables.
+    steps for ``invariant_m`` at 128 px, BENCHMARKS.md); memory held stays at the step's
+    peak. Skipped (returns False) with ``BIOCNN_MALLOC=system`` or when malloc is already
+    tuned through ``GLIBC_TUNABLES`` or ``MALLOC_*_`` variables.
     """
-    import ctypes
-    import platform
-
     if os.environ.get("BIOCNN_MALLOC", "").lower() == "system" or "GLIBC_TUNABLES" in os.environ:
         return False
     if any(k.startswith("MALLOC_") and k.endswith("_") for k in os.environ):
         return False
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
+    return _mallopt((_M_TRIM_THRESHOLD, 2**31 - 1), (_M_MMAP_MAX, 0))
+
+
+@contextlib.contextmanager
+def freed_memory_reused(enabled: bool = True) -> Iterator[bool]:
+    """:func:`reuse_freed_memory` for the duration of a block (training), then glibc's
+    defaults again, so prediction later in the same process (a notebook) is not affected."""
+    applied = enabled and reuse_freed_memory()
     try:
-        libc = ctypes.CDLL("libc.so.6")
-        # M_TRIM_THRESHOLD = -1: never trim; M_MMAP_MAX = -4: no mmap-served allocations
-        return bool(libc.mallopt(-1, 2**31 - 1)) and bool(libc.mallopt(-4, 0))
-    except (OSError, AttributeError):
-        return False
+        yield applied
+    finally:
+        if applied:
+            _mallopt((_M_MMAP_MAX, _MMAP_MAX_DEFAULT), (_M_TRIM_THRESHOLD, _TRIM_DEFAULT))

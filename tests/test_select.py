@@ -269,3 +269,34 @@ def test_bad_model_star_is_one_line(tmp_path: Path, text: str, message: str) -> 
     with pytest.raises(BiocnnError, match=message) as err:
         resolve_classes([str(tmp_path)])
     assert "\n" not in str(err.value)
+
+
+def test_overwrite_never_deletes_a_folder_of_other_files(tmp_path: Path) -> None:
+    from biocnn.atomic import atomic_dir
+    from biocnn.errors import BiocnnError
+
+    mine = tmp_path / "thesis"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("years of work")
+    with pytest.raises(BiocnnError, match="not an earlier output"), \
+            atomic_dir(mine, overwrite=True, marker="selection.json"):
+        pass
+    assert (mine / "thesis.txt").read_text() == "years of work"
+    (mine / "selection.json").write_text("{}")
+    with atomic_dir(mine, overwrite=True, marker="selection.json") as tmp:
+        (tmp / "selection.json").write_text("{}")
+    assert sorted(p.name for p in mine.iterdir()) == ["selection.json"]
+
+
+def test_ood_checks_use_the_particle_mask_even_with_whole_image_standardisation() -> None:
+    import torch
+
+    from biocnn.data import PreprocessConfig
+    from biocnn.data.preprocess import circular_mask
+    from biocnn.tasks.select import ood_reasons
+
+    pre = PreprocessConfig(box=32, apix=0.0, norm_region="image")
+    assert bool(pre.standardizer().background.all())  # the model's statistics: every pixel
+    mask = ~circular_mask(32, pre.mask_radius_px(32))
+    busy = torch.randn(4, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert all(r for r in ood_reasons(busy, mask))  # raw noise everywhere: flagged

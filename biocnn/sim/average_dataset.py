@@ -346,7 +346,7 @@ def simulate_class_averages(
     columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
     tables, examples, apixes, diameters = [], {}, [], {}
-    with atomic_dir(out, overwrite=overwrite) as tmp, Progress(*columns,
+    with atomic_dir(out, overwrite=overwrite, marker="run.json") as tmp, Progress(*columns,
                                                                disable=not progress) as bar, \
             _single_thread(), _executor(state, cfg.workers) as run:
         task = bar.add_task("simulating", total=2 * n)

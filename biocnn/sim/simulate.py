@@ -262,7 +262,7 @@ def simulate_dataset(
     columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
     bar = Progress(*columns, disable=not progress)
-    with atomic_dir(out, overwrite=overwrite) as tmp, bar:
+    with atomic_dir(out, overwrite=overwrite, marker="run.json") as tmp, bar:
         task = bar.add_task("simulating", total=n * len(names))
 
         def emit(label: int, params: ImageParams,

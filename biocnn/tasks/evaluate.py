@@ -170,7 +170,7 @@ def run_evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = print) -> Eva
         log(line)
     batch = batch_for(data, cfg.batch_size,
                       model_bytes=forward_bytes(clf.model, clf.box, clf.device, cfg.tta))
-    with atomic_dir(out, overwrite=cfg.overwrite) as tmp:
+    with atomic_dir(out, overwrite=cfg.overwrite, marker="evaluation.json") as tmp:
         box = clf.box
         shifts = [float(s) for s in cfg.shifts] or default_shifts(box)
         c_shift = (

@@ -59,6 +59,7 @@ import torch
 from biocnn.atomic import atomic_dir, write_json
 from biocnn.checkpoint import Classifier, load_classifier
 from biocnn.data.inputs import Inputs, batch_for, expand_inputs, forward_bytes, input_kind, open_inputs
+from biocnn.data.preprocess import circular_mask
 from biocnn.engine import predict_logits
 from biocnn.errors import BiocnnError
 from biocnn.html_report import ClassRow, write_html_report
@@ -377,7 +378,7 @@ def run_select(cfg: SelectConfig, log: Callable[[str], None] = print) -> SelectR
     names = [inputs.name(i) for i in range(n)]
     result = SelectResult(scores, selected, names, classes.counts, threshold, temperature, reasons,
                           notes, out)
-    with atomic_dir(out, overwrite=cfg.overwrite) as tmp:
+    with atomic_dir(out, overwrite=cfg.overwrite, marker="selection.json") as tmp:
         written = _write_outputs(tmp, result, inputs, classes, thumbs, cfg)
     result.written = [out / p.name for p in written]
     return result
@@ -388,7 +389,8 @@ def _score(clf: Classifier, inputs: Inputs, good: int, temperature: float, cfg: 
     """P(good), model-box thumbnails ``(box, box)`` and OOD reasons of every image."""
     model_bytes = forward_bytes(clf.model, clf.box, clf.device)
     scores, thumbs, reasons = [], [], []
-    background = clf.standardize.background.cpu()
+    # the particle mask, whatever pixels the model standardises with
+    background = ~circular_mask(clf.box, clf.preprocess.mask_radius_px(clf.box))
     for s in inputs.sources:
         data = s.dataset
         batch = batch_for(data, cfg.batch_size, model_bytes=model_bytes)
