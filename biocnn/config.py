@@ -7,6 +7,7 @@ and saves the result beside its outputs.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import platform
 import sys
@@ -21,7 +22,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from biocnn.errors import BiocnnError
+from biocnn.errors import BiocnnError, OptionError
 
 __all__ = [
     "TrainConfig", "CryoTrainConfig", "option", "describe", "load_toml", "merge", "resolve",
@@ -80,6 +81,26 @@ class TrainConfig:
                                  "un-augmented training images before they are used; 0 = off.")
     progress: bool = option(True, "Show progress bars.")
 
+    def __post_init__(self) -> None:
+        checks = [
+            ("epochs", self.epochs >= 1, "must be >= 1"),
+            ("batch_size", self.batch_size >= 1, "must be >= 1"),
+            ("lr", math.isfinite(self.lr) and self.lr > 0, "must be > 0"),
+            ("weight_decay", math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+             "must be >= 0"),
+            ("optimizer", self.optimizer in ("adamw", "sgd"), "use adamw or sgd"),
+            ("momentum", 0 <= self.momentum < 1, "must be in [0, 1)"),
+            ("warmup_epochs", math.isfinite(self.warmup_epochs) and self.warmup_epochs >= 0,
+             "must be >= 0"),
+            ("label_smoothing", 0 <= self.label_smoothing < 1, "must be in [0, 1)"),
+            ("patience", self.patience >= 0, "must be >= 0 (0 = off)"),
+            ("num_workers", self.num_workers >= 0, "must be >= 0"),
+            ("bn_recalibrate", self.bn_recalibrate >= 0, "must be >= 0 (0 = off)"),
+        ]
+        for name, ok, why in checks:
+            if not ok:
+                raise OptionError(name, getattr(self, name), why)
+
 
 @dataclass
 class CryoTrainConfig(TrainConfig):
@@ -130,6 +151,15 @@ class CryoTrainConfig(TrainConfig):
     patience: int = option(5, "Stop after this many epochs without a better validation "
                            "accuracy; 0 = off.")
     batch_size: int = option(64, "Images per step (per process under torchrun).")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 <= self.val_fraction < 1:
+            raise OptionError("val_fraction", self.val_fraction, "must be in [0, 1)")
+        if not (math.isfinite(self.preload_gb) and self.preload_gb >= 0):
+            raise OptionError("preload_gb", self.preload_gb, "must be >= 0 (0 = never)")
+        if self.max_shift is not None and not (math.isfinite(self.max_shift) and self.max_shift >= 0):
+            raise OptionError("max_shift", self.max_shift, "must be >= 0")
 
     def preprocess_config(self) -> Any:
         """The (unresolved) :class:`~biocnn.data.PreprocessConfig` asked for."""

@@ -62,7 +62,7 @@ def _train_loader(data: BatchDataset, cfg: TrainConfig) -> Any:
         return make_loader(data, cfg.batch_size, shuffle=True, balance_classes=cfg.balance_classes,
                            seed=cfg.seed, rank=info.rank, world=info.world_size,
                            num_workers=cfg.num_workers, pin_memory=torch.cuda.is_available())
-    except ValueError as exc:
+    except ValueError as exc:  # only a dataset without labels gets here: options are checked
         raise BiocnnError(f"balance_classes: {exc}") from None
 
 

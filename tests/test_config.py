@@ -45,3 +45,17 @@ def test_command_tables_win_over_the_top_level(tmp_path: Path) -> None:
     f.write_text('[train]\nbogus = 1\n')
     with pytest.raises(BiocnnError, match="unknown config key 'bogus'"):
         resolve(TrainConfig(), f, {}, "train")
+
+
+@pytest.mark.parametrize(("field", "value", "why"), [
+    ("lr", -1.0, "must be > 0"), ("label_smoothing", 2.0, "must be in"), ("epochs", 0, ">= 1"),
+    ("batch_size", 0, ">= 1"), ("weight_decay", -1.0, ">= 0"), ("num_workers", -1, ">= 0"),
+    ("patience", -1, ">= 0"), ("momentum", 5.0, "must be in"), ("optimizer", "foo", "adamw or sgd"),
+])
+def test_loop_options_are_checked_when_set(field: str, value, why: str) -> None:
+    from biocnn.errors import OptionError
+
+    with pytest.raises(OptionError, match=f"^{field} .*{why}"):
+        TrainConfig(**{field: value})
+    with pytest.raises(OptionError, match=f"^{field} "):
+        merge(TrainConfig(), {field: value})

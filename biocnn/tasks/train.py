@@ -51,10 +51,10 @@ from biocnn.data import (
 from biocnn.engine import FitResult, TrainingInterrupted, evaluate, fit
 from biocnn.errors import BiocnnError, OptionError
 from biocnn.metrics import classification_summary
-from biocnn.models import create_model
+from biocnn.models import create_model, list_models
 from biocnn.plots import plot_confusion, plot_curves
 from biocnn.report import class_table
-from biocnn.runtime import is_main_process, seed_everything
+from biocnn.runtime import is_main_process, resolve_device, seed_everything
 
 __all__ = [
     "CryoTrainConfig",
@@ -210,6 +210,9 @@ def run_train(cfg: CryoTrainConfig, log: Callable[[str], None] = print) -> Train
     if ckpt is None and main and out.exists() and any(p.name != RunLock.NAME for p in out.iterdir()):
         raise BiocnnError(f"output directory {out} exists and is not empty "
                           "(--resume it, or choose another --out)")
+    resolve_device(cfg.device)  # bad options fail before the data are read
+    if cfg.model not in list_models():
+        raise OptionError("model", repr(cfg.model), f"not a registered model ({', '.join(list_models())})")
     views = cfg.view_spec()
     data = build_dataset(cfg.data, preprocess=cfg.preprocess_config(), views=views,
                          label_column=cfg.label_column, apix=cfg.input_apix)
