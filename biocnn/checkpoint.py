@@ -9,7 +9,7 @@ in one line without allocating for it.
 Example
 -------
     >>> clf = load_classifier("runs/train-x/best.pt")  # doctest: +SKIP
-    >>> probs = clf.probabilities(images)  # (B, 1, box, box) raw pixels -> (B, K)  # doctest: +SKIP
+    >>> logits = clf.logits(images)  # (B, 1, box, box) raw pixels -> (B, K)  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -88,7 +88,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def test_train_writes_a_complete_run(run: dict[str, Path]) -> None:
     out = run["out"]
-    assert {p.name for p in out.iterdir()} == {
+    assert {p.name for p in out.iterdir() if not p.name.startswith(".")} == {
         "best.pt", "last.pt", "metrics.jsonl", "curves.png", "confusion.png", "summary.json",
         "config.toml", "run.json",
     }

@@ -29,7 +29,8 @@ def parse_shifts(text: str | None, option: str = "--shifts") -> tuple[float, ...
     try:
         return tuple(float(s) for s in text.split(",") if s.strip())
     except ValueError:
-        raise BiocnnError(f"{option} {text!r}: use comma-separated values, e.g. 0,2,4,8") from None
+        example = "0,30,90" if option == "--angles" else "0,2,4,8"
+        raise BiocnnError(f"{option} {text!r}: use comma-separated numbers, e.g. {example}") from None
 
 
 def evaluate(

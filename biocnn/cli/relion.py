@@ -63,6 +63,9 @@ def relion_predict(
     del pipeline_control
     job = Path(o)
     ok = False
+    for stale in ("RELION_JOB_EXIT_SUCCESS", "RELION_JOB_EXIT_FAILURE"):  # a re-run's old marker
+        with contextlib.suppress(OSError):
+            (job / stale).unlink(missing_ok=True)
     try:
         with cli_errors():
             _run(job, in_parts, j, model, select or [], min_probability, _yes(tta), apix, device,

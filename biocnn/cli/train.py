@@ -83,7 +83,7 @@ def train(
             raise typer.Exit(128 + stop.signum) from None
         for table in train_tables(result):
             console.print(table)
-        files = ", ".join(sorted(p.name for p in result.out_dir.iterdir()))
+        files = ", ".join(sorted(p.name for p in result.out_dir.iterdir() if not p.name.startswith(".")))
         console.print(f"wrote {result.out_dir}/: {files}")
 
 

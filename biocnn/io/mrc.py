@@ -598,9 +598,12 @@ def read_sections(
         with open(spath, "rb", buffering=0) as f:
             for run in np.split(np.arange(len(idx)), cuts) if len(idx) else []:
                 f.seek(h.offset + int(ordered[run[0]]) * size)
-                buf = raw[run[0] : run[-1] + 1].reshape(-1).view(np.uint8)
-                if f.readinto(buf) != len(buf):
-                    raise BiocnnError(f"{spath}: file is shorter than when it was opened")
+                buf = memoryview(raw[run[0] : run[-1] + 1].reshape(-1).view(np.uint8))
+                while len(buf):  # one read returns at most ~2 GiB on Linux
+                    got = f.readinto(buf)
+                    if not got:
+                        raise BiocnnError(f"{spath}: file is shorter than when it was opened")
+                    buf = buf[got:]
     except OSError as exc:
         raise BiocnnError(f"cannot read {spath}: {exc.strerror or exc}") from exc
     block = np.empty((len(idx), h.ny, h.nx), dtype=np.float32)

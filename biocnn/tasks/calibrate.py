@@ -5,7 +5,7 @@ temperature ``T`` (softmax of ``logits / T``) by minimising the negative log-lik
 a labelled held-out set, picks the threshold on P(``good_class``) that maximises balanced
 accuracy (the mean of good kept and junk rejected), and writes a copy of the checkpoint
 with ``temperature``, ``threshold`` and the held-out metrics (``calibration``), which
-``biocnn select`` uses by default.
+``biocnn select`` applies (``predict`` and ``evaluate`` report the model's own probabilities).
 
 Example
 -------
@@ -15,6 +15,7 @@ Example
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,10 +147,16 @@ def run_calibrate(cfg: CalibrateConfig, log: Callable[[str], None] = print) -> d
     logits = predict_logits(clf.model, data, batch_size=cfg.batch_size, device=clf.device,
                             standardize=clf.standardize, progress=cfg.progress)
     labels = torch.from_numpy(data.labels)
+    is_good = data.labels == good
+    if is_good.all() or not is_good.any():
+        raise BiocnnError(f"{cfg.data}: calibration needs images of {cfg.good_class!r} and of the "
+                          "other classes")
     temperature = fit_temperature(logits, labels)
+    if not 0.06 < temperature < 19:  # at a bound of the search: the data do not fix it
+        warnings.warn(f"{cfg.data}: the fitted temperature {temperature:.3g} is at the search "
+                      "bound; the held-out set may be too small or not separable", stacklevel=2)
     before = logits.softmax(1)
     after = (logits / temperature).softmax(1)
-    is_good = data.labels == good
     threshold, _ = best_threshold(after[:, good].numpy(), is_good)
     record = {
         "data": str(cfg.data),
