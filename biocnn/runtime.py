@@ -93,6 +93,7 @@ def _mallopt(*settings: tuple[int, int]) -> bool:
 # glibc mallopt parameters and their defaults
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 _TRIM_DEFAULT, _MMAP_MAX_DEFAULT = 128 * 1024, 65536
+_REUSE_DEPTH = 0  # open freed_memory_reused blocks that applied the setting
 
 
 def reuse_freed_memory() -> bool:
@@ -118,9 +119,15 @@ def reuse_freed_memory() -> bool:
 def freed_memory_reused(enabled: bool = True) -> Iterator[bool]:
     """:func:`reuse_freed_memory` for the duration of a block (training), then glibc's
     defaults again, so prediction later in the same process (a notebook) is not affected."""
+    global _REUSE_DEPTH
+    if _REUSE_DEPTH:  # nested (fit inside an experiment): the outermost block decides
+        yield True
+        return
     applied = enabled and reuse_freed_memory()
+    _REUSE_DEPTH += applied
     try:
         yield applied
     finally:
         if applied:
+            _REUSE_DEPTH -= 1
             _mallopt((_M_MMAP_MAX, _MMAP_MAX_DEFAULT), (_M_TRIM_THRESHOLD, _TRIM_DEFAULT))

@@ -211,3 +211,13 @@ def test_training_processes_reuse_freed_memory() -> None:
     off = subprocess.run([sys.executable, "-c", _FAULTS], capture_output=True, text=True,
                          check=True, env={**env, "BIOCNN_MALLOC": "system"}).stdout.split()
     assert off[0] == "False" and int(off[1]) < 5, off
+
+
+def test_freed_memory_reuse_nests_and_is_undone() -> None:
+    from biocnn import runtime
+
+    with runtime.freed_memory_reused() as outer:
+        with runtime.freed_memory_reused() as inner:
+            assert runtime._REUSE_DEPTH == int(outer) and inner
+        assert runtime._REUSE_DEPTH == int(outer)  # the inner block did not undo the outer
+    assert runtime._REUSE_DEPTH == 0
