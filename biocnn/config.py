@@ -85,7 +85,7 @@ class TrainConfig:
         checks = [
             ("epochs", self.epochs >= 1, "must be >= 1"),
             ("batch_size", self.batch_size >= 1, "must be >= 1"),
-            ("lr", math.isfinite(self.lr) and self.lr > 0, "must be > 0"),
+            ("lr", math.isfinite(self.lr) and self.lr >= 0, "must be >= 0"),
             ("weight_decay", math.isfinite(self.weight_decay) and self.weight_decay >= 0,
              "must be >= 0"),
             ("optimizer", self.optimizer in ("adamw", "sgd"), "use adamw or sgd"),

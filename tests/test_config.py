@@ -48,7 +48,7 @@ def test_command_tables_win_over_the_top_level(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("field", "value", "why"), [
-    ("lr", -1.0, "must be > 0"), ("label_smoothing", 2.0, "must be in"), ("epochs", 0, ">= 1"),
+    ("lr", -1.0, "must be >= 0"), ("label_smoothing", 2.0, "must be in"), ("epochs", 0, ">= 1"),
     ("batch_size", 0, ">= 1"), ("weight_decay", -1.0, ">= 0"), ("num_workers", -1, ">= 0"),
     ("patience", -1, ">= 0"), ("momentum", 5.0, "must be in"), ("optimizer", "foo", "adamw or sgd"),
 ])

@@ -141,6 +141,10 @@ def test_existing_output_needs_overwrite(tmp_path: Path) -> None:
     with pytest.raises(BiocnnError, match="--overwrite"):
         sim.simulate_dataset(_cfg(n_per_class=2), out)
     assert (out / "keep.txt").exists()
+    with pytest.raises(BiocnnError, match="not an earlier output"):  # not a simulate folder
+        sim.simulate_dataset(_cfg(n_per_class=2), out, overwrite=True)
+    assert (out / "keep.txt").exists()
+    (out / "run.json").write_text("{}")  # an earlier simulate output: replaced
     sim.simulate_dataset(_cfg(n_per_class=2), out, overwrite=True)
     assert not (out / "keep.txt").exists() and (out / "particles.star").exists()
 
