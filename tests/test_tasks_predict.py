@@ -218,3 +218,22 @@ def test_real_files_predict_alone_and_through_their_star(tmp_path: Path) -> None
     stack = runs[("relion31.mrcs", "--apix", "2.806")]["inputs"][0]["probabilities"]
     v2 = runs[("relion31.v2.star", "--apix", "2.806")]["inputs"][0]["probabilities"]
     assert star == pytest.approx(stack, abs=1e-5) and star == pytest.approx(v2, abs=1e-5)
+
+
+def test_star_output_of_mixed_inputs_is_refused_before_predicting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import biocnn.tasks.predict as predict_mod
+    from biocnn.io.star import format_image_name, write_star
+
+    ckpt = _checkpoint(tmp_path / "m.pt", ["x", "y"])
+    _stack(tmp_path / "a.mrcs", 2, size=BOX)
+    parts = {"rlnImageName": [format_image_name(0, "a.mrcs")], "rlnClassNumber": [1]}
+    import pandas as pd
+
+    star = write_star(tmp_path / "p.star", pd.DataFrame(parts), apix=1.0, image_size=BOX)
+    monkeypatch.setattr(predict_mod, "_probabilities", lambda *a: pytest.fail("predicted"))
+    cfg = PredictConfig(inputs=(str(star), str(tmp_path / "a.mrcs")), model=str(ckpt),
+                        star=str(tmp_path / "o.star"), device="cpu", progress=False)
+    with pytest.raises(BiocnnError, match="different particle columns"):
+        run_predict(cfg, log=lambda _: None)

@@ -226,6 +226,13 @@ def _check_writable(cfg: PredictConfig, inputs: Inputs) -> None:
         raise BiocnnError("--star: volume slices have no RELION image name; use --csv")
     if cfg.out_cs and (len(inputs.sources) != 1 or inputs.sources[0].kind != "cs"):
         raise BiocnnError("--out-cs needs exactly one cryoSPARC .cs input")
+    tables = [s for s in inputs.sources if s.kind == "star"]
+    if cfg.star and tables and len(inputs.sources) > 1 and (
+            len(tables) != len(inputs.sources)
+            or any(list(s.table.particles.columns) != list(tables[0].table.particles.columns)
+                   for s in tables[1:])):
+        raise BiocnnError("--star: the inputs have different particle columns (STAR files with "
+                          "other columns, or MRC files next to a STAR file); predict them separately")
 
 
 def _probabilities(clf: Classifier, inputs: Inputs, cfg: PredictConfig) -> np.ndarray:
