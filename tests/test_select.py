@@ -300,3 +300,24 @@ def test_ood_checks_use_the_particle_mask_even_with_whole_image_standardisation(
     mask = ~circular_mask(32, pre.mask_radius_px(32))
     busy = torch.randn(4, 1, 32, 32, generator=torch.Generator().manual_seed(0))
     assert all(r for r in ood_reasons(busy, mask))  # raw noise everywhere: flagged
+
+
+def test_inputs_of_different_sizes_are_refused_before_scoring(tmp_path: Path) -> None:
+    import numpy as np
+
+    from biocnn.errors import BiocnnError
+    from biocnn.io.mrc import write_mrc
+    from biocnn.tasks.select import SHIPPED_MODEL, SelectConfig, run_select
+
+    if not SHIPPED_MODEL.is_file():
+        pytest.skip("no shipped selector")
+    rng = np.random.default_rng(0)
+    write_mrc(tmp_path / "a.mrcs", rng.standard_normal((2, 32, 32)).astype(np.float32), apix=2.0,
+              is_stack=True)
+    write_mrc(tmp_path / "b.mrcs", rng.standard_normal((2, 40, 40)).astype(np.float32), apix=2.0,
+              is_stack=True)
+    cfg = SelectConfig(inputs=(str(tmp_path / "a.mrcs"), str(tmp_path / "b.mrcs")),
+                       out=str(tmp_path / "sel"), device="cpu", progress=False)
+    with pytest.raises(BiocnnError, match=r"different sizes \(32x32, 40x40\)"):
+        run_select(cfg, log=lambda _: None)
+    assert not (tmp_path / "sel").exists()

@@ -364,6 +364,10 @@ def run_select(cfg: SelectConfig, log: Callable[[str], None] = print) -> SelectR
     inputs = open_inputs(classes.images, preprocess=clf.preprocess, views=views,
                          apix=cfg.apix or classes.apix, cs_project=cfg.cs_project)
     _check_out(out, [*inputs.files(), *extra], cfg.overwrite)
+    shapes = sorted({tuple(sh) for s in inputs.sources for sh in s.dataset.source_shapes})
+    if len(shapes) > 1:  # good.mrcs / bad.mrcs hold the original pixels: one size per stack
+        raise BiocnnError("the inputs hold class averages of different sizes ("
+                          + ", ".join(f"{h}x{w}" for h, w in shapes) + "); select them separately")
     n = len(inputs)
     if classes.counts is not None and len(classes.counts) != n:
         raise BiocnnError(f"{classes.model_star}: {len(classes.counts)} classes but {n} images")
