@@ -278,188 +278,168 @@ def fit(
     """
     device = resolve_device(cfg.device)
     with freed_memory_reused(device.type == "cpu"):  # no page faults per activation per step
-        return _fit(model, train_data, val_data, cfg, augment=augment, out_dir=out_dir,
-                    checkpoint_meta=checkpoint_meta, standardize=standardize, resume=resume,
-                    desc=desc, device=device)
+        _setup_distributed(device)
+        info = dist_info()
+        main = is_main_process()
+        aug_generator = seed_everything(cfg.seed + info.rank)  # augmentation differs per rank
+        prepare = _prepare(device, standardize, cfg.channels_last)
 
-
-def _fit(
-    model: nn.Module,
-    train_data: BatchDataset,
-    val_data: BatchDataset | None,
-    cfg: TrainConfig,
-    *,
-    augment: Augmenter | None = None,
-    out_dir: Path | None = None,
-    checkpoint_meta: dict[str, Any] | None = None,
-    standardize: nn.Module | None = None,
-    resume: dict[str, Any] | None = None,
-    desc: str = "train",
-    device: torch.device,
-) -> FitResult:
-    """:func:`fit` with the device resolved."""
-    _setup_distributed(device)
-    info = dist_info()
-    main = is_main_process()
-    aug_generator = seed_everything(cfg.seed + info.rank)  # augmentation differs per rank
-    prepare = _prepare(device, standardize, cfg.channels_last)
-
-    model.to(device)
-    if cfg.channels_last:  # 4-D weights only: group convolutions keep 5-D ones
-        for p in model.parameters():
-            if p.dim() == 4:
-                p.data = p.data.contiguous(memory_format=torch.channels_last)
-    net: nn.Module = model
-    if info.distributed:
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    if cfg.compile:
-        net = torch.compile(net)
-
-    train_loader = _train_loader(train_data, cfg)
-    steps_per_epoch = len(train_loader)
-    if steps_per_epoch == 0:
-        raise BiocnnError("the training set is empty")
-    total_steps = cfg.epochs * steps_per_epoch
-    warmup = int(cfg.warmup_epochs * steps_per_epoch)
-    optimizer = _optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: _lr_factor(s, warmup, total_steps)
-    )
-    meta = {**(checkpoint_meta or {}), "train_config": to_plain(cfg)}
-    metrics_path = out_dir / "metrics.jsonl" if out_dir is not None and main else None
-    if metrics_path is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-
-    result = FitResult()
-    best_state: dict[str, Tensor] | None = None
-    epochs_without_gain, first_epoch, skip = 0, 1, 0
-    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, seen this epoch
-    elapsed = 0.0
-    if resume is not None:
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        aug_generator.set_state(resume["aug_rng"][info.rank])
-        torch.set_rng_state(resume["torch_rng"])
-        result.history = [dict(row) for row in resume["history"]]
-        result.best_epoch, result.best_val_acc = resume["best_epoch"], resume["best_val_acc"]
-        if resume.get("best_state") is not None:
-            best_state = {k: v.to(device) for k, v in resume["best_state"].items()}
-        epochs_without_gain, elapsed = resume["epochs_without_gain"], resume["elapsed"]
-        first_epoch, skip = resume["epoch"], resume["step"]
-        sums = resume["sums"].to(device)
-        if metrics_path is not None:  # rows of epochs the checkpoint has not seen go
-            write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in result.history))
-
-    def train_state(epoch: int, step: int, sums: Tensor) -> dict[str, Any]:
-        """Everything a resumed run needs besides the weights (``step`` batches of ``epoch``
-        done); every rank's augmentation RNG, so each resumes its own stream."""
-        rngs = [aug_generator.get_state()]
+        model.to(device)
+        if cfg.channels_last:  # 4-D weights only: group convolutions keep 5-D ones
+            for p in model.parameters():
+                if p.dim() == 4:
+                    p.data = p.data.contiguous(memory_format=torch.channels_last)
+        net: nn.Module = model
         if info.distributed:
-            rngs = [torch.empty_like(rngs[0]) for _ in range(info.world_size)]
-            dist.all_gather(rngs, aug_generator.get_state().to(device))
-            rngs = [r.cpu() for r in rngs]
-        return {"epoch": epoch, "step": step, "sums": sums.detach().cpu(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "aug_rng": rngs, "torch_rng": torch.get_rng_state(),
-                "history": result.history, "best_epoch": result.best_epoch,
-                "best_val_acc": result.best_val_acc, "epochs_without_gain": epochs_without_gain,
-                "best_state": best_state, "elapsed": elapsed + time.perf_counter() - t_start}
+            net = nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        if cfg.compile:
+            net = torch.compile(net)
 
-    t_start = time.perf_counter()
-    with _progress(cfg.progress and main) as bar, _StopRequests() as stop:
-        for epoch in range(first_epoch, cfg.epochs + 1):
-            train_loader.set_epoch(epoch)
-            net.train()
-            task = bar.add_task(f"{desc} {epoch}/{cfg.epochs}", total=steps_per_epoch,
-                                completed=skip, stats="")
-            t_epoch = time.perf_counter()
-            done = int(sums[2].item())
-            for step, (x, y) in enumerate(train_loader.iter_from(skip), start=skip + 1):
-                x = prepare(x)
-                y = y.to(device, non_blocking=True)
-                if augment is not None:
-                    x = augment(x, aug_generator)
-                with _autocast(device, cfg.amp):
-                    logits = net(x)
-                    loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                sums += torch.stack([loss.detach().double() * len(y),
-                                     (logits.detach().argmax(1) == y).sum().double(),
-                                     torch.tensor(float(len(y)), device=device)])
-                if main and (step % 20 == 0 or step == steps_per_epoch):
-                    seen = sums[2].item()  # syncs only here, for display
-                    rate = (seen - done) / (time.perf_counter() - t_epoch)
-                    bar.update(task, completed=step, stats=(
-                        f"loss {sums[0].item() / seen:.4f}  acc {sums[1].item() / seen:.4f}  "
-                        f"{rate:,.0f} img/s"
-                    ))
+        train_loader = _train_loader(train_data, cfg)
+        steps_per_epoch = len(train_loader)
+        if steps_per_epoch == 0:
+            raise BiocnnError("the training set is empty")
+        total_steps = cfg.epochs * steps_per_epoch
+        warmup = int(cfg.warmup_epochs * steps_per_epoch)
+        optimizer = _optimizer(model, cfg)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: _lr_factor(s, warmup, total_steps)
+        )
+        meta = {**(checkpoint_meta or {}), "train_config": to_plain(cfg)}
+        metrics_path = out_dir / "metrics.jsonl" if out_dir is not None and main else None
+        if metrics_path is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+
+        result = FitResult()
+        best_state: dict[str, Tensor] | None = None
+        epochs_without_gain, first_epoch, skip = 0, 1, 0
+        sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, seen this epoch
+        elapsed = 0.0
+        if resume is not None:
+            optimizer.load_state_dict(resume["optimizer"])
+            scheduler.load_state_dict(resume["scheduler"])
+            aug_generator.set_state(resume["aug_rng"][info.rank])
+            torch.set_rng_state(resume["torch_rng"])
+            result.history = [dict(row) for row in resume["history"]]
+            result.best_epoch, result.best_val_acc = resume["best_epoch"], resume["best_val_acc"]
+            if resume.get("best_state") is not None:
+                best_state = {k: v.to(device) for k, v in resume["best_state"].items()}
+            epochs_without_gain, elapsed = resume["epochs_without_gain"], resume["elapsed"]
+            first_epoch, skip = resume["epoch"], resume["step"]
+            sums = resume["sums"].to(device)
+            if metrics_path is not None:  # rows of epochs the checkpoint has not seen go
+                write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in result.history))
+
+        def train_state(epoch: int, step: int, sums: Tensor) -> dict[str, Any]:
+            """Everything a resumed run needs besides the weights (``step`` batches of ``epoch``
+            done); every rank's augmentation RNG, so each resumes its own stream."""
+            rngs = [aug_generator.get_state()]
+            if info.distributed:
+                rngs = [torch.empty_like(rngs[0]) for _ in range(info.world_size)]
+                dist.all_gather(rngs, aug_generator.get_state().to(device))
+                rngs = [r.cpu() for r in rngs]
+            return {"epoch": epoch, "step": step, "sums": sums.detach().cpu(),
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "aug_rng": rngs, "torch_rng": torch.get_rng_state(),
+                    "history": result.history, "best_epoch": result.best_epoch,
+                    "best_val_acc": result.best_val_acc, "epochs_without_gain": epochs_without_gain,
+                    "best_state": best_state, "elapsed": elapsed + time.perf_counter() - t_start}
+
+        t_start = time.perf_counter()
+        with _progress(cfg.progress and main) as bar, _StopRequests() as stop:
+            for epoch in range(first_epoch, cfg.epochs + 1):
+                train_loader.set_epoch(epoch)
+                net.train()
+                task = bar.add_task(f"{desc} {epoch}/{cfg.epochs}", total=steps_per_epoch,
+                                    completed=skip, stats="")
+                t_epoch = time.perf_counter()
+                done = int(sums[2].item())
+                for step, (x, y) in enumerate(train_loader.iter_from(skip), start=skip + 1):
+                    x = prepare(x)
+                    y = y.to(device, non_blocking=True)
+                    if augment is not None:
+                        x = augment(x, aug_generator)
+                    with _autocast(device, cfg.amp):
+                        logits = net(x)
+                        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    scheduler.step()
+                    sums += torch.stack([loss.detach().double() * len(y),
+                                         (logits.detach().argmax(1) == y).sum().double(),
+                                         torch.tensor(float(len(y)), device=device)])
+                    if main and (step % 20 == 0 or step == steps_per_epoch):
+                        seen = sums[2].item()  # syncs only here, for display
+                        rate = (seen - done) / (time.perf_counter() - t_epoch)
+                        bar.update(task, completed=step, stats=(
+                            f"loss {sums[0].item() / seen:.4f}  acc {sums[1].item() / seen:.4f}  "
+                            f"{rate:,.0f} img/s"
+                        ))
+                    signum = stop.requested(device)
+                    if signum:
+                        state = train_state(epoch, step, sums)
+                        path = out_dir / "last.pt" if out_dir is not None else None
+                        if main and path is not None:
+                            save_checkpoint(path, model, {**meta, "epoch": epoch - 1}, state)
+                        raise TrainingInterrupted(epoch, step, signum, path)
+                skip = 0
+                epoch_seconds = time.perf_counter() - t_epoch
+                if cfg.bn_recalibrate > 0 and (val_data is not None or out_dir is not None
+                                               or epoch == cfg.epochs):
+                    # the running statistics are about to be used: validation, a checkpoint
+                    recalibrate_batchnorm(model, train_loader, cfg.bn_recalibrate, prepare,
+                                          amp=cfg.amp)
+                _sync_buffers(model)
+                totals = _all_reduce_sum(sums.clone())
+                sums = torch.zeros_like(sums)
+                row: dict[str, float] = {
+                    "epoch": epoch,
+                    "train_loss": float(totals[0] / totals[2]),
+                    "train_acc": float(totals[1] / totals[2]),
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "images_per_s": float(totals[2]) / epoch_seconds,
+                    "seconds": epoch_seconds,
+                }
+                if val_data is not None:
+                    ev = evaluate(model, val_data, batch_size=max(256, cfg.batch_size), device=device,
+                                  num_workers=cfg.num_workers, amp=cfg.amp, standardize=standardize)
+                    row.update(val_loss=ev["loss"], val_acc=ev["accuracy"])
+                result.history.append(row)
+                score = row.get("val_acc", row["train_acc"])
+                improved = epoch == 1 or score > result.best_val_acc
+                if improved:
+                    result.best_epoch, result.best_val_acc = epoch, score
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    epochs_without_gain = 0
+                else:
+                    epochs_without_gain += 1
+                stopping = bool(cfg.patience and epochs_without_gain >= cfg.patience)
+                state = train_state(epoch + 1, 0, sums) if out_dir is not None else None
+                if main:
+                    if "val_acc" in row:
+                        bar.update(task, stats=bar.tasks[task].fields["stats"]
+                                   + f"  val {row['val_acc']:.4f}")
+                    if metrics_path is not None:
+                        with disk_errors(metrics_path), open(metrics_path, "a") as fh:
+                            fh.write(json.dumps(row) + "\n")
+                    if out_dir is not None:
+                        if improved:
+                            save_checkpoint(out_dir / "best.pt", model, {**meta, "epoch": epoch, **row})
+                        save_checkpoint(out_dir / "last.pt", model, {**meta, "epoch": epoch, **row},
+                                        state)
+                if stopping:
+                    break
                 signum = stop.requested(device)
-                if signum:
-                    state = train_state(epoch, step, sums)
-                    path = out_dir / "last.pt" if out_dir is not None else None
-                    if main and path is not None:
-                        save_checkpoint(path, model, {**meta, "epoch": epoch - 1}, state)
-                    raise TrainingInterrupted(epoch, step, signum, path)
-            skip = 0
-            epoch_seconds = time.perf_counter() - t_epoch
-            if cfg.bn_recalibrate > 0 and (val_data is not None or out_dir is not None
-                                           or epoch == cfg.epochs):
-                # the running statistics are about to be used: validation, a checkpoint
-                recalibrate_batchnorm(model, train_loader, cfg.bn_recalibrate, prepare,
-                                      amp=cfg.amp)
-            _sync_buffers(model)
-            totals = _all_reduce_sum(sums.clone())
-            sums = torch.zeros_like(sums)
-            row: dict[str, float] = {
-                "epoch": epoch,
-                "train_loss": float(totals[0] / totals[2]),
-                "train_acc": float(totals[1] / totals[2]),
-                "lr": optimizer.param_groups[0]["lr"],
-                "images_per_s": float(totals[2]) / epoch_seconds,
-                "seconds": epoch_seconds,
-            }
-            if val_data is not None:
-                ev = evaluate(model, val_data, batch_size=max(256, cfg.batch_size), device=device,
-                              num_workers=cfg.num_workers, amp=cfg.amp, standardize=standardize)
-                row.update(val_loss=ev["loss"], val_acc=ev["accuracy"])
-            result.history.append(row)
-            score = row.get("val_acc", row["train_acc"])
-            improved = epoch == 1 or score > result.best_val_acc
-            if improved:
-                result.best_epoch, result.best_val_acc = epoch, score
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                epochs_without_gain = 0
-            else:
-                epochs_without_gain += 1
-            stopping = bool(cfg.patience and epochs_without_gain >= cfg.patience)
-            state = train_state(epoch + 1, 0, sums) if out_dir is not None else None
-            if main:
-                if "val_acc" in row:
-                    bar.update(task, stats=bar.tasks[task].fields["stats"]
-                               + f"  val {row['val_acc']:.4f}")
-                if metrics_path is not None:
-                    with disk_errors(metrics_path), open(metrics_path, "a") as fh:
-                        fh.write(json.dumps(row) + "\n")
-                if out_dir is not None:
-                    if improved:
-                        save_checkpoint(out_dir / "best.pt", model, {**meta, "epoch": epoch, **row})
-                    save_checkpoint(out_dir / "last.pt", model, {**meta, "epoch": epoch, **row},
-                                    state)
-            if stopping:
-                break
-            signum = stop.requested(device)
-            if signum and epoch < cfg.epochs:
-                raise TrainingInterrupted(epoch + 1, 0, signum,
-                                          out_dir / "last.pt" if out_dir is not None else None)
-    result.train_seconds = elapsed + time.perf_counter() - t_start
-    if best_state is not None and val_data is not None:
-        model.load_state_dict(best_state)
-    return result
+                if signum and epoch < cfg.epochs:
+                    raise TrainingInterrupted(epoch + 1, 0, signum,
+                                              out_dir / "last.pt" if out_dir is not None else None)
+        result.train_seconds = elapsed + time.perf_counter() - t_start
+        if best_state is not None and val_data is not None:
+            model.load_state_dict(best_state)
+        return result
 
 
 @torch.no_grad()

@@ -104,16 +104,22 @@ def plot_heatmap_gallery(
     return save_figure(fig, path)
 
 
+def _accuracy_plot(xs: Sequence[float], accuracy: Sequence[float], xlabel: str) -> tuple:
+    """A figure of accuracy (0-1) against ``xs``."""
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    ax.plot(list(xs), list(accuracy), "o-")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    return fig, ax
+
+
 def plot_accuracy_vs_angle(
     angles: Sequence[float], accuracy: Sequence[float], path: str | os.PathLike
 ) -> Path:
     """Accuracy against in-plane rotation angle in degrees."""
-    fig, ax = plt.subplots(figsize=(4.5, 3.2))
-    ax.plot(list(angles), list(accuracy), "o-")
-    ax.set_xlabel("rotation (degrees)")
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
+    fig, _ = _accuracy_plot(angles, accuracy, "rotation (degrees)")
     return save_figure(fig, path)
 
 
@@ -121,12 +127,7 @@ def plot_accuracy_vs_shift(
     shifts: Sequence[float], accuracy: Sequence[float], path: str | os.PathLike, box: int = 0
 ) -> Path:
     """Accuracy against shift length in pixels (top axis: fraction of the ``box`` if given)."""
-    fig, ax = plt.subplots(figsize=(4.5, 3.2))
-    ax.plot(list(shifts), list(accuracy), "o-")
-    ax.set_xlabel("shift (px)")
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
+    fig, ax = _accuracy_plot(shifts, accuracy, "shift (px)")
     if box:
         top = ax.secondary_xaxis("top", functions=(lambda s: s / box, lambda f: f * box))
         top.set_xlabel("shift / box")
