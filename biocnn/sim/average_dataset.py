@@ -65,25 +65,11 @@ def load_atoms(path: str | os.PathLike, *, keep_waters: bool = False,
     Map voxels (background-subtracted, masked, resampled to at most 64 across) above 2 %
     of the maximum become beads weighted by their density.
     """
-    from biocnn.sim.structure import (
-        ATOMIC_SUFFIXES,
-        MAP_SUFFIXES,
-        _suffix,
-        map_volume,
-        read_atomic_model,
-        read_map,
-    )
+    from biocnn.sim.structure import map_volume, read_atomic_model, read_map, structure_kind
 
     path = Path(path)
-    if not path.is_file():
-        problem = "is not a file" if path.exists() else "does not exist"
-        raise BiocnnError(f"structure file {path} {problem}")
-    kind = _suffix(path)
-    if kind in ATOMIC_SUFFIXES:
+    if structure_kind(path) == "atomic":
         return atoms_from_structure(read_atomic_model(path, keep_waters=keep_waters), path.name)
-    if kind not in MAP_SUFFIXES:
-        raise BiocnnError(f"structure file {path}: unknown format "
-                          f"(use {', '.join(ATOMIC_SUFFIXES + MAP_SUFFIXES)})")
     data, in_apix = read_map(path, map_apix)
     apix = max(in_apix, max(data.shape) * in_apix / _MAP_VOXELS)
     vol = map_volume(path, apix, math.ceil(max(data.shape) * in_apix / apix),

@@ -76,6 +76,23 @@ def _suffix(path: Path) -> str:
     return suffixes[-1] if suffixes else ""
 
 
+def structure_kind(path: str | os.PathLike) -> str:
+    """``"atomic"`` (PDB/mmCIF) or ``"map"`` (MRC) for an existing structure file; else a
+    one-line :class:`BiocnnError`."""
+    path = Path(path)
+    if not path.is_file():
+        problem = "is not a file" if path.exists() else "does not exist"
+        raise BiocnnError(f"structure file {path} {problem}")
+    kind = _suffix(path)
+    if kind in ATOMIC_SUFFIXES:
+        return "atomic"
+    if kind in MAP_SUFFIXES:
+        return "map"
+    raise BiocnnError(
+        f"structure file {path}: unknown format (use {', '.join(ATOMIC_SUFFIXES + MAP_SUFFIXES)})"
+    )
+
+
 def load_volume(
     path: str | os.PathLike, apix: float, box: int, *, keep_waters: bool = False,
     map_apix: float | None = None,
@@ -106,18 +123,10 @@ def load_volume(
         ``data`` of shape ``(n, n, n)`` with ``n >= box``.
     """
     path = Path(path)
-    if not path.is_file():
-        problem = "is not a file" if path.exists() else "does not exist"
-        raise BiocnnError(f"structure file {path} {problem}")
-    kind = _suffix(path)
-    if kind in ATOMIC_SUFFIXES:
+    if structure_kind(path) == "atomic":
         return atomic_model_volume(read_atomic_model(path, keep_waters=keep_waters), apix, box,
                                    source=str(path))
-    if kind in MAP_SUFFIXES:
-        return map_volume(path, apix, box, map_apix=map_apix)
-    raise BiocnnError(
-        f"structure file {path}: unknown format (use {', '.join(ATOMIC_SUFFIXES + MAP_SUFFIXES)})"
-    )
+    return map_volume(path, apix, box, map_apix=map_apix)
 
 
 def read_atomic_model(path: str | os.PathLike, *, keep_waters: bool = False) -> gemmi.Structure:
