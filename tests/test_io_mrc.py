@@ -197,7 +197,6 @@ def test_a_bad_map_id_is_read_with_one_warning(tmp_path: Path) -> None:
     p.write_bytes(bytes(raw))
     with pytest.warns(mrc_mod.MrcQuirkWarning, match=r"odd.mrcs: .*no 'MAP ' id string") as rec:
         assert inspect_mrc(p).shape == (2, 8, 8)
-        assert inspect_mrc(p, permissive=True).shape == (2, 8, 8)
         assert read_view(p, ViewKind.IMAGE, 1).sum() == 64
     assert len(rec) == 1
 

@@ -487,15 +487,13 @@ class _HandleCache:
 _CACHE = _HandleCache(_CACHE_SIZE)
 
 
-def open_mrc(path: str | os.PathLike, permissive: bool = False) -> MrcHandle:
+def open_mrc(path: str | os.PathLike) -> MrcHandle:
     """Return this process's cached, validated read-only map of ``path`` (do not close it).
 
-    Header quirks are always tolerated with one :class:`MrcQuirkWarning` per file;
-    ``permissive`` is accepted for compatibility and changes nothing. Raises
+    Header quirks are always tolerated with one :class:`MrcQuirkWarning` per file. Raises
     :class:`BiocnnError` for a missing, truncated, non-MRC or unsupported file (other
     formats, complex or packed modes, 4D data).
     """
-    del permissive  # quirks are always tolerated; data that do not fit are always refused
     return _CACHE.get(os.fspath(path))
 
 
@@ -521,9 +519,7 @@ def _layout(h: _Header, suffix: str, as_volume: bool | None) -> tuple[Layout, st
     return "stack", f"space group {h.ispg} with a particle-like {shape} shape (--volume to override)"
 
 
-def inspect_mrc(
-    path: str | os.PathLike, *, as_volume: bool | None = None, permissive: bool = False
-) -> MrcInfo:
+def inspect_mrc(path: str | os.PathLike, *, as_volume: bool | None = None) -> MrcInfo:
     """Read the header of ``path`` and classify it (see the module's layout rule).
 
     Parameters
@@ -532,10 +528,8 @@ def inspect_mrc(
         MRC file.
     as_volume
         Force a 3D file to be a volume (True) or a stack (False); None = layout rule.
-    permissive
-        Accepted for compatibility; header quirks are always tolerated with a warning.
     """
-    handle = open_mrc(path, permissive)
+    handle = open_mrc(path)
     h = handle._parsed
     layout, reason = _layout(h, Path(path).suffix.lower(), as_volume)
     return MrcInfo(
@@ -566,9 +560,7 @@ def check_sections(path: str, sections: np.ndarray, count: int) -> None:
         raise BiocnnError(f"{path}: image index {k + 1} out of range ({count} images)")
 
 
-def read_sections(
-    path: str | os.PathLike, sections: np.ndarray | list[int], permissive: bool = False
-) -> np.ndarray:
+def read_sections(path: str | os.PathLike, sections: np.ndarray | list[int]) -> np.ndarray:
     """Copy images ``sections`` (0-based, any order, repeats allowed) of a stack or 2D image.
 
     The sections are read in file order with positioned reads, one per run of consecutive
@@ -584,7 +576,7 @@ def read_sections(
         range, a file that shrank, or an image with NaN/Inf pixels.
     """
     spath = os.fspath(path)
-    handle = open_mrc(spath, permissive)
+    handle = open_mrc(spath)
     h = handle._parsed
     count = 1 if handle.data.ndim == 2 else len(handle.data)
     idx = np.asarray(sections, dtype=np.int64).reshape(-1)
@@ -619,7 +611,6 @@ def read_view(
     kind: int,
     section: int,
     slice_axis: str = "z",
-    permissive: bool = False,
 ) -> np.ndarray:
     """Copy one 2D view out of a memory-mapped file.
 
@@ -631,8 +622,6 @@ def read_view(
         A :class:`ViewKind` and its section index (0-based; 0 for a 2D image or a projection).
     slice_axis
         ``"z"``, ``"y"`` or ``"x"`` for slices and projections of volumes.
-    permissive
-        Accepted for compatibility (see :func:`open_mrc`).
 
     Returns
     -------
@@ -641,8 +630,8 @@ def read_view(
     """
     path = os.fspath(path)
     if kind == ViewKind.IMAGE:
-        return read_sections(path, [section], permissive)[0].copy()  # own its memory
-    data = open_mrc(path, permissive).data
+        return read_sections(path, [section])[0].copy()  # own its memory
+    data = open_mrc(path).data
     if data.ndim != 3:
         raise BiocnnError(f"{path}: a 2D image has no volume slices or projections")
     axis = _AXES.index(slice_axis)
@@ -665,7 +654,6 @@ def iter_images(
     views: ViewSpec | None = None,
     *,
     chunk: int = 256,
-    permissive: bool = False,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Iterate over all images a file yields, ``chunk`` at a time, with flat memory.
 
@@ -681,8 +669,6 @@ def iter_images(
         Which views a volume yields (default :class:`ViewSpec()`: the central z slice).
     chunk
         Maximum number of images per yielded batch.
-    permissive
-        Accepted for compatibility (see :func:`open_mrc`).
 
     Yields
     ------
@@ -696,16 +682,16 @@ def iter_images(
     if chunk < 1:
         raise BiocnnError(f"chunk size {chunk} must be >= 1")
     spath = os.fspath(path)
-    info = inspect_mrc(spath, as_volume=views.as_volume, permissive=permissive)
+    info = inspect_mrc(spath, as_volume=views.as_volume)
     view_list = views.views(info)
     for start in range(0, len(view_list), chunk):
         part = view_list[start : start + chunk]
         indices = np.arange(start, start + len(part), dtype=np.int64)
         if info.layout != "volume":
-            block = read_sections(spath, [s for _, s in part], permissive)
+            block = read_sections(spath, [s for _, s in part])
         else:
             block = np.stack(
-                [read_view(spath, k, s, views.slice_axis, permissive) for k, s in part]
+                [read_view(spath, k, s, views.slice_axis) for k, s in part]
             )
         yield indices, block
 
