@@ -137,7 +137,7 @@ def export_onnx(checkpoint: str | os.PathLike, path: str | os.PathLike, batch: i
     try:
         import onnx  # noqa: F401  the exporter needs it; a clear message beats its ImportError
     except ImportError:
-        raise BiocnnError("--onnx needs the onnx package (pip install onnx)") from None
+        raise BiocnnError("ONNX export needs the onnx package (pip install onnx)") from None
     clf = load_classifier(checkpoint, "cpu")
     wrapped = ExportModel(clf.standardize, clf.model).eval()
     example = torch.randn(batch, 1, clf.box, clf.box)

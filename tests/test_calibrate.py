@@ -88,7 +88,14 @@ def test_calibrate_writes_a_checkpoint_select_can_use(tmp_path: Path) -> None:
     with pytest.raises(BiocnnError, match="exists"):
         run_calibrate(CalibrateConfig(model=str(tmp_path / "m.pt"), data=str(data), out=str(out),
                                       device="cpu", progress=False), log=lambda _: None)
-    with pytest.raises(BiocnnError, match="--good-class 'x'"):
+    with pytest.raises(BiocnnError, match=r"^good_class 'x': not a class of the model"):
         run_calibrate(CalibrateConfig(model=str(tmp_path / "m.pt"), data=str(data),
                                       out=str(tmp_path / "c2.pt"), good_class="x", device="cpu",
                                       progress=False), log=lambda _: None)
+    from typer.testing import CliRunner
+
+    from biocnn.cli import app
+
+    result = CliRunner().invoke(app, ["calibrate", str(tmp_path / "m.pt"), str(data), "--out",
+                                      str(tmp_path / "c2.pt"), "--good-class", "x", "--device", "cpu"])
+    assert result.exit_code == 1 and "--good-class 'x': not a class of the model" in result.stderr

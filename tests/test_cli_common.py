@@ -50,6 +50,9 @@ def test_option_errors_name_the_field_and_the_cli_shows_the_flag(
     with pytest.raises(typer.Exit), cli_errors({"apix": "--target-apix"}):
         PreprocessConfig(apix=-1.0)
     assert capsys.readouterr().err.strip() == "error: --target-apix -1.0: must be >= 0 (0 = unknown)"
+    missing = OptionError("out_stack", None, "exists", fix="overwrite")  # no value; a fixing flag
+    assert str(missing) == "out_stack: exists (use overwrite)"
+    assert missing.as_flag({"out_stack": "OUT"}) == "OUT: exists (use --overwrite)"
     result = CliRunner().invoke(app, ["train", str(tmp_path), "--mask-radius", "-2"])
     assert result.exit_code == 1
     assert "--mask-radius -2.0: must be > 0" in result.output

@@ -116,7 +116,7 @@ def test_cryosparc_cs_source(tmp_path: Path) -> None:
     np.testing.assert_array_equal(src.dataset.index.read(0), data[4])
     # without --cs-project: found from the .cs file's parents (PROJECT/J12/x.cs)
     assert len(open_inputs([str(cs)], preprocess=PRE, views=ViewSpec())) == 3
-    with pytest.raises(BiocnnError, match="cs-project"):
+    with pytest.raises(BiocnnError, match="^cs_project "):
         open_inputs([str(cs)], preprocess=PRE, views=ViewSpec(), cs_project=tmp_path)
     bad = _cs(project / "J13" / "bad.cs", ["J2/extract/parts.mrc"], [9], 2.0)
     with pytest.raises(BiocnnError, match="out of range"):

@@ -80,14 +80,15 @@ def test_cs_moved_away_from_its_project_needs_cs_project(project: Path, tmp_path
     with pytest.raises(BiocnnError) as exc:
         read_cs(moved).image_refs()
     assert str(exc.value) == (
-        f"{moved}: cannot find particle stack J12/extract/a_particles.mrc (blob/path is relative "
-        "to the cryoSPARC project folder); pass --cs-project DIR"
+        f"cs_project: needed: {moved} names particle stack J12/extract/a_particles.mrc, not found "
+        "near it (blob/path is relative to the cryoSPARC project folder)"
     )
+    assert exc.value.as_flag().startswith("--cs-project: needed: ")
     paths, _ = read_cs(moved, project_dir=project).image_refs()
     assert paths[0] == project / "J12" / "extract" / "a_particles.mrc"
-    with pytest.raises(BiocnnError, match=r"stack J12/extract/a_particles.mrc not found in --cs-project"):
+    with pytest.raises(BiocnnError, match=r"^cs_project .*elsewhere: particle stack J12/.* not found there"):
         read_cs(moved, project_dir=tmp_path / "elsewhere").image_refs()
-    with pytest.raises(BiocnnError, match="--cs-project .* is not a folder"):
+    with pytest.raises(BiocnnError, match="^cs_project .*nope: not a folder"):
         read_cs(moved, project_dir=tmp_path / "nope")
 
 

@@ -131,7 +131,7 @@ def test_temperature_and_threshold_from_checkpoint(tmp_path: Path) -> None:
 def test_good_class_must_exist(tmp_path: Path) -> None:
     ckpt = _checkpoint(tmp_path / "m.pt")
     write_mrc(tmp_path / "avg.mrcs", _averages(), apix=2.0, is_stack=True)
-    with pytest.raises(BiocnnError, match="no class 'keep'"):
+    with pytest.raises(BiocnnError, match=r"^good_class 'keep': not a class of "):
         run_select(SelectConfig(inputs=(str(tmp_path / "avg.mrcs"),), model=str(ckpt),
                                 out=str(tmp_path / "o"), good_class="keep"), log=lambda s: None)
     # junk as the "good" class turns the scores around

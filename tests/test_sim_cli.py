@@ -60,16 +60,16 @@ def test_cli_warns_when_the_box_is_too_small(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--apix", "0"], "--apix must be > 0"),
-        (["--apix", "-2"], "--apix must be > 0"),
-        (["--snr", "0"], "--snr must be > 0"),
-        (["--snr", "-1"], "--snr must be > 0"),
+        (["--apix", "0"], "--apix 0.0: must be > 0"),
+        (["--apix", "-2"], "--apix -2.0: must be > 0"),
+        (["--snr", "0"], "--snr 0.0: must be > 0"),
+        (["--snr", "-1"], "--snr -1.0: must be > 0"),
         (["--structures", "{tmp}/missing.pdb"], "does not exist"),
         (["--structures", "{tmp}/empty.pdb"], "contains no atoms"),
         (["--structures", "{tmp}/flat.mrc"], "not a 3D volume"),
         (["--demo", "--structures", "{data}/1ubi.pdb"], "--demo uses the shipped"),
         (["--preview", "{tmp}/p.xyz"], "unsupported image format"),
-        (["--kind", "bogus"], "--kind must be"),
+        (["--kind", "bogus"], "--kind 'bogus': must be"),
         (["--kind", "class-averages", "--names", "a"], "always 'good' and 'junk'"),
         (["--map-apix", "x"], "--map-apix: expected"),
     ],
@@ -98,7 +98,7 @@ def test_cli_needs_structures_and_refuses_a_non_empty_output(tmp_path: Path) -> 
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
     result = runner.invoke(app, ["simulate", str(tmp_path / "full"), str(DATA / "1ubi.pdb")])
-    assert result.exit_code == 1 and "--overwrite" in result.stderr
+    assert result.exit_code == 1 and "full: is not empty (use --overwrite)" in result.stderr
     result = runner.invoke(app, ["simulate", "--structures", str(DATA / "1ubi.pdb"),
                                  str(DATA / "3mht.pdb"), str(tmp_path / "o")])
     assert result.exit_code == 1 and "give the output folder first" in result.stderr
@@ -153,7 +153,7 @@ def test_cli_map_without_pixel_size_needs_map_apix(tmp_path: Path) -> None:
     args = ["simulate", "--structures", str(tmp_path / "nohdr.mrc"), str(DATA / "1ubi.pdb"),
             "--n-per-class", "2", "--box", "24", "--apix", "4", "--no-progress"]
     result = runner.invoke(app, [*args[:1], str(tmp_path / "a"), *args[1:]])
-    assert result.exit_code == 1 and "--map-apix" in result.stderr
+    assert result.exit_code == 1 and "no voxel size in its header (use --map-apix)" in result.stderr
     result = runner.invoke(app, [*args[:1], str(tmp_path / "b"), *args[1:], "--map-apix", "3,0"])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "b" / "run.json").read_text())["config"]["map_apix"] == [3.0, 0.0]

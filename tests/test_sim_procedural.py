@@ -127,7 +127,7 @@ def test_flat_map_background_leaves_no_box_outline(tmp_path: Path) -> None:
 
 def test_map_pixel_size_override(tmp_path: Path) -> None:
     path = _map(tmp_path / "nohdr.mrc", _blob_map(0.0), None)
-    with pytest.raises(BiocnnError, match="--map-apix"):
+    with pytest.raises(BiocnnError, match=r"no voxel size in its header \(use map_apix\)"):
         load_volume(path, 2.0, 40)
     fine = load_volume(path, 2.0, 40, map_apix=1.0)
     coarse = load_volume(path, 2.0, 40, map_apix=2.0)

@@ -138,7 +138,7 @@ def test_existing_output_needs_overwrite(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("x")
-    with pytest.raises(BiocnnError, match="--overwrite"):
+    with pytest.raises(BiocnnError, match=r"^out .*: is not empty \(use overwrite\)$"):
         sim.simulate_dataset(_cfg(n_per_class=2), out)
     assert (out / "keep.txt").exists()
     with pytest.raises(BiocnnError, match="not an earlier output"):  # not a simulate folder
@@ -152,16 +152,16 @@ def test_existing_output_needs_overwrite(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "match"),
     [
-        ({"apix": 0.0}, "--apix"),
-        ({"apix": -1.0}, "--apix"),
-        ({"snr": 0.0}, "--snr"),
-        ({"box": 4}, "--box"),
-        ({"defocus_min": 3.0, "defocus_max": 1.0}, "--defocus-min"),
-        ({"names": ["a"]}, "--names"),
+        ({"apix": 0.0}, r"^apix 0.0: must be > 0"),
+        ({"apix": -1.0}, "^apix -1.0"),
+        ({"snr": 0.0}, "^snr 0.0"),
+        ({"box": 4}, "^box 4: must be at least 8"),
+        ({"defocus_min": 3.0, "defocus_max": 1.0}, "^defocus_max 1.0: must be >= the minimum"),
+        ({"names": ["a"]}, "^names a: 1 names for 2 structures"),
         ({"structures": [str(DATA / "1ubi.pdb")] * 2}, "duplicate"),
-        ({"names": ["junk", "b"], "junk": True}, "reserved"),
-        ({"kind": "bogus"}, "--kind"),
-        ({"map_apix": [1.0, 2.0, 3.0]}, "--map-apix"),
+        ({"names": ["junk", "b"], "junk": True}, r"^junk True: .*taken .* \(use names\)"),
+        ({"kind": "bogus"}, "^kind 'bogus': must be one of"),
+        ({"map_apix": [1.0, 2.0, 3.0]}, "^map_apix 1.0,2.0,3.0: 3 pixel sizes"),
         ({"kind": "class-averages", "averages": AverageSettings(particles_min=0)},
          "particles_min"),
         ({"kind": "class-averages", "averages": AverageSettings(mask_max=1.5)}, "mask_min"),

@@ -34,7 +34,7 @@ def calibrate(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Temperature-scale a classifier and choose its threshold on held-out data."""
-    with cli_errors():
+    with cli_errors(flags={"model": "CHECKPOINT", "data": "DATA"}):
         from biocnn.tasks.calibrate import CalibrateConfig, run_calibrate
 
         run_calibrate(CalibrateConfig(model=str(checkpoint), data=str(data), out=str(out),

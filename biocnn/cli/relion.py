@@ -38,6 +38,10 @@ def class_star_name(name: str) -> str:
     return f"particles_{re.sub(r'[^0-9A-Za-z_.-]', '_', name)}.star"
 
 
+#: PredictConfig fields whose RELION parameter is not ``--field-name``.
+_FLAGS = {"inputs": "--in_parts", "batch_size": "--batch_size", "min_probability": "--min_probability"}
+
+
 @relion_app.command("predict")
 def relion_predict(
     o: Path = typer.Option(..., "--o", help="Job folder RELION gives (External/jobNNN/)."),
@@ -67,7 +71,7 @@ def relion_predict(
         with contextlib.suppress(OSError):
             (job / stale).unlink(missing_ok=True)
     try:
-        with cli_errors():
+        with cli_errors(flags=_FLAGS):
             _run(job, in_parts, j, model, select or [], min_probability, _yes(tta), apix, device,
                  batch_size)
         ok = True

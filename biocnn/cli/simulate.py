@@ -110,7 +110,7 @@ def simulate(
         "phase_flip": phase_flip, "junk": junk, "tilt_max": tilt_max,
         "keep_waters": keep_waters, "seed": seed, "device": device, "workers": workers,
     }
-    with cli_errors(), warnings.catch_warnings():
+    with cli_errors(flags={"out": "OUT"}), warnings.catch_warnings():
         warnings.showwarning = show_warning
         from biocnn.errors import BiocnnError
         from biocnn.sim.simulate import demo_structures, simulate_dataset

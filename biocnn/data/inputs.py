@@ -200,7 +200,7 @@ def _cs_dataset(
     if not len(sections):
         raise BiocnnError(f"{path}: no particles")
     data = refs_dataset(path, paths, sections, table.pixel_sizes(), preprocess=preprocess,
-                        apix=apix, missing_hint=" (set --cs-project to the cryoSPARC project folder)")
+                        apix=apix, missing_hint=" (is cs_project the cryoSPARC project folder?)")
     return data, table
 
 

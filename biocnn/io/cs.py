@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from biocnn.atomic import atomic_path
-from biocnn.errors import BiocnnError
+from biocnn.errors import BiocnnError, OptionError
 from biocnn.io import FORMAT_NAMES, refuse_unsupported, sniff_bytes
 from biocnn.io.star import MAX_INDEX, duplicates, image_groups
 
@@ -79,7 +79,7 @@ class CsTable:
     records
         ``(N,)`` structured array of the file (read-only memory map), all fields.
     project_dir
-        The cryoSPARC project folder ``blob/path`` is relative to (``--cs-project``), or
+        The cryoSPARC project folder ``blob/path`` is relative to (``cs_project``), or
         None to look next to and above the ``.cs`` file and in the working directory.
     """
 
@@ -127,7 +127,7 @@ class CsTable:
             ``(N,)`` int64 0-based ``blob/idx``.
 
         Raises :class:`BiocnnError` naming the first stack that cannot be found (telling to
-        pass ``--cs-project DIR``) or an index out of range.
+        set ``cs_project``) or an index out of range.
         """
         idx = np.asarray(self.column(INDEX_FIELD))
         if idx.ndim != 1 or idx.dtype.kind not in "iu":
@@ -166,13 +166,11 @@ class CsTable:
             flat = self.project_dir / path.name
             if _is_file(flat):
                 return flat
-            raise BiocnnError(
-                f"{self.path}: particle stack {rel} not found in --cs-project {self.project_dir}"
-            )
-        raise BiocnnError(
-            f"{self.path}: cannot find particle stack {rel} ({PATH_FIELD} is relative to the "
-            "cryoSPARC project folder); pass --cs-project DIR"
-        )
+            raise OptionError("cs_project", self.project_dir,
+                              f"particle stack {rel} of {self.path} not found there")
+        raise OptionError("cs_project", None, f"needed: {self.path} names particle stack {rel}, "
+                          f"not found near it ({PATH_FIELD} is relative to the cryoSPARC project "
+                          "folder)")
 
     def pixel_sizes(self) -> np.ndarray:
         """``(N,)`` float64 ``blob/psize_A`` in Å (0 = unknown: no such field, or not a
@@ -251,7 +249,7 @@ def read_cs(path: str | os.PathLike, project_dir: str | os.PathLike | None = Non
     path
         The ``.cs`` file (e.g. ``J12/J12_particles.cs`` or an exported one).
     project_dir
-        The cryoSPARC project folder ``blob/path`` is relative to (``--cs-project``).
+        The cryoSPARC project folder ``blob/path`` is relative to (``cs_project``).
 
     Raises :class:`BiocnnError` (one line) for a missing or malformed file, other formats,
     object fields, and tables without ``blob/path`` / ``blob/idx`` (e.g. a passthrough file).
@@ -260,7 +258,7 @@ def read_cs(path: str | os.PathLike, project_dir: str | os.PathLike | None = Non
     if not path.is_file():
         raise BiocnnError(f"cryoSPARC file {path} not found")
     if project_dir is not None and not Path(project_dir).is_dir():
-        raise BiocnnError(f"--cs-project {project_dir} is not a folder")
+        raise OptionError("cs_project", project_dir, "not a folder")
     dtype, count, offset = _read_header(path, path.stat().st_size)
     if count == 0:
         records = np.zeros(0, dtype)

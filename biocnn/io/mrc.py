@@ -64,7 +64,7 @@ import numpy as np
 from mrcfile.dtypes import HEADER_DTYPE
 
 from biocnn.atomic import atomic_path
-from biocnn.errors import BiocnnError
+from biocnn.errors import BiocnnError, OptionError
 from biocnn.io import FORMAT_NAMES, refuse_unsupported, sniff_bytes
 
 __all__ = [
@@ -172,7 +172,7 @@ class ViewSpec:
 
     def __post_init__(self) -> None:
         if self.slice_axis not in _AXES:
-            raise BiocnnError(f"--slice-axis {self.slice_axis!r}: use z, y or x")
+            raise OptionError("slice_axis", repr(self.slice_axis), "use z, y or x")
         slices = self.slices
         if isinstance(slices, str) and slices.isdigit():
             slices = int(slices)
@@ -180,11 +180,10 @@ class ViewSpec:
         if isinstance(slices, bool) or not (
             slices in ("central", "all", "none") or (isinstance(slices, int) and slices >= 1)
         ):
-            raise BiocnnError(
-                f"--slices {self.slices!r}: use central, all, none or a positive integer"
-            )
+            raise OptionError("slices", repr(self.slices), "use central, all, none or a positive integer")
         if slices == "none" and not self.project:
-            raise BiocnnError("--slices none without --project would yield no image per volume")
+            raise OptionError("slices", "'none'", "no image per volume without the projection",
+                              fix="project")
 
     @property
     def axis(self) -> int:

@@ -33,7 +33,7 @@ import starfile
 import torch
 
 from biocnn.atomic import atomic_dir, atomic_path, write_json
-from biocnn.errors import BiocnnError
+from biocnn.errors import OptionError
 from biocnn.io.mrc import write_mrc
 from biocnn.sim.average import (
     AverageParams,
@@ -312,9 +312,9 @@ def simulate_class_averages(
     validate_config(cfg)
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise BiocnnError(f"output {out} is a file, not a directory")
+        raise OptionError("out", out, "is a file, not a directory")
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise BiocnnError(f"output directory {out} is not empty (use --overwrite)")
+        raise OptionError("out", out, "is not empty", fix="overwrite")
     if preview is not None:
         _check_figure_format(Path(preview))
     seed_everything(cfg.seed)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from biocnn.errors import BiocnnError
+from biocnn.errors import BiocnnError, OptionError
 
 __all__ = [
     "SimConfig", "AverageSettings", "DEMO_SETTINGS", "JUNK_CLASS", "GOOD_CLASS", "KINDS",
@@ -116,56 +116,57 @@ DEMO_SETTINGS: dict[str, Any] = {
 
 
 def validate_config(cfg: SimConfig) -> None:
-    """Raise :class:`BiocnnError` (one line, naming the option) for impossible settings."""
+    """Raise :class:`OptionError` (one line, naming the field) for impossible settings;
+    ``averages.*`` ranges (config-file only) raise :class:`BiocnnError`."""
     averages = cfg.kind == "class-averages"
-    checks = [
-        (cfg.kind in KINDS, f"--kind must be one of {', '.join(KINDS)}, got {cfg.kind!r}"),
-        (averages or len(cfg.structures) > 0, "--structures: give at least one structure file"),
-        (averages or cfg.names is None or len(cfg.names) == len(cfg.structures),
-         f"--names: got {len(cfg.names or [])} names for {len(cfg.structures)} structures"),
-        (cfg.map_apix is None or len(cfg.map_apix) in (1, len(cfg.structures)),
-         f"--map-apix: give one pixel size or one per structure, got {len(cfg.map_apix or [])}"),
-        (cfg.map_apix is None or all(a >= 0 and math.isfinite(a) for a in cfg.map_apix),
-         "--map-apix must be >= 0 Å (0 = read the map header)"),
-        (cfg.n_per_class >= 1, f"--n-per-class must be >= 1, got {cfg.n_per_class}"),
-        (cfg.box >= 8, f"--box must be at least 8 px, got {cfg.box}"),
-        (cfg.apix > 0 and math.isfinite(cfg.apix), f"--apix must be > 0 Å, got {cfg.apix}"),
-        (cfg.snr > 0 and math.isfinite(cfg.snr), f"--snr must be > 0, got {cfg.snr}"),
-        (0 <= cfg.max_shift <= cfg.box / 2,
-         f"--max-shift must be in [0, box/2] px, got {cfg.max_shift}"),
-        (0 <= cfg.defocus_min <= cfg.defocus_max,
-         f"--defocus-min/--defocus-max must satisfy 0 <= min <= max, got "
-         f"{cfg.defocus_min} and {cfg.defocus_max}"),
-        (cfg.astigmatism >= 0, f"--astigmatism must be >= 0 µm, got {cfg.astigmatism}"),
-        (cfg.voltage > 0, f"--voltage must be > 0 kV, got {cfg.voltage}"),
-        (cfg.cs >= 0, f"--cs must be >= 0 mm, got {cfg.cs}"),
-        (0 <= cfg.amplitude_contrast < 1,
-         f"--amplitude-contrast must be in [0, 1), got {cfg.amplitude_contrast}"),
-        (cfg.bfactor >= 0, f"--bfactor must be >= 0 Å^2, got {cfg.bfactor}"),
-        (0 < cfg.tilt_max <= 180, f"--tilt-max must be in (0, 180] degrees, got {cfg.tilt_max}"),
-        (cfg.workers >= 1, f"--workers must be >= 1, got {cfg.workers}"),
-        (not averages or cfg.box >= 32, f"--box must be at least 32 px for class averages, "
-                                        f"got {cfg.box}"),
-        (0 <= cfg.averages.procedural_share <= 1,
-         f"--procedural-share must be in [0, 1], got {cfg.averages.procedural_share}"),
-        (cfg.averages.particles_min >= 1
-         and cfg.averages.particles_min <= cfg.averages.particles_max,
-         "averages.particles_min/max must satisfy 1 <= min <= max"),
-        (0 < cfg.averages.particle_snr_min <= cfg.averages.particle_snr_max,
-         "averages.particle_snr_min/max must satisfy 0 < min <= max"),
-        (0 < cfg.averages.fill_min <= cfg.averages.fill_max,
-         "averages.fill_min/max must satisfy 0 < min <= max"),
-        (0 < cfg.averages.mask_min <= cfg.averages.mask_max <= 1,
-         "averages.mask_min/max must satisfy 0 < min <= max <= 1"),
-        (0 < cfg.averages.apix_min <= cfg.averages.apix_max
-         and 2 <= cfg.averages.box_min <= cfg.averages.box_max,
-         "averages: need 0 < apix_min <= apix_max and 2 <= box_min <= box_max"),
-        (1e3 <= cfg.averages.mass_min <= cfg.averages.mass_max <= 1e8,
-         "averages.mass_min/max must satisfy 1 kDa <= min <= max <= 100 MDa"),
+    a = cfg.averages
+    n_names, n_apix = len(cfg.names or []), len(cfg.map_apix or [])
+    checks = [  # (ok, field, value, why)
+        (cfg.kind in KINDS, "kind", repr(cfg.kind), f"must be one of {', '.join(KINDS)}"),
+        (averages or len(cfg.structures) > 0, "structures", None, "give at least one structure file"),
+        (averages or cfg.names is None or n_names == len(cfg.structures), "names",
+         ",".join(cfg.names or []), f"{n_names} names for {len(cfg.structures)} structures"),
+        (cfg.map_apix is None or n_apix in (1, len(cfg.structures)), "map_apix",
+         ",".join(map(str, cfg.map_apix or [])),
+         f"{n_apix} pixel sizes for {len(cfg.structures)} structures (give one or one each)"),
+        (cfg.map_apix is None or all(v >= 0 and math.isfinite(v) for v in cfg.map_apix),
+         "map_apix", cfg.map_apix, "must be >= 0 Å (0 = read the map header)"),
+        (cfg.n_per_class >= 1, "n_per_class", cfg.n_per_class, "must be >= 1"),
+        (cfg.box >= 8, "box", cfg.box, "must be at least 8 px"),
+        (cfg.apix > 0 and math.isfinite(cfg.apix), "apix", cfg.apix, "must be > 0 Å"),
+        (cfg.snr > 0 and math.isfinite(cfg.snr), "snr", cfg.snr, "must be > 0"),
+        (0 <= cfg.max_shift <= cfg.box / 2, "max_shift", cfg.max_shift, "must be in [0, box/2] px"),
+        (cfg.defocus_min >= 0, "defocus_min", cfg.defocus_min, "must be >= 0 µm"),
+        (cfg.defocus_min <= cfg.defocus_max, "defocus_max", cfg.defocus_max,
+         f"must be >= the minimum defocus {cfg.defocus_min}"),
+        (cfg.astigmatism >= 0, "astigmatism", cfg.astigmatism, "must be >= 0 µm"),
+        (cfg.voltage > 0, "voltage", cfg.voltage, "must be > 0 kV"),
+        (cfg.cs >= 0, "cs", cfg.cs, "must be >= 0 mm"),
+        (0 <= cfg.amplitude_contrast < 1, "amplitude_contrast", cfg.amplitude_contrast,
+         "must be in [0, 1)"),
+        (cfg.bfactor >= 0, "bfactor", cfg.bfactor, "must be >= 0 Å^2"),
+        (0 < cfg.tilt_max <= 180, "tilt_max", cfg.tilt_max, "must be in (0, 180] degrees"),
+        (cfg.workers >= 1, "workers", cfg.workers, "must be >= 1"),
+        (not averages or cfg.box >= 32, "box", cfg.box, "must be at least 32 px for class averages"),
+        (0 <= a.procedural_share <= 1, "procedural_share", a.procedural_share, "must be in [0, 1]"),
     ]
-    for ok, message in checks:
+    for ok, name, value, why in checks:
         if not ok:
-            raise BiocnnError(message)
+            raise OptionError(name, value, why)
+    ranges = [
+        (1 <= a.particles_min <= a.particles_max, "particles_min/max must satisfy 1 <= min <= max"),
+        (0 < a.particle_snr_min <= a.particle_snr_max,
+         "particle_snr_min/max must satisfy 0 < min <= max"),
+        (0 < a.fill_min <= a.fill_max, "fill_min/max must satisfy 0 < min <= max"),
+        (0 < a.mask_min <= a.mask_max <= 1, "mask_min/max must satisfy 0 < min <= max <= 1"),
+        (0 < a.apix_min <= a.apix_max and 2 <= a.box_min <= a.box_max,
+         "need 0 < apix_min <= apix_max and 2 <= box_min <= box_max"),
+        (1e3 <= a.mass_min <= a.mass_max <= 1e8,
+         "mass_min/max must satisfy 1 kDa <= min <= max <= 100 MDa"),
+    ]
+    for ok, why in ranges:
+        if not ok:
+            raise BiocnnError(f"averages.{why}")
 
 
 def class_names(cfg: SimConfig) -> list[str]:
@@ -180,11 +181,13 @@ def class_names(cfg: SimConfig) -> list[str]:
     names = list(dict.fromkeys(labels))
     if cfg.junk:
         if JUNK_CLASS in names:
-            raise BiocnnError(f"class name {JUNK_CLASS!r} is reserved for --junk (use --names)")
+            raise OptionError("junk", True, f"class name {JUNK_CLASS!r} is taken by a structure",
+                              fix="names")
         names.append(JUNK_CLASS)
     for name in names:
         if not _NAME_RE.match(name):
-            raise BiocnnError(f"class name {name!r} is not usable as a folder name (use --names)")
+            raise OptionError("structures", None, f"class name {name!r} is not usable as a folder "
+                              "name", fix="names")
     return names
 
 
@@ -192,11 +195,12 @@ def _structure_names(cfg: SimConfig) -> list[str]:
     stems = [Path(p).name.split(".")[0] for p in cfg.structures]
     names = list(cfg.names) if cfg.names else stems
     if len(names) != len(cfg.structures):
-        raise BiocnnError(f"--names: got {len(names)} names for {len(cfg.structures)} structures")
+        raise OptionError("names", ",".join(names), f"{len(names)} names for {len(cfg.structures)} "
+                          "structures")
     dupes = sorted({n for n in stems if stems.count(n) > 1})
     if not cfg.names and dupes:  # same stem by accident: merging must be asked for with --names
-        raise BiocnnError(f"duplicate class names {', '.join(dupes)} (use --names; repeated "
-                          "names merge structures into one class)")
+        raise OptionError("structures", None, f"duplicate file stems {', '.join(dupes)}: merging "
+                          "them into one class must be asked for", fix="names")
     return names
 
 

@@ -29,7 +29,7 @@ import starfile
 import torch
 
 from biocnn.atomic import atomic_dir, atomic_path, write_json
-from biocnn.errors import BiocnnError
+from biocnn.errors import OptionError
 from biocnn.io.mrc import write_mrc
 from biocnn.runtime import resolve_device, seed_everything
 from biocnn.sim.config import SimConfig, class_names, structure_labels, validate_config
@@ -240,9 +240,9 @@ def simulate_dataset(
     names = class_names(cfg)
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise BiocnnError(f"output {out} is a file, not a directory")
+        raise OptionError("out", out, "is a file, not a directory")
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise BiocnnError(f"output directory {out} is not empty (use --overwrite)")
+        raise OptionError("out", out, "is not empty", fix="overwrite")
     if preview is not None:
         _check_figure_format(Path(preview))
     if cfg.kind == "class-averages":
@@ -333,7 +333,7 @@ def _check_figure_format(path: Path) -> None:
 
     fmt = path.suffix.lower().lstrip(".")
     if fmt not in Figure().canvas.get_supported_filetypes():
-        raise BiocnnError(f"--preview {path}: unsupported image format {path.suffix!r} (use .png)")
+        raise OptionError("preview", path, f"unsupported image format {path.suffix!r} (use .png)")
 
 
 def write_gallery(path: str | os.PathLike, examples: dict[str, np.ndarray]) -> Path:

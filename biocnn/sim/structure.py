@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from biocnn.errors import BiocnnError
+from biocnn.errors import BiocnnError, OptionError
 
 __all__ = [
     "ATOMIC_SUFFIXES",
@@ -246,7 +246,7 @@ def read_map(path: str | os.PathLike, map_apix: float | None = None) -> tuple[np
         MRC/CCP4 file holding a ``(Z, Y, X)`` volume.
     map_apix
         Voxel size in Å overriding the header (``None``/0: header; a header without one is
-        an error asking for ``--map-apix``).
+        an error asking for ``map_apix``).
 
     Returns
     -------
@@ -272,7 +272,7 @@ def read_map(path: str | os.PathLike, map_apix: float | None = None) -> tuple[np
     if map_apix:
         in_apix = float(map_apix)
     elif in_apix <= 0:
-        raise BiocnnError(f"map {path} has no voxel size in its header; give it with --map-apix")
+        raise OptionError("structures", path, "map has no voxel size in its header", fix="map_apix")
     shell = np.ones(data.shape, dtype=bool)
     shell[2:-2, 2:-2, 2:-2] = False
     data = data - np.median(data[shell])

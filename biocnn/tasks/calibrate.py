@@ -31,7 +31,7 @@ from biocnn.checkpoint import load_classifier, read_checkpoint
 from biocnn.config import to_plain
 from biocnn.data import build_dataset
 from biocnn.engine import predict_logits
-from biocnn.errors import BiocnnError
+from biocnn.errors import BiocnnError, OptionError
 
 __all__ = ["CalibrateConfig", "run_calibrate", "fit_temperature", "roc_auc",
            "best_threshold", "expected_calibration_error"]
@@ -132,13 +132,13 @@ def _metrics(p_good: np.ndarray, is_good: np.ndarray, threshold: float) -> dict[
 def run_calibrate(cfg: CalibrateConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Calibrate ``cfg.model`` on ``cfg.data`` and write ``cfg.out``; returns the record
     stored as ``calibration`` in the new checkpoint."""
-    for value, option in ((cfg.model, "CHECKPOINT"), (cfg.data, "DATA"), (cfg.out, "--out")):
-        if not value:
-            raise BiocnnError(f"calibrate: {option} is required")
+    for field in ("model", "data", "out"):
+        if not getattr(cfg, field):
+            raise OptionError(field, None, "is required")
     out = check_outputs({"--out": cfg.out}, [cfg.model], overwrite=cfg.overwrite)["--out"]
     clf = load_classifier(cfg.model, cfg.device)
     if cfg.good_class not in clf.class_names:
-        raise BiocnnError(f"--good-class {cfg.good_class!r}: not a class of the model "
+        raise OptionError("good_class", repr(cfg.good_class), "not a class of the model "
                           f"({', '.join(clf.class_names)})")
     good = clf.class_names.index(cfg.good_class)
     data = build_dataset(cfg.data, preprocess=clf.preprocess, views=clf.views,

@@ -51,7 +51,7 @@ from biocnn.data.inputs import (
     open_inputs,
 )
 from biocnn.engine import predict_logits
-from biocnn.errors import BiocnnError
+from biocnn.errors import BiocnnError, OptionError
 from biocnn.io.relion import (
     add_predictions,
     complete_optics,
@@ -133,7 +133,7 @@ def class_index(select: str, names: Sequence[str]) -> int:
         return list(names).index(select)
     if select.isdigit() and 1 <= int(select) <= len(names):
         return int(select) - 1
-    raise BiocnnError(f"--select {select!r}: not a class of the model ({', '.join(names)})")
+    raise OptionError("select", repr(select), f"not a class of the model ({', '.join(names)})")
 
 
 def selection_star(out_stack: str | os.PathLike) -> Path:
@@ -146,19 +146,20 @@ def _check_options(cfg: PredictConfig) -> None:
     if not cfg.inputs:
         raise BiocnnError("predict: no input files")
     if not cfg.model:
-        raise BiocnnError("predict: --model is required")
+        raise OptionError("model", None, "a checkpoint is required")
     if cfg.select is None and (cfg.out_stack or cfg.out_cs):
-        raise BiocnnError(f"{'--out-stack' if cfg.out_stack else '--out-cs'} needs --select CLASS")
+        field = "out_stack" if cfg.out_stack else "out_cs"
+        raise OptionError(field, getattr(cfg, field), "needs a class to select", fix="select")
     if cfg.select is not None and not (cfg.out_stack or cfg.out_cs):
-        raise BiocnnError("--select needs --out-stack FILE and/or --out-cs FILE")
+        raise OptionError("select", cfg.select, "needs an output for the selection", fix="out_stack")
     if cfg.cam_count < 1:
-        raise BiocnnError(f"--cam-count {cfg.cam_count}: must be >= 1")
+        raise OptionError("cam_count", cfg.cam_count, "must be >= 1")
     if cfg.apix is not None and not (math.isfinite(cfg.apix) and cfg.apix > 0):
-        raise BiocnnError(f"--apix {cfg.apix}: must be > 0")
+        raise OptionError("apix", cfg.apix, "must be > 0")
     if cfg.batch_size < 1:
-        raise BiocnnError(f"--batch-size {cfg.batch_size}: must be >= 1")
+        raise OptionError("batch_size", cfg.batch_size, "must be >= 1")
     if not Path(cfg.relion_project).is_dir():
-        raise BiocnnError(f"--relion-project {cfg.relion_project}: not a folder")
+        raise OptionError("relion_project", cfg.relion_project, "not a folder")
 
 
 def _outputs(cfg: PredictConfig, read: Sequence[Path]) -> dict[str, Path]:
@@ -184,7 +185,7 @@ def run_predict(cfg: PredictConfig, log: Callable[[str], None] = print) -> Predi
     clf = load_classifier(cfg.model, cfg.device)
     select = class_index(cfg.select, clf.class_names) if cfg.select is not None else None
     if cfg.cam and not hasattr(clf.model, "class_activation_map"):
-        raise BiocnnError(f"--cam: model {clf.meta['model_name']!r} has no class activation maps")
+        raise OptionError("cam", cfg.cam, f"model {clf.meta['model_name']!r} has no class activation maps")
     overrides = {"slice_axis": cfg.slice_axis, "slices": cfg.slices, "project": cfg.project,
                  "as_volume": cfg.as_volume}
     views = dataclasses.replace(clf.views, **{k: v for k, v in overrides.items() if v is not None})
@@ -223,16 +224,17 @@ def run_predict(cfg: PredictConfig, log: Callable[[str], None] = print) -> Predi
 def _check_writable(cfg: PredictConfig, inputs: Inputs) -> None:
     """Outputs the inputs cannot give, refused before any work."""
     if cfg.star and inputs.has_volume_views:
-        raise BiocnnError("--star: volume slices have no RELION image name; use --csv")
+        raise OptionError("star", cfg.star, "volume slices have no RELION image name", fix="csv")
     if cfg.out_cs and (len(inputs.sources) != 1 or inputs.sources[0].kind != "cs"):
-        raise BiocnnError("--out-cs needs exactly one cryoSPARC .cs input")
+        raise OptionError("out_cs", cfg.out_cs, "needs exactly one cryoSPARC .cs input")
     tables = [s for s in inputs.sources if s.kind == "star"]
     if cfg.star and tables and len(inputs.sources) > 1 and (
             len(tables) != len(inputs.sources)
             or any(list(s.table.particles.columns) != list(tables[0].table.particles.columns)
                    for s in tables[1:])):
-        raise BiocnnError("--star: the inputs have different particle columns (STAR files with "
-                          "other columns, or MRC files next to a STAR file); predict them separately")
+        raise OptionError("star", cfg.star, "the inputs have different particle columns (STAR files "
+                          "with other columns, or MRC files next to a STAR file); predict them "
+                          "separately")
 
 
 def _probabilities(clf: Classifier, inputs: Inputs, cfg: PredictConfig) -> np.ndarray:
@@ -302,11 +304,10 @@ def relion_tables(result: PredictResult) -> tuple[pd.DataFrame, pd.DataFrame]:
         optics_tables.append(optics)
     for what, tables in (("particle", parts), ("optics", optics_tables)):
         if any(list(t.columns) != list(tables[0].columns) for t in tables[1:]):
-            raise BiocnnError(f"--star: the inputs have different {what} columns; predict them "
-                              "separately")
+            raise BiocnnError(f"the inputs have different {what} columns; predict them separately")
     if any((t["rlnImagePixelSize"] <= 0).any() for t in optics_tables):
         warnings.warn("pixel size unknown for some images: rlnImagePixelSize written as 0 "
-                      "(give --apix)", stacklevel=3)
+                      "(set the apix option)", stacklevel=3)
     if defaulted:
         warnings.warn(f"{', '.join(sorted(defaulted))} not recorded in the input: written as "
                       "300 kV / 2.7 mm / 0.1 (edit data_optics if your microscope differs)",
@@ -346,12 +347,12 @@ def write_selection(path: Path, result: PredictResult, rows: np.ndarray) -> Path
             shapes.update(src.dataset.source_shapes[f] for f in np.unique(index.file_id[local]))
             apixes.update(np.round(index.apix[local], 5).tolist())
     if len(shapes) != 1:
-        raise BiocnnError(f"--out-stack {path}: the selected images differ in size "
+        raise OptionError("out_stack", path, "the selected images differ in size "
                           f"({', '.join(f'{h}x{w}' for h, w in sorted(shapes))})")
     h, w = shapes.pop()
     apix = apixes.pop() if len(apixes) == 1 else 0.0
     if len(apixes) > 1:
-        warnings.warn(f"--out-stack {path}: mixed pixel sizes, header pixel size set to 0",
+        warnings.warn(f"{path}: mixed pixel sizes in the selection, header pixel size set to 0",
                       stacklevel=2)
     block = max(1, MEMORY_BUDGET // 4 // (4 * h * w))  # writing gains nothing from large blocks
     return write_stack(path, _selected_blocks(result, rows, block), len(rows), (h, w), apix)

@@ -61,7 +61,7 @@ from biocnn.checkpoint import Classifier, load_classifier
 from biocnn.data.inputs import Inputs, batch_for, expand_inputs, forward_bytes, input_kind, open_inputs
 from biocnn.data.preprocess import circular_mask
 from biocnn.engine import predict_logits
-from biocnn.errors import BiocnnError
+from biocnn.errors import BiocnnError, OptionError
 from biocnn.html_report import ClassRow, write_html_report
 from biocnn.io.relion import complete_optics, write_relion_star
 from biocnn.io.star import parse_image_name, read_star, read_star_blocks
@@ -311,29 +311,29 @@ SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "weights" / "class_selecto
 
 def _check(cfg: SelectConfig) -> None:
     if not cfg.model:
-        raise BiocnnError("select: no --model given and this biocnn has no shipped selector "
+        raise OptionError("model", None, "none given and this biocnn has no shipped selector "
                           f"({SHIPPED_MODEL} is missing)")
     if not cfg.out:
-        raise BiocnnError("select: --out DIR is required")
+        raise OptionError("out", None, "an output folder is required")
     if cfg.threshold is not None and not (math.isfinite(cfg.threshold) and 0 <= cfg.threshold <= 1):
-        raise BiocnnError(f"--threshold {cfg.threshold}: must be in [0, 1]")
+        raise OptionError("threshold", cfg.threshold, "must be in [0, 1]")
     if cfg.apix is not None and not (math.isfinite(cfg.apix) and cfg.apix > 0):
-        raise BiocnnError(f"--apix {cfg.apix}: must be > 0")
+        raise OptionError("apix", cfg.apix, "must be > 0")
     if cfg.batch_size < 1:
-        raise BiocnnError(f"--batch-size {cfg.batch_size}: must be >= 1")
+        raise OptionError("batch_size", cfg.batch_size, "must be >= 1")
 
 
 def _check_out(out: Path, read: Sequence[Path], overwrite: bool) -> None:
     """Refuse an existing output folder (unless ``overwrite``) and one holding an input:
     replacing it would delete the input."""
     if out.exists() and not out.is_dir():
-        raise BiocnnError(f"--out {out}: exists and is not a folder")
+        raise OptionError("out", out, "exists and is not a folder")
     root = out.resolve()
     for f in read:
         if root == f.resolve() or root in f.resolve().parents:
-            raise BiocnnError(f"--out {out}: holds the input {f}; choose another folder")
+            raise OptionError("out", out, f"holds the input {f}; choose another folder")
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise BiocnnError(f"--out {out}: exists (use --overwrite to replace it)")
+        raise OptionError("out", out, "exists", fix="overwrite")
 
 
 def run_select(cfg: SelectConfig, log: Callable[[str], None] = print) -> SelectResult:
@@ -354,8 +354,8 @@ def run_select(cfg: SelectConfig, log: Callable[[str], None] = print) -> SelectR
     _check_out(out, [Path(cfg.model), *map(Path, classes.images), *extra], cfg.overwrite)
     clf = load_classifier(cfg.model, cfg.device)
     if cfg.good_class not in clf.class_names:
-        raise BiocnnError(f"{cfg.model}: no class {cfg.good_class!r} (classes: "
-                          f"{', '.join(clf.class_names)}); pass --good-class NAME")
+        raise OptionError("good_class", repr(cfg.good_class), f"not a class of {cfg.model} "
+                          f"({', '.join(clf.class_names)})")
     good = clf.class_names.index(cfg.good_class)
     temperature = _checkpoint_number(clf.meta, "temperature", 1.0, lambda t: t > 0, "> 0")
     threshold = cfg.threshold if cfg.threshold is not None else _checkpoint_number(
