@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -509,3 +510,21 @@ def test_real_relion31_stack_reads_with_one_warning() -> None:
         "no 'MAP ' id string"
     ]
     assert images.shape == (5, 256, 256) and np.isfinite(images).all() and images.std() > 0
+
+
+@pytest.mark.parametrize(("shape", "is_stack", "volume", "stack"),
+                         [((5, 4), False, False, False), ((3, 5, 4), True, False, True),
+                          ((3, 5, 4), False, True, False)])
+def test_write_mrc_is_valid_mrc2014_for_mrcfile(
+    tmp_path: Path, shape: tuple[int, ...], is_stack: bool, volume: bool, stack: bool
+) -> None:
+    data = np.random.default_rng(0).standard_normal(shape)  # float64 in, float32 out
+    p = write_mrc(tmp_path / "x.mrc", data, apix=1.5, is_stack=is_stack)
+    assert mrcfile.validate(str(p), print_file=io.StringIO())
+    with mrcfile.open(p) as m:
+        assert (m.is_volume(), m.is_image_stack()) == (volume, stack)
+        assert m.voxel_size.x == 1.5 and m.data.dtype == np.float32
+        np.testing.assert_array_equal(m.data, data.astype(np.float32))
+        assert float(m.header.rms) == pytest.approx(float(data.astype(np.float32).std()), rel=1e-5)
+    with pytest.raises(BiocnnError, match="4D array"):
+        write_mrc(tmp_path / "y.mrc", np.zeros((2, 2, 2, 2)))

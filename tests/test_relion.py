@@ -26,9 +26,8 @@ from biocnn.io.relion import (
     rebase_names,
     relion_name,
     write_output_nodes,
-    write_relion_star,
 )
-from biocnn.io.star import format_image_name, read_star
+from biocnn.io.star import format_image_name, read_star, write_star
 from biocnn.models import create_model
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "realworld"
@@ -145,7 +144,7 @@ def test_names_relative_to_the_project(tmp_path: Path) -> None:
 def test_output_nodes_and_exit_markers(tmp_path: Path) -> None:
     job = tmp_path / "External" / "job012"
     star = job / "particles.star"
-    write_relion_star(star, pd.DataFrame({"rlnImageName": ["1@a.mrcs"], "rlnOpticsGroup": [1]}),
+    write_star(star, pd.DataFrame({"rlnImageName": ["1@a.mrcs"], "rlnOpticsGroup": [1]}),
                       complete_optics(pd.DataFrame({"rlnImageName": ["1@a.mrcs"]}), None,
                                       np.ones(1), np.ones(1) * 8)[1])
     nodes = starfile.read(write_output_nodes(job, [star], project=tmp_path), always_dict=True)

@@ -58,7 +58,7 @@ def test_star_round_trip_and_layout(tmp_path: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == ["1ubi", "3mht", "junk", "particles.star",
                                                       "run.json"]
     text = (out / "particles.star").read_text()
-    assert text.startswith("# version 30001")
+    assert text.lstrip().startswith("# version 30001\n\ndata_optics")
     blocks = starfile.read(out / "particles.star")
     optics, parts = blocks["optics"], blocks["particles"]
     assert optics.loc[0, "rlnImagePixelSize"] == 4.0 and optics.loc[0, "rlnImageSize"] == 32

@@ -106,7 +106,8 @@ def _run(job: Path, in_parts: Path, threads: int, model: Path, select: list[str]
     from biocnn.atomic import check_outputs
     from biocnn.checkpoint import read_checkpoint
     from biocnn.errors import BiocnnError
-    from biocnn.io.relion import write_output_nodes, write_relion_star
+    from biocnn.io.relion import write_output_nodes
+    from biocnn.io.star import write_star
     from biocnn.report import prediction_tables
     from biocnn.tasks.predict import PredictConfig, class_index, relion_tables, run_predict
 
@@ -125,7 +126,7 @@ def _run(job: Path, in_parts: Path, threads: int, model: Path, select: list[str]
     check_outputs({"particles.star": all_star, **{names[c]: p for c, p in class_stars.items()}},
                   inputs=[model, *result.inputs.files()], overwrite=True)
     particles, optics = relion_tables(result)
-    stars = [write_relion_star(all_star, particles, optics)]
+    stars = [write_star(all_star, particles, optics)]
     probs = result.probabilities
     for c, path in class_stars.items():
         rows = np.flatnonzero((result.predicted == c) & (probs[:, c] >= min_probability))
@@ -133,7 +134,7 @@ def _run(job: Path, in_parts: Path, threads: int, model: Path, select: list[str]
             warnings.warn(f"no particle predicted as {names[c]!r}: {path.name} not written",
                           stacklevel=2)
             continue
-        stars.append(write_relion_star(path, particles.iloc[rows].reset_index(drop=True), optics))
+        stars.append(write_star(path, particles.iloc[rows].reset_index(drop=True), optics))
     write_output_nodes(job, stars)
     for table in prediction_tables(result):
         console.print(table)

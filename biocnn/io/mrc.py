@@ -59,13 +59,12 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any, Literal
 
-import mrcfile
 import numpy as np
 from mrcfile.dtypes import HEADER_DTYPE
 
-from biocnn.atomic import atomic_path
 from biocnn.errors import BiocnnError, OptionError
 from biocnn.io import FORMAT_NAMES, refuse_unsupported, sniff_bytes
+from biocnn.io.writers import write_mrc  # the MRC writer lives with the other writers
 
 __all__ = [
     "MRC_SUFFIXES",
@@ -693,38 +692,3 @@ def iter_images(
                 [read_view(spath, k, s, views.slice_axis) for k, s in part]
             )
         yield indices, block
-
-
-def write_mrc(
-    path: str | os.PathLike, data: np.ndarray, apix: float = 0.0, is_stack: bool = False
-) -> Path:
-    """Atomically write ``data`` as float32 MRC with pixel size ``apix`` (Å; 0 = unknown).
-
-    Parameters
-    ----------
-    path
-        Destination (``.mrc``, ``.mrcs`` or ``.map``).
-    data
-        ``(Y, X)`` image, ``(N, Y, X)`` stack or ``(Z, Y, X)`` volume.
-    apix
-        Pixel (voxel) size in Å written to the header.
-    is_stack
-        Mark a 3D array as an image stack (``ispg = 0``, ``mz = 1``) rather than a volume.
-
-    Raises :class:`BiocnnError` naming ``path`` when it cannot be written (e.g. disk full);
-    no partial file is left behind.
-    """
-    arr = np.ascontiguousarray(data, dtype=np.float32)
-    try:
-        with atomic_path(path, suffix=".mrc") as tmp:
-            with mrcfile.new(tmp, overwrite=True) as mrc:
-                mrc.set_data(arr)
-                if arr.ndim == 3:
-                    if is_stack:
-                        mrc.set_image_stack()
-                    else:
-                        mrc.set_volume()
-                mrc.voxel_size = float(apix)
-    except OSError as exc:
-        raise BiocnnError(f"cannot write {os.fspath(path)}: {exc.strerror or exc}") from exc
-    return Path(path)

@@ -37,11 +37,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import starfile
 
-from biocnn.atomic import atomic_path
 from biocnn.errors import BiocnnError
-from biocnn.io.star import format_image_name, parse_image_name
+from biocnn.io.star import format_image_name, parse_image_name, write_star_blocks
 
 __all__ = [
     "OPTICS_DEFAULTS",
@@ -53,7 +51,6 @@ __all__ = [
     "complete_optics",
     "add_predictions",
     "prediction_columns",
-    "write_relion_star",
     "write_output_nodes",
     "mark_exit",
 ]
@@ -71,8 +68,6 @@ PREFIX = "biocnn"
 PARTICLES_NODE_TYPE = 3
 #: ``_rlnPipeLineNodeTypeLabel`` of a particles STAR file in RELION 4 and 5 pipelines.
 PARTICLES_NODE_LABEL = "ParticleGroupMetadata.star"
-#: Enough digits to write every float read from a STAR file back unchanged.
-_FLOAT_FORMAT = "%.12g"
 
 
 def relion_name(path: str | os.PathLike, section: int | None, project: str | os.PathLike) -> str:
@@ -262,33 +257,6 @@ def add_predictions(
     return out
 
 
-def _write_blocks(path: str | os.PathLike, blocks: dict[str, pd.DataFrame]) -> Path:
-    """Atomically write STAR data blocks, each preceded by RELION's ``# version 30001`` line
-    (RELION reads the table version from it), floats with 12 significant digits so values
-    read from a STAR file are written back unchanged. Streams block files, never holding
-    the text of a large table in memory."""
-    with atomic_path(path, suffix=".star") as tmp, open(tmp, "wb") as out:
-        for name, table in blocks.items():
-            part = tmp.with_name(tmp.name + f".{name}")
-            try:
-                starfile.write({name: table}, part, float_format=_FLOAT_FORMAT)
-                out.write(b"\n# version 30001\n\n")
-                with open(part, "rb") as fh:
-                    started = False  # starfile's header comment and blank lines are dropped
-                    for line in fh:
-                        started = started or line.startswith(b"data_")
-                        if started:
-                            out.write(line)
-            finally:
-                part.unlink(missing_ok=True)
-    return Path(path)
-
-
-def write_relion_star(path: str | os.PathLike, particles: pd.DataFrame, optics: pd.DataFrame) -> Path:
-    """Atomically write ``data_optics`` + ``data_particles`` as RELION 3.1+ does."""
-    return _write_blocks(path, {"optics": optics, "particles": particles})
-
-
 def write_output_nodes(job_dir: str | os.PathLike, stars: Sequence[str | os.PathLike],
                        project: str | os.PathLike = ".") -> Path:
     """Write ``job_dir/RELION_OUTPUT_NODES.star`` listing the particle STAR files ``stars``.
@@ -304,7 +272,7 @@ def write_output_nodes(job_dir: str | os.PathLike, stars: Sequence[str | os.Path
         "rlnPipeLineNodeTypeLabel": [PARTICLES_NODE_LABEL] * len(names),
         "rlnPipeLineNodeType": [PARTICLES_NODE_TYPE] * len(names),
     })
-    return _write_blocks(Path(job_dir) / "RELION_OUTPUT_NODES.star", {"output_nodes": nodes})
+    return write_star_blocks(Path(job_dir) / "RELION_OUTPUT_NODES.star", {"output_nodes": nodes})
 
 
 def mark_exit(job_dir: str | os.PathLike, success: bool) -> Path:

@@ -39,6 +39,7 @@ __all__ = [
     "read_star",
     "read_star_blocks",
     "write_star",
+    "write_star_blocks",
     "parse_image_name",
     "format_image_name",
     "optics_block",
@@ -52,6 +53,8 @@ IMAGE_COLUMN = "rlnImageName"
 
 #: Largest image index (``index@file``): an MRC file holds at most 2^31 - 1 sections.
 MAX_INDEX = 2**31 - 1
+#: Enough digits to write every float read from a STAR file back unchanged.
+_FLOAT_FORMAT = "%.12g"
 
 #: Most columns read from one loop (RELION writes under 100); bounds a hostile file's cost.
 MAX_COLUMNS = 2000
@@ -532,6 +535,28 @@ def optics_block(apix: float, image_size: int, name: str = "opticsGroup1") -> pd
     )
 
 
+def write_star_blocks(path: str | os.PathLike, blocks: Mapping[str, pd.DataFrame]) -> Path:
+    """Atomically write STAR data blocks, each preceded by RELION's ``# version 30001`` line
+    (RELION reads the table version from it), floats with 12 significant digits so values
+    read from a STAR file are written back unchanged. Streams block files, never holding
+    the text of a large table in memory."""
+    with atomic_path(path, suffix=".star") as tmp, open(tmp, "wb") as out:
+        for name, table in blocks.items():
+            part = tmp.with_name(tmp.name + f".{name}")
+            try:
+                starfile.write({name: table}, part, float_format=_FLOAT_FORMAT)
+                out.write(b"\n# version 30001\n\n")
+                with open(part, "rb") as fh:
+                    started = False  # starfile's header comment and blank lines are dropped
+                    for line in fh:
+                        started = started or line.startswith(b"data_")
+                        if started:
+                            out.write(line)
+            finally:
+                part.unlink(missing_ok=True)
+    return Path(path)
+
+
 def write_star(
     path: str | os.PathLike,
     particles: pd.DataFrame,
@@ -540,7 +565,8 @@ def write_star(
     apix: float = 0.0,
     image_size: int = 0,
 ) -> Path:
-    """Atomically write a RELION 3.1 STAR file with ``data_optics`` and ``data_particles``.
+    """Atomically write ``data_optics`` + ``data_particles`` as RELION 3.1+ does
+    (:func:`write_star_blocks`).
 
     Parameters
     ----------
@@ -559,6 +585,4 @@ def write_star(
         optics = optics_block(apix, image_size)
     if "rlnOpticsGroup" not in particles.columns:
         particles = particles.assign(rlnOpticsGroup=1)
-    with atomic_path(path, suffix=".star") as tmp:
-        starfile.write({"optics": optics, "particles": particles}, tmp)
-    return Path(path)
+    return write_star_blocks(path, {"optics": optics, "particles": particles})

@@ -29,12 +29,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import starfile
 import torch
 
-from biocnn.atomic import atomic_dir, atomic_path, write_json
+from biocnn.atomic import atomic_dir, write_json
 from biocnn.errors import OptionError
-from biocnn.io.mrc import write_mrc
+from biocnn.io.star import optics_block, write_star
+from biocnn.io.writers import write_mrc
 from biocnn.sim.average import (
     AverageParams,
     class_average,
@@ -179,19 +179,6 @@ def _star_rows(name: str, label: int, metas: list[dict[str, object]]) -> pd.Data
         "biocnnMassKDa": [float(m["mass"]) / 1e3 for m in metas],
         "biocnnKind": [m["junk"] or "particle" for m in metas],  # good: particle or crowded
     })
-
-
-def _write_star(path: Path, box: int, apix: float, rows: pd.DataFrame) -> None:
-    optics = pd.DataFrame({
-        "rlnOpticsGroup": [1], "rlnOpticsGroupName": ["opticsGroup1"],
-        "rlnImagePixelSize": [apix], "rlnImageSize": [box], "rlnImageDimensionality": [2],
-        "rlnCtfDataAreCtfPremultiplied": [0],
-    })
-    with atomic_path(path) as tmp:
-        starfile.write({"optics": optics, "particles": rows}, tmp)
-        body = tmp.read_text().split("\n", 1)[1]  # drop starfile's time-stamped comment
-        tmp.write_text("# version 30001 (written by biocnn simulate --kind class-averages)\n"
-                       + body)
 
 
 _CHUNK = 64  # images per seeded chunk: results do not depend on the number of workers
@@ -350,8 +337,8 @@ def simulate_class_averages(
             tables.append(_star_rows(name, label, metas))
             examples[name] = stack[:8]
             diameters[name] = round(float(np.median([m["diameter"] for m in metas])), 1)
-        _write_star(tmp / "particles.star", box, float(np.median(apixes)),
-                    pd.concat(tables, ignore_index=True))
+        optics = optics_block(float(np.median(apixes)), box).assign(rlnCtfDataAreCtfPremultiplied=0)
+        write_star(tmp / "particles.star", pd.concat(tables, ignore_index=True), optics)
         summary = SimSummary(
             out=out, class_names=[GOOD_CLASS, JUNK_CLASS],
             counts={GOOD_CLASS: n, JUNK_CLASS: n},

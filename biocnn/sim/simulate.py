@@ -25,12 +25,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import starfile
 import torch
 
 from biocnn.atomic import atomic_dir, atomic_path, write_json
 from biocnn.errors import OptionError
-from biocnn.io.mrc import write_mrc
+from biocnn.io.star import optics_block, write_star
+from biocnn.io.writers import write_mrc
 from biocnn.runtime import resolve_device, seed_everything
 from biocnn.sim.config import SimConfig, class_names, structure_labels, validate_config
 from biocnn.sim.ctf import ctf_2d
@@ -185,25 +185,6 @@ def _star_table(name: str, label: int, params: ImageParams, apix: float, bfactor
     })
 
 
-def _write_star(path: Path, cfg: SimConfig, particles: pd.DataFrame) -> None:
-    """RELION 3.1 STAR (``# version 30001`` header, optics + particles blocks)."""
-    optics = pd.DataFrame({
-        "rlnOpticsGroup": [1],
-        "rlnOpticsGroupName": ["opticsGroup1"],
-        "rlnAmplitudeContrast": [cfg.amplitude_contrast],
-        "rlnSphericalAberration": [cfg.cs],
-        "rlnVoltage": [cfg.voltage],
-        "rlnImagePixelSize": [cfg.apix],
-        "rlnImageSize": [cfg.box],
-        "rlnImageDimensionality": [2],
-        "rlnCtfDataAreCtfPremultiplied": [0],
-    })
-    with atomic_path(path) as tmp:
-        starfile.write({"optics": optics, "particles": particles}, tmp)
-        body = tmp.read_text().split("\n", 1)[1]  # drop starfile's time-stamped comment
-        tmp.write_text("# version 30001 (written by biocnn simulate)\n" + body)
-
-
 def simulate_dataset(
     cfg: SimConfig,
     out: str | os.PathLike,
@@ -305,7 +286,10 @@ def simulate_dataset(
             emit(len(names), draw_params(n, cfg, generator, particle=False),
                  [(n, lambda b: images_to_spectra(
                      junk_signals(len(b), cfg.box, particles, generator)[0].to(device)))])
-        _write_star(tmp / STAR_NAME, cfg, pd.concat(tables, ignore_index=True))
+        optics = optics_block(cfg.apix, cfg.box).assign(
+            rlnAmplitudeContrast=cfg.amplitude_contrast, rlnSphericalAberration=cfg.cs,
+            rlnVoltage=cfg.voltage, rlnCtfDataAreCtfPremultiplied=0)
+        write_star(tmp / STAR_NAME, pd.concat(tables, ignore_index=True), optics)
         summary = SimSummary(
             out=out, class_names=names, counts=dict.fromkeys(names, n),
             diameters={names[lab]: round(max(v.diameter for v, la in zip(volumes, labels, strict=True)

@@ -57,8 +57,8 @@ from biocnn.io.relion import (
     complete_optics,
     rebase_names,
     relion_name,
-    write_relion_star,
 )
+from biocnn.io.star import write_star
 from biocnn.io.writers import write_csv, write_stack
 from biocnn.plots import plot_heatmap_gallery
 from biocnn.report import input_aggregates, layout_lines, short_name
@@ -207,7 +207,7 @@ def run_predict(cfg: PredictConfig, log: Callable[[str], None] = print) -> Predi
         result.written.append(write_csv(outputs["--csv"], probs, clf.class_names, inputs.name))
     tables = functools.cache(lambda: relion_tables(result))  # built once, only if written
     if "--star" in outputs:
-        result.written.append(write_relion_star(outputs["--star"], *tables()))
+        result.written.append(write_star(outputs["--star"], *tables()))
     if select is not None:
         rows = np.flatnonzero((result.predicted == select) & (probs[:, select] >= cfg.min_probability))
         result.selected = len(rows)
@@ -260,7 +260,7 @@ def _write_selection(
         written.append(write_selection(outputs["--out-stack"], result, rows))
         if not result.inputs.has_volume_views:  # volume slices have no RELION image name
             particles, optics = tables()
-            written.append(write_relion_star(outputs["--out-stack STAR"],
+            written.append(write_star(outputs["--out-stack STAR"],
                                              particles.iloc[rows].reset_index(drop=True), optics))
     if "--out-cs" in outputs:
         from biocnn.io.cs import write_cs

@@ -63,8 +63,8 @@ from biocnn.data.preprocess import circular_mask
 from biocnn.engine import predict_logits
 from biocnn.errors import BiocnnError, OptionError
 from biocnn.html_report import ClassRow, write_html_report
-from biocnn.io.relion import complete_optics, write_relion_star
-from biocnn.io.star import parse_image_name, read_star, read_star_blocks
+from biocnn.io.relion import complete_optics
+from biocnn.io.star import parse_image_name, read_star, read_star_blocks, write_star
 from biocnn.io.writers import write_stack
 
 __all__ = [
@@ -453,7 +453,7 @@ def _particles_star(path: Path, classes: ClassSet, keep: np.ndarray) -> tuple[Pa
     if defaulted:
         warnings.warn(f"{', '.join(defaulted)} not recorded in {classes.data_star}: written as "
                       "300 kV / 2.7 mm / 0.1 in particles.star", stacklevel=3)
-    return write_relion_star(path, rows, optics), n
+    return write_star(path, rows, optics), n
 
 
 def _write_outputs(tmp: Path, result: SelectResult, inputs: Inputs, classes: ClassSet,
