@@ -257,7 +257,7 @@ def _write_selection(
     """The selection outputs asked for: stack + its STAR, ``.cs`` subset."""
     written = []
     if "--out-stack" in outputs:
-        written.append(write_selection(outputs["--out-stack"], result, rows))
+        written.append(write_selection(outputs["--out-stack"], result.inputs, rows))
         if not result.inputs.has_volume_views:  # volume slices have no RELION image name
             particles, optics = tables()
             written.append(write_star(outputs["--out-stack STAR"],
@@ -317,37 +317,39 @@ def relion_tables(result: PredictResult) -> tuple[pd.DataFrame, pd.DataFrame]:
     return add_predictions(particles, result.probabilities, result.class_names), optics
 
 
-def _selected_blocks(result: PredictResult, rows: np.ndarray, block: int) -> Iterator[np.ndarray]:
+def _selected_blocks(inputs: Inputs, rows: np.ndarray, block: int) -> Iterator[np.ndarray]:
     """Original pixels ``(b, H, W)`` float32 of global images ``rows``, ``block`` at a time
-    (consecutive rows of one file read together)."""
+    (one buffer reused, so one block is alive)."""
     out: np.ndarray | None = None
     for start in range(0, len(rows), block):
         part = rows[start : start + block].tolist()
         for k, i in enumerate(part):
-            src, j = result.inputs.locate(i)
+            src, j = inputs.locate(i)
             image = src.dataset.index.read(j)  # a stack image or a volume view
             if out is None:
-                out = np.empty((block, *image.shape), np.float32)  # reused: one block alive
+                out = np.empty((block, *image.shape), np.float32)
             out[k] = image
         assert out is not None
         yield out[: len(part)]
 
 
-def write_selection(path: Path, result: PredictResult, rows: np.ndarray) -> Path:
-    """Write the original pixels of global images ``rows`` as a new float32 MRC stack.
+def write_selection(path: Path, inputs: Inputs, rows: np.ndarray) -> Path:
+    """Write the original pixels of global images ``rows`` of ``inputs`` as a new float32
+    MRC stack (``predict --out-stack``, ``select``'s good/bad stacks).
 
     Blocks of at most a quarter of :data:`MEMORY_BUDGET` are appended sequentially
-    (:func:`~biocnn.io.writers.write_stack`), so memory stays flat for any selection.
+    (:func:`~biocnn.io.writers.write_stack`), so memory stays flat for any selection. The
+    header pixel size is the images' own, or 0 (with a warning) when they differ.
     """
     shapes, apixes = set(), set()
-    for src in result.inputs.sources:
+    for src in inputs.sources:
         local = rows[(rows >= src.offset) & (rows < src.offset + len(src))] - src.offset
         if len(local):
             index = src.dataset.index
             shapes.update(src.dataset.source_shapes[f] for f in np.unique(index.file_id[local]))
-            apixes.update(np.round(index.apix[local], 5).tolist())
+            apixes.update(np.round(np.maximum(index.apix[local], 0.0), 5).tolist())
     if len(shapes) != 1:
-        raise OptionError("out_stack", path, "the selected images differ in size "
+        raise BiocnnError(f"{path}: the selected images differ in size "
                           f"({', '.join(f'{h}x{w}' for h, w in sorted(shapes))})")
     h, w = shapes.pop()
     apix = apixes.pop() if len(apixes) == 1 else 0.0
@@ -355,7 +357,7 @@ def write_selection(path: Path, result: PredictResult, rows: np.ndarray) -> Path
         warnings.warn(f"{path}: mixed pixel sizes in the selection, header pixel size set to 0",
                       stacklevel=2)
     block = max(1, MEMORY_BUDGET // 4 // (4 * h * w))  # writing gains nothing from large blocks
-    return write_stack(path, _selected_blocks(result, rows, block), len(rows), (h, w), apix)
+    return write_stack(path, _selected_blocks(inputs, rows, block), len(rows), (h, w), apix)
 
 
 def write_cam_gallery(path: Path, result: PredictResult, clf: Classifier, count: int) -> Path:

@@ -47,7 +47,7 @@ import dataclasses
 import math
 import re
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,7 +65,7 @@ from biocnn.errors import BiocnnError, OptionError
 from biocnn.html_report import ClassRow, write_html_report
 from biocnn.io.relion import complete_optics
 from biocnn.io.star import parse_image_name, read_star, read_star_blocks, write_star
-from biocnn.io.writers import write_stack
+from biocnn.tasks.predict import write_selection
 
 __all__ = [
     "SelectConfig",
@@ -409,21 +409,6 @@ def _score(clf: Classifier, inputs: Inputs, good: int, temperature: float, cfg: 
     return np.concatenate(scores), thumbs, reasons
 
 
-def _originals(inputs: Inputs, rows: np.ndarray) -> Iterator[np.ndarray]:
-    """Original pixels of global images ``rows``, one ``(1, H, W)`` block each."""
-    for i in rows.tolist():
-        src, j = inputs.locate(i)
-        yield src.dataset.index.read(j)[None]
-
-
-def _write_stack(path: Path, inputs: Inputs, rows: np.ndarray) -> Path:
-    """The original pixels of global images ``rows`` as one float32 MRC stack."""
-    src, j = inputs.locate(int(rows[0]))
-    shape = src.dataset.index.read(j).shape
-    apix = max(float(src.dataset.index.apix[j]), 0.0)
-    return write_stack(path, _originals(inputs, rows), len(rows), shape, apix)
-
-
 def _table(result: SelectResult, classes: ClassSet) -> pd.DataFrame:
     table = pd.DataFrame({
         "class": np.arange(1, len(result.scores) + 1),
@@ -462,7 +447,7 @@ def _write_outputs(tmp: Path, result: SelectResult, inputs: Inputs, classes: Cla
     for name, mask in (("good.mrcs", result.selected), ("bad.mrcs", ~result.selected)):
         rows = np.flatnonzero(mask)
         if len(rows):
-            written.append(_write_stack(tmp / name, inputs, rows))
+            written.append(write_selection(tmp / name, inputs, rows))
     table = _table(result, classes)
     table.to_csv(tmp / "classes.csv", index=False)
     written.append(tmp / "classes.csv")
