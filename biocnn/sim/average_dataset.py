@@ -32,7 +32,6 @@ import pandas as pd
 import torch
 
 from biocnn.atomic import atomic_dir, write_json
-from biocnn.errors import OptionError
 from biocnn.io.star import optics_block, write_star
 from biocnn.io.writers import write_mrc
 from biocnn.sim.average import (
@@ -42,7 +41,7 @@ from biocnn.sim.average import (
     finish_average,
 )
 from biocnn.sim.average_junk import jitter_views, junk_kinds, junk_spectrum
-from biocnn.sim.config import GOOD_CLASS, JUNK_CLASS, AverageSettings, SimConfig, validate_config
+from biocnn.sim.config import GOOD_CLASS, JUNK_CLASS, AverageSettings, SimConfig
 from biocnn.sim.procedural import PseudoAtoms, atoms_from_structure, project_atoms, random_model
 from biocnn.sim.project import euler_to_matrix, random_orientations
 
@@ -288,7 +287,7 @@ def simulate_class_averages(
     from biocnn.runtime import seed_everything
     from biocnn.sim.simulate import (
         SimSummary,
-        _check_figure_format,
+        check_run,
         demo_structures,
         map_apix_of,
         write_gallery,
@@ -296,14 +295,7 @@ def simulate_class_averages(
 
     start = time.perf_counter()
     cfg = replace(cfg, kind="class-averages")
-    validate_config(cfg)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise OptionError("out", out, "is a file, not a directory")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise OptionError("out", out, "is not empty", fix="overwrite")
-    if preview is not None:
-        _check_figure_format(Path(preview))
+    out = check_run(cfg, out, overwrite, preview)
     seed_everything(cfg.seed)
     s, box, n = cfg.averages, cfg.box, cfg.n_per_class
     paths = list(cfg.structures)

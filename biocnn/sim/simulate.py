@@ -53,6 +53,7 @@ __all__ = [
     "simulate_dataset",
     "write_gallery",
     "map_apix_of",
+    "check_run",
 ]
 
 STAR_NAME = "particles.star"
@@ -217,15 +218,8 @@ def simulate_dataset(
     from biocnn.config import run_metadata
 
     start = time.perf_counter()
-    validate_config(cfg)
+    out = check_run(cfg, out, overwrite, preview)
     names = class_names(cfg)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise OptionError("out", out, "is a file, not a directory")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise OptionError("out", out, "is not empty", fix="overwrite")
-    if preview is not None:
-        _check_figure_format(Path(preview))
     if cfg.kind == "class-averages":
         from biocnn.sim.average_dataset import simulate_class_averages
 
@@ -310,6 +304,21 @@ def map_apix_of(cfg: SimConfig, index: int) -> float | None:
         return None
     value = cfg.map_apix[0] if len(cfg.map_apix) == 1 else cfg.map_apix[index]
     return value or None
+
+
+def check_run(cfg: SimConfig, out: str | os.PathLike, overwrite: bool,
+              preview: str | os.PathLike | None) -> Path:
+    """Refuse impossible settings, an output that is a file or (without ``overwrite``) a
+    non-empty folder, and a preview format matplotlib cannot write; returns ``Path(out)``."""
+    validate_config(cfg)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OptionError("out", out, "is a file, not a directory")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise OptionError("out", out, "is not empty", fix="overwrite")
+    if preview is not None:
+        _check_figure_format(Path(preview))
+    return out
 
 
 def _check_figure_format(path: Path) -> None:
