@@ -1,7 +1,8 @@
 """Batched, seeded data augmentation on the training device.
 
 One affine sampler covers integer and sub-pixel translation, in-plane rotation and flips,
-with per-sample random parameters and either zero or circular (wrap-around) fill.
+with per-sample random parameters and either zero or circular (wrap-around) fill;
+:func:`fourier_shift` moves images by sub-pixel amounts without interpolation blur.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["Augment", "affine_sample", "shift_images"]
+#: Resampling of :class:`Augment`: bilinear (blurs) or band-limited Fourier shifts/shears.
+INTERPOLATIONS = ("bilinear", "fourier")
+
+__all__ = ["INTERPOLATIONS", "Augment", "affine_sample", "fourier_rotate", "fourier_shift", "shift_images"]
 
 
 def affine_sample(
@@ -85,6 +89,75 @@ def shift_images(x: Tensor, shift: Tensor, fill: str = "zeros") -> Tensor:
     return affine_sample(x, torch.zeros(x.shape[0]), shift, None, fill)
 
 
+def _shift_matrices(shift: Tensor, n: int) -> Tensor:
+    """Circulant band-limited (Fourier) shift operators: ``(B,)`` shifts → ``(B, n, n)``.
+
+    ``S @ v`` moves a length-``n`` signal by ``shift`` samples as a phase ramp on its DFT
+    would. The Nyquist term of even ``n`` is dropped: a real signal has no sub-pixel
+    shift of it, and without it ``S(a) S(b) = S(a + b)`` holds exactly. Built from the
+    Dirichlet kernel with plain float32 ops (no FFT) so it runs on any device and exports
+    to ONNX.
+    """
+    i = torch.arange(n, device=shift.device, dtype=torch.float32)
+    d = (i[:, None] - i[None, :])[None] - shift.float()[:, None, None]  # (B, n, n)
+    d = torch.remainder(d + n / 2, n) - n / 2  # the kernel has period n: keep theta in [-pi, pi)
+    theta = 2 * torch.pi * d / n
+    m = (n - 1) // 2  # frequencies -m..m
+    half = torch.sin(theta / 2)
+    small = half.abs() < 1e-7
+    kernel = torch.where(small, torch.full_like(theta, 2 * m + 1),
+                         torch.sin((m + 0.5) * theta) / torch.where(small, torch.ones_like(half), half))
+    return kernel / n
+
+
+def fourier_shift(x: Tensor, shift: Tensor) -> Tensor:
+    """Move each image by its own (sub-pixel) amount, circularly and band-limited.
+
+    ``x``: ``(B, C, H, W)``; ``shift``: ``(B, 2)`` as ``(dy, dx)`` in pixels, content moves
+    down / right. Equal to a phase ramp on the 2D DFT (Nyquist terms of even sizes
+    removed); no blur, unlike bilinear sampling.
+    """
+    h, w = x.shape[-2:]
+    sy = _shift_matrices(shift[:, 0], h).to(x.dtype)[:, None]  # (B, 1, H, H)
+    sx = _shift_matrices(shift[:, 1], w).to(x.dtype)[:, None]  # (B, 1, W, W)
+    return sy @ x @ sx.transpose(-1, -2)
+
+
+def _shear(x: Tensor, factor: Tensor, dim: int) -> Tensor:
+    """Shift each line of ``x (B, C, H, W)`` along ``dim`` (-1: rows move along W, -2:
+    columns along H) by ``factor (B,)`` times its offset from the centre, band-limited
+    (the Nyquist term of an even size dropped, as in :func:`fourier_shift`)."""
+    n, other = x.shape[dim], x.shape[-1 if dim == -2 else -2]
+    offset = torch.arange(other, device=x.device, dtype=torch.float32) - (other - 1) / 2
+    shift = factor.to(x.device, torch.float32)[:, None] * offset  # (B, other)
+    k = torch.fft.rfftfreq(n, device=x.device)
+    keep = (k < 0.5).float()
+    ramp = torch.polar(keep.expand(*shift.shape, -1), -2 * torch.pi * shift[..., None] * k)
+    ramp = ramp[:, None] if dim == -1 else ramp[:, None].transpose(-1, -2)  # broadcast over C
+    spec = torch.fft.rfft(x.float(), dim=dim) * ramp
+    return torch.fft.irfft(spec, n=n, dim=dim).to(x.dtype)
+
+
+def fourier_rotate(x: Tensor, angle: Tensor) -> Tensor:
+    """Rotate each image by its own angle without interpolation blur (band-limited, circular).
+
+    ``x``: ``(B, C, N, N)``; ``angle``: ``(B,)`` radians, the sense of :func:`affine_sample`.
+    Whole quarter turns are ``rot90`` (exact); the rest, within ±45°, three Fourier shears
+    (Unser et al. 1995), so noise keeps its spectrum.
+    """
+    if x.shape[-1] != x.shape[-2]:
+        raise ValueError(f"fourier_rotate needs square images, got {tuple(x.shape[-2:])}")
+    quarter = torch.round(angle / (math.pi / 2))
+    rest = (angle - quarter * math.pi / 2).to(x.device)
+    out = x.clone()
+    for k in range(1, 4):
+        pick = (quarter.long() % 4 == k).to(x.device)
+        if pick.any():
+            out[pick] = torch.rot90(x[pick], -k, (2, 3))
+    a, b = -torch.tan(rest / 2), torch.sin(rest)
+    return _shear(_shear(_shear(out, a, -1), b, -2), a, -1)
+
+
 @dataclass
 class Augment:
     """Random translation, rotation and flips drawn per sample.
@@ -100,7 +173,11 @@ class Augment:
     flip
         Random left-right mirror (with ``rotate`` this covers all in-plane flips).
     fill
-        ``zeros`` or ``circular``.
+        ``zeros`` or ``circular`` (bilinear only).
+    interp
+        ``bilinear`` (:func:`affine_sample`; blurs by up to half a pixel, noise included)
+        or ``fourier`` (flip, then :func:`fourier_rotate` and :func:`fourier_shift`:
+        band-limited and circular, the images keep their noise spectrum; square images).
 
     Call ``aug(x, generator)`` on a batch ``(B, C, H, W)``; parameters are drawn on the CPU
     from ``generator`` (reproducible on any device) and applied on ``x``'s device.
@@ -111,6 +188,11 @@ class Augment:
     rotate: bool = False
     flip: bool = False
     fill: str = "zeros"
+    interp: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        if self.interp not in INTERPOLATIONS:
+            raise ValueError(f"interp must be one of {INTERPOLATIONS}, got {self.interp!r}")
 
     @property
     def active(self) -> bool:
@@ -130,4 +212,10 @@ class Augment:
             torch.rand(b, generator=generator) * 2 * math.pi if self.rotate else torch.zeros(b)
         )
         flip = torch.rand(b, generator=generator) < 0.5 if self.flip else None
-        return affine_sample(x, angle, shift, flip, self.fill)
+        if self.interp == "bilinear":
+            return affine_sample(x, angle, shift, flip, self.fill)
+        if flip is not None:
+            x = torch.where(flip.to(x.device)[:, None, None, None], x.flip(-1), x)
+        if self.rotate:
+            x = fourier_rotate(x, angle)
+        return fourier_shift(x, shift.to(x.device)) if self.max_shift > 0 else x

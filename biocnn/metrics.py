@@ -127,18 +127,20 @@ def consistency(
 @torch.no_grad()
 def rotated_correct(
     predict: PredictFn, images: Tensor, labels: Tensor | np.ndarray, angles_deg: Sequence[float],
+    *, fourier: bool = False,
 ) -> np.ndarray:
     """Which images stay correctly classified when rotated by each angle about the centre.
 
-    Bilinear interpolation with zero fill (:func:`biocnn.augment.affine_sample`); multiples
-    of 90° on square images are exact permutations of the pixels.
+    Bilinear interpolation with zero fill (:func:`biocnn.augment.affine_sample`), or with
+    ``fourier`` band-limited shears (:func:`biocnn.augment.fourier_rotate`, square images);
+    multiples of 90° on square images are exact permutations of the pixels.
 
     Returns
     -------
     np.ndarray
         ``(N, P)`` bool for ``P`` angles.
     """
-    from biocnn.augment import affine_sample
+    from biocnn.augment import affine_sample, fourier_rotate
 
     labels = np.asarray(labels.cpu() if isinstance(labels, Tensor) else labels)
     out = np.zeros((len(images), len(angles_deg)), dtype=bool)
@@ -150,7 +152,7 @@ def rotated_correct(
             moved = torch.rot90(images, -int(a // 90) % 4, (2, 3))
         else:
             angle = torch.full((len(images),), math.radians(a), device=images.device)
-            moved = affine_sample(images, angle, zero)
+            moved = fourier_rotate(images, angle) if fourier else affine_sample(images, angle, zero)
         out[:, p] = _as_preds(predict(moved)) == labels
     return out
 
@@ -158,19 +160,25 @@ def rotated_correct(
 @torch.no_grad()
 def transform_consistency(
     predict: PredictFn, images: Tensor, generator: torch.Generator, *, rotate: bool = False,
-    max_shift: float = 0.0,
+    max_shift: float = 0.0, fourier: bool = False,
 ) -> float:
     """P(same prediction for two random views of one image): each view a uniform random
     rotation (``rotate``) and/or a uniform sub-pixel shift in ``[-max_shift, max_shift]``
-    per axis, bilinear with zero fill (rotation consistency; sub-pixel consistency)."""
-    from biocnn.augment import affine_sample
+    per axis, bilinear with zero fill, or with ``fourier`` band-limited and circular
+    (:func:`~biocnn.augment.fourier_rotate`, :func:`~biocnn.augment.fourier_shift`: how a
+    detector samples a moved or turned particle; bilinear also blurs the noise)."""
+    from biocnn.augment import affine_sample, fourier_rotate, fourier_shift
 
     views = []
     for _ in range(2):
         n = len(images)
         angle = (torch.rand(n, generator=generator) * 2 * math.pi if rotate else torch.zeros(n))
-        shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * max_shift
-        moved = affine_sample(images, angle.to(images.device), shift.to(images.device))
+        shift = ((torch.rand(n, 2, generator=generator) * 2 - 1) * max_shift).to(images.device)
+        angle = angle.to(images.device)
+        if fourier:
+            moved = fourier_shift(fourier_rotate(images, angle) if rotate else images, shift)
+        else:
+            moved = affine_sample(images, angle, shift)
         views.append(_as_preds(predict(moved)))
     return agreement(*views)
 

@@ -76,8 +76,9 @@ def evaluate_tables(report: dict[str, Any]) -> list[Table]:
     for px, frac, acc in zip(s["shifts_px"], s["shifts_fraction_of_box"], s["accuracy"], strict=True):
         shift.add_row(f"{px:g}", f"{frac:.3f}", f"{acc:.4f}")
     shift.caption = (f"consistency (two random shifts <= {s['consistency_max_shift_px']} px): "
-                     f"{s['consistency']:.4f}; sub-pixel (two random shifts < 1 px): "
-                     f"{s.get('subpixel_consistency', float('nan')):.4f}; worst case = correct "
+                     f"{s['consistency']:.4f}; sub-pixel (two random shifts < 1 px, Fourier): "
+                     f"{s.get('subpixel_consistency', float('nan')):.4f} (bilinear: "
+                     f"{s.get('subpixel_consistency_bilinear', float('nan')):.4f}); worst case = correct "
                      "at every shift")
     title = (f"{report['data']}: {report['images']} images, loss {report['loss']:.4f}"
              + (", TTA" if report["tta"] else ""))
@@ -85,12 +86,15 @@ def evaluate_tables(report: dict[str, Any]) -> list[Table]:
               shift]
     r = report.get("rotation_robustness")
     if r:
-        rot = Table(title=f"rotation robustness ({r['fill']} fill, bilinear)", show_footer=True)
+        how = f"{r['fill']} fill, {r.get('interpolation', 'bilinear')}"
+        rot = Table(title=f"rotation robustness ({how})", show_footer=True)
         rot.add_column("angle (°)", footer="worst case")
         rot.add_column("accuracy", justify="right", footer=f"{r['worst_case']:.4f}")
         for angle, acc in zip(r["angles_deg"], r["accuracy"], strict=True):
             rot.add_row(f"{angle:g}", f"{acc:.4f}")
-        rot.caption = f"consistency (two random rotations): {r['consistency']:.4f}"
+        rot.caption = (f"consistency (two random rotations): {r['consistency']:.4f}"
+                       + (f" (bilinear: {r['consistency_bilinear']:.4f})"
+                          if "consistency_bilinear" in r else ""))
         tables.append(rot)
     return tables
 

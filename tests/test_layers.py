@@ -193,3 +193,48 @@ def test_aps_conv_under_bf16_autocast_returns_float32_gradients(cin: int, bias: 
     assert out.shape == (3, 16, 6, 6)
     assert x.grad.dtype == conv.weight.grad.dtype == torch.float32
     assert torch.isfinite(conv.weight.grad).all()
+
+
+@pytest.mark.parametrize("size", [(7, 8), (8, 9), (16, 16), (33, 34)])
+def test_fourier_shift_is_a_phase_ramp_without_nyquist(size: tuple[int, int]) -> None:
+    """Equal to a phase ramp on the 2D DFT (Nyquist terms removed); whole shifts of
+    odd sizes are rolls; shifts compose."""
+    import math
+
+    from biocnn.augment import fourier_shift
+
+    h, w = size
+    x = torch.randn(3, 2, h, w, generator=torch.Generator().manual_seed(0))
+    s = torch.tensor([[0.3, -1.7], [2.5, 0.0], [-0.5, 0.5]])
+    ky, kx = torch.fft.fftfreq(h)[:, None], torch.fft.fftfreq(w)[None, :]
+    keep = (ky.abs() < 0.5) & (kx.abs() < 0.5)
+    phase = -2 * math.pi * (ky * s[:, 0, None, None] + kx * s[:, 1, None, None])
+    ref = torch.fft.ifft2(torch.fft.fft2(x) * keep * torch.polar(torch.ones_like(phase), phase)[:, None]).real
+    torch.testing.assert_close(fourier_shift(x, s), ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(fourier_shift(fourier_shift(x, s), -s), fourier_shift(x, 0 * s),
+                               atol=1e-5, rtol=0)
+    if h % 2 and w % 2:
+        whole = torch.tensor([[2.0, -3.0]] * 3)
+        torch.testing.assert_close(fourier_shift(x, whole), torch.roll(x, (2, -3), (2, 3)),
+                                   atol=1e-5, rtol=0)
+
+
+def test_shift_canonical_maps_every_shift_to_one_image_and_commutes_with_flips() -> None:
+    from biocnn.augment import fourier_shift
+    from biocnn.models.layers import ShiftCanonical
+
+    canon = ShiftCanonical()
+    x = torch.randn(2, 1, 20, 21, generator=torch.Generator().manual_seed(1))
+    ref = canon(x)
+    for s in ([0.4, -7.25], [13.0, 2.5]):
+        moved = fourier_shift(x, torch.tensor([s, s[::-1]]))
+        torch.testing.assert_close(canon(moved), ref, atol=1e-4, rtol=0)
+    torch.testing.assert_close(canon(torch.roll(x, (5, -3), (2, 3))), ref, atol=1e-4, rtol=0)
+    # a flip moves the canonical image by at most one whole pixel (absorbed by the core)
+    flipped = canon(torch.flip(x, (3,)))
+    err = min((flipped - torch.roll(torch.flip(ref, (3,)), k, 3)).abs().max() for k in (-1, 0, 1))
+    assert err < 1e-4
+    # a point mass lands at the frame centre
+    delta = torch.zeros(1, 1, 9, 9)
+    delta[0, 0, 1, 7] = 1
+    assert canon(delta)[0, 0].argmax().item() == 4 * 9 + 4

@@ -37,6 +37,7 @@ from biocnn.models.layers import (
     BLOCK_ORDERS,
     APS2d,
     GlobalPool2d,
+    ShiftCanonical,
     _act,
     _norm,
     aps_conv2d,
@@ -237,6 +238,9 @@ class D4InvariantCNN(nn.Module):
     fast
         Compute ``conv → APS`` with :func:`~biocnn.models.layers.aps_conv2d`; ``False``
         builds the reference composition (same parameters, same outputs).
+    canonical
+        Start with :class:`~biocnn.models.layers.ShiftCanonical`: every circular shift of
+        an image, sub-pixel (band-limited) ones included, gives the same logits.
 
     Shapes: ``(B, C, H, W)`` → ``(B, K)`` for any ``H, W``.
     """
@@ -254,6 +258,7 @@ class D4InvariantCNN(nn.Module):
         dropout: float = 0.0,
         order: str = "conv_down_norm",
         fast: bool = True,
+        canonical: bool = False,
     ) -> None:
         super().__init__()
         if order not in BLOCK_ORDERS:
@@ -284,11 +289,12 @@ class D4InvariantCNN(nn.Module):
             nn.Dropout(dropout), nn.Linear(prev * self.pool.expansion, num_classes)
         )
         self.num_features = prev
+        self.canonical = ShiftCanonical() if canonical else nn.Identity()
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Group-pooled feature maps: ``(B, C, H, W)`` → ``(B, F, h, w)``, equivariant to the
         input's shifts and D4 transforms."""
-        y = self.features(x)
+        y = self.features(self.canonical(x))
         b, c8, h, w = y.shape
         y = y.view(b, c8 // D4_ORDER, D4_ORDER, h, w)
         return y.amax(dim=2) if self.group_pool == "max" else y.mean(dim=2)

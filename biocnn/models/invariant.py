@@ -30,6 +30,7 @@ from biocnn.models.layers import (
     PADDING_MODES,
     ConvBlock,
     GlobalPool2d,
+    ShiftCanonical,
     make_downsample,
 )
 from biocnn.models.registry import register_model
@@ -76,6 +77,9 @@ class InvariantCNN(nn.Module):
     fast
         Use :class:`~biocnn.models.layers.APSConv2d` where it computes the block exactly;
         ``False`` builds the reference composition. Outputs and state_dict are the same.
+    canonical
+        Start with :class:`~biocnn.models.layers.ShiftCanonical`: every circular shift of
+        an image, sub-pixel (band-limited) ones included, gives the same logits.
 
     Shapes: ``(B, C, H, W)`` → ``(B, K)`` for any ``H, W``.
     """
@@ -96,6 +100,7 @@ class InvariantCNN(nn.Module):
         dropout: float = 0.0,
         order: str = "conv_down_norm",
         fast: bool = True,
+        canonical: bool = False,
     ) -> None:
         super().__init__()
         if padding not in PADDING_MODES:
@@ -127,13 +132,14 @@ class InvariantCNN(nn.Module):
             nn.Dropout(dropout), nn.Linear(prev * self.pool.expansion, num_classes)
         )
         self.num_features = prev
+        self.canonical = ShiftCanonical() if canonical else nn.Identity()
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Feature maps before pooling: ``(B, C, H, W)`` → ``(B, F, h, w)``."""
-        return self.features(x)
+        return self.features(self.canonical(x))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.pool(self.features(x)))
+        return self.head(self.pool(self.forward_features(x)))
 
     def class_activation_map(self, x: Tensor) -> Tensor:
         """Class activation maps (Zhou et al. 2016) for every class.
@@ -141,7 +147,7 @@ class InvariantCNN(nn.Module):
         ``(B, C, H, W)`` → ``(B, K, h, w)``: the head's weights applied at each position of
         the last feature map (exact for ``pool="avg"``; the averaged half for ``avgmax``).
         """
-        feats = self.features(x)
+        feats = self.forward_features(x)
         weight = self.head[-1].weight[:, : self.num_features]
         return feats.permute(0, 2, 3, 1).matmul(weight.t()).permute(0, 3, 1, 2)
 

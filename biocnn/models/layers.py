@@ -12,6 +12,8 @@
 * :class:`DownConv2d` — a conv followed by a parameter-free downsampling module.
 * :class:`ConvBlock` — conv → [downsample →] norm → activation with a chosen padding mode.
 * :func:`make_downsample` — one switch for ``maxpool|blurpool|aps|none``.
+* :class:`ShiftCanonical` — move each image so that the phase of its lowest spatial
+  frequency is fixed: exact invariance to circular shifts, whole *and* sub-pixel.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from biocnn.augment import fourier_shift
 
 __all__ = [
     "PADDING_MODES",
@@ -39,6 +43,7 @@ __all__ = [
     "GlobalPool2d",
     "ConvBlock",
     "make_downsample",
+    "ShiftCanonical",
 ]
 
 PADDING_MODES = ("zeros", "circular", "reflect")
@@ -571,3 +576,28 @@ def make_downsample(
     if kind == "none":
         return nn.Identity()
     raise ValueError(f"downsample must be one of {DOWNSAMPLE_MODES}, got {kind!r}")
+
+
+class ShiftCanonical(nn.Module):
+    """Shift each image so that the phase of its first Fourier harmonic is zero per axis.
+
+    A circular shift by ``t`` (integer or sub-pixel, band-limited) turns that phase by
+    ``2 pi t / N``, so every shifted copy of an image is mapped to the same image: the
+    model after it sees no shift at all. The result is moved to the frame centre
+    ``N // 2``. Rotations by 90° and flips of the input move the output by at most one
+    whole pixel, which the exactly shift-invariant core absorbs (D4 invariance kept).
+
+    Shapes: ``(B, C, H, W)`` → ``(B, C, H, W)``; channels are summed for the phase.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, w = x.shape[-2:]
+        xs = x.detach().float().sum(1)  # (B, H, W)
+        t = []
+        for axis, n in ((1, h), (2, w)):
+            profile = xs.sum(3 - axis)  # (B, n): sum over the other axis
+            angle = 2 * torch.pi * torch.arange(n, device=x.device, dtype=torch.float32) / n
+            c, s = profile @ torch.cos(angle), profile @ torch.sin(angle)
+            t.append(torch.atan2(s, c) * (n / (2 * torch.pi)))  # centroid on the circle
+        target = torch.tensor([h // 2, w // 2], device=x.device, dtype=torch.float32)
+        return fourier_shift(x, target - torch.stack(t, 1))

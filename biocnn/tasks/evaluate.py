@@ -4,8 +4,10 @@
 the checkpoint's own preprocessing, in batches sized by bytes, and for every batch also
 classifies copies moved by ``r`` pixels in random directions (zero fill), copies rotated
 by each of ``angles``, and pairs of random views of the same image: two random shifts
-(consistency, Zhang 2019), two random rotations, two random sub-pixel shifts (bilinear,
-within one pixel: what resampling does to an input). It writes, atomically::
+(consistency, Zhang 2019), two random rotations and two random sub-pixel shifts within
+one pixel. Rotations and sub-pixel shifts are band-limited (Fourier shears and phase
+ramps: what a detector records of a turned or moved particle); the same consistencies
+with bilinear interpolation, which also blurs the noise, are reported beside them. It writes, atomically::
 
     <out>/evaluation.json       accuracy, loss, per-class metrics, confusion, shift and
                                 rotation robustness, consistencies
@@ -187,16 +189,19 @@ def run_evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = print) -> Eva
         generator = torch.Generator().manual_seed(cfg.seed)
         loader = make_loader(data, batch, num_workers=cfg.num_workers)
         angles = [float(a) for a in cfg.angles] or DEFAULT_ANGLES
-        logits, correct, turned, agree, agree_rot, agree_sub = [], [], [], 0.0, 0.0, 0.0
+        logits, correct, turned, agree, agree_rot, agree_sub, agree_bil = [], [], [], 0.0, 0.0, 0.0, 0.0
+        agree_rot_bil = 0.0
         for x, y in track(loader, description="evaluate", console=Console(stderr=True),
                           disable=not cfg.progress):
             # standardised before the zero-filled shifts, as in training (fill = background)
             x = clf.standardize(x.to(clf.device))
             logits.append(predict(x))
             correct.append(shifted_correct(predict, x, y, shifts, generator))
-            turned.append(rotated_correct(predict, x, y, angles))
-            agree_rot += transform_consistency(predict, x, generator, rotate=True) * len(x)
-            agree_sub += transform_consistency(predict, x, generator, max_shift=1.0) * len(x)
+            turned.append(rotated_correct(predict, x, y, angles, fourier=True))
+            agree_rot += transform_consistency(predict, x, generator, rotate=True, fourier=True) * len(x)
+            agree_rot_bil += transform_consistency(predict, x, generator, rotate=True) * len(x)
+            agree_sub += transform_consistency(predict, x, generator, max_shift=1.0, fourier=True) * len(x)
+            agree_bil += transform_consistency(predict, x, generator, max_shift=1.0) * len(x)
             agree += consistency(predict, x, c_shift, generator) * len(x)
         all_logits = torch.cat(logits)
         labels = torch.from_numpy(data.labels)
@@ -219,13 +224,16 @@ def run_evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = print) -> Eva
                 "consistency": agree / len(data),
                 "consistency_max_shift_px": c_shift,
                 "subpixel_consistency": agree_sub / len(data),
+                "subpixel_consistency_bilinear": agree_bil / len(data),
             },
             "rotation_robustness": {
-                "fill": "zeros",
+                "fill": "circular",
+                "interpolation": "fourier",
                 "angles_deg": angles,
                 "accuracy": rot_hits.mean(0).tolist(),
                 **placement_summary(rot_hits),
                 "consistency": agree_rot / len(data),
+                "consistency_bilinear": agree_rot_bil / len(data),
             },
             "preprocess": clf.preprocess.to_dict(),
             "views": views.to_dict(),
