@@ -139,6 +139,8 @@ class CryoTrainConfig(TrainConfig):
         factory=dict, shown="{}")
     val_fraction: float = option(0.15, "Validation fraction per class.")
     augment: bool = option(True, "Random shift, in-plane rotation and flips.")
+    interp: str = option("fourier", "Augmentation resampling: fourier (band-limited, no blur: "
+                         "images keep their noise spectrum) or bilinear.")
     max_shift: float | None = option(None, "Largest training shift in px.",
                                      shown="8 % of the box")
     preload_gb: float = option(2.0, "Hold the resampled images in memory up to this size; "
@@ -160,6 +162,8 @@ class CryoTrainConfig(TrainConfig):
             raise OptionError("preload_gb", self.preload_gb, "must be >= 0 (0 = never)")
         if self.max_shift is not None and not (math.isfinite(self.max_shift) and self.max_shift >= 0):
             raise OptionError("max_shift", self.max_shift, "must be >= 0")
+        if self.interp not in ("bilinear", "fourier"):
+            raise OptionError("interp", self.interp, "use fourier or bilinear")
 
     def preprocess_config(self) -> Any:
         """The (unresolved) :class:`~biocnn.data.PreprocessConfig` asked for."""

@@ -236,7 +236,8 @@ def run_train(cfg: CryoTrainConfig, log: Callable[[str], None] = print) -> Train
     n_params = sum(p.numel() for p in model.parameters())
     train, val, n_train, n_val = _split(data, cfg, log)
     augment = (
-        Augment(max_shift=max_shift, rotate=True, flip=True, fill="zeros") if cfg.augment else None
+        Augment(max_shift=max_shift, rotate=True, flip=True, fill="zeros", interp=cfg.interp)
+        if cfg.augment else None
     )
     log(f"training {cfg.model} ({n_params:,} parameters) on {n_train} images, "
         f"validating on {n_val}; augmentation "
