@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -61,3 +62,35 @@ def test_integer_mode_draws_integers() -> None:
     out = aug(x, torch.Generator().manual_seed(0))
     # an integer circular shift only permutes pixels
     assert torch.allclose(out.flatten(1).sort(1).values, x.flatten(1).sort(1).values, atol=1e-5)
+
+
+def test_fourier_rotate_matches_bilinear_on_smooth_images_and_keeps_noise() -> None:
+    import math
+
+    from biocnn.augment import affine_sample, fourier_rotate
+
+    n = 48
+    yy, xx = torch.meshgrid(torch.arange(n).float(), torch.arange(n).float(), indexing="ij")
+    blob = torch.exp(-((yy - 15) ** 2 / 30 + (xx - 30) ** 2 / 12))[None, None].repeat(5, 1, 1, 1)
+    angle = torch.tensor([0.0, 0.3, -0.7, math.pi / 2, 3.5])
+    got = fourier_rotate(blob, angle)
+    torch.testing.assert_close(got[3], torch.rot90(blob[3], -1, (1, 2)))  # quarter turns exact
+    assert (got - affine_sample(blob, angle, torch.zeros(5, 2))).abs().max() < 0.05
+    noise = torch.randn(8, 1, n, n, generator=torch.Generator().manual_seed(0))
+    turned = torch.full((8,), 0.6)
+    # bilinear sampling halves the noise variance at some positions; shears keep it
+    assert abs(fourier_rotate(noise, turned).std() / noise.std() - 1) < 0.05
+    assert affine_sample(noise, turned, torch.zeros(8, 2), fill="circular").std() < 0.85 * noise.std()
+    odd = torch.randn(2, 1, 33, 33, generator=torch.Generator().manual_seed(1))  # no Nyquist term
+    back = fourier_rotate(fourier_rotate(odd, torch.full((2,), 0.4)), torch.full((2,), -0.4))
+    torch.testing.assert_close(back, odd, atol=1e-4, rtol=0)
+
+
+def test_fourier_augment_is_seeded_and_rejects_unknown_interpolation() -> None:
+    x = torch.randn(4, 1, 16, 16)
+    aug = Augment(max_shift=2.5, rotate=True, flip=True, interp="fourier")
+    a = aug(x, torch.Generator().manual_seed(3))
+    b = aug(x, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and a.shape == x.shape and not torch.allclose(a, x)
+    with pytest.raises(ValueError, match="interp"):
+        Augment(interp="cubic")
