@@ -25,8 +25,9 @@ else:  # pragma: no cover
 from biocnn.errors import BiocnnError, OptionError
 
 __all__ = [
-    "TrainConfig", "CryoTrainConfig", "option", "describe", "load_toml", "merge", "resolve",
-    "to_plain", "run_metadata",
+    "TrainConfig", "CryoTrainConfig", "PredictConfig", "EvaluateConfig", "SelectConfig",
+    "CalibrateConfig", "option", "describe", "load_toml", "merge", "resolve", "to_plain",
+    "run_metadata",
 ]
 
 T = TypeVar("T")
@@ -36,7 +37,8 @@ def option(default: Any = None, help: str = "", *, shown: str | None = None,  # 
            factory: Callable[[], Any] | None = None) -> Any:
     """A config field with its help text: the one place a command's option is described.
 
-    ``shown`` replaces the default in ``--help`` (for defaults resolved at run time).
+    ``shown`` replaces the default in ``--help`` (for defaults resolved at run time);
+    ``""`` shows none (a required value, or an output written only when asked for).
     """
     meta = {"help": help, "shown": shown}
     if factory is not None:
@@ -51,7 +53,8 @@ def describe(cls: type, name: str) -> str:
     if shown is None:
         value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         shown = ("on" if value else "off") if isinstance(value, bool) else str(value)
-    return f"{f.metadata.get('help', '')} (default: {shown})"
+    help_text = f.metadata.get("help", "")
+    return f"{help_text} (default: {shown})" if shown else help_text
 
 
 @dataclass
@@ -179,6 +182,116 @@ class CryoTrainConfig(TrainConfig):
 
         return ViewSpec(slice_axis=self.slice_axis, slices=self.slices, project=self.project,
                         as_volume=self.as_volume)
+
+
+@dataclass
+class PredictConfig:
+    """Options of ``biocnn predict`` (also its TOML keys); :func:`biocnn.tasks.run_predict`.
+
+    Volume views left None are the checkpoint's (as in training).
+    """
+
+    inputs: tuple[str, ...] = option((), "MRC files, folders, globs, STAR or cryoSPARC .cs files.",
+                                     shown="")
+    model: str = option("", "Checkpoint from `biocnn train` (best.pt).", shown="")
+    csv: str | None = option(None, "Write one row per image: index, image, predicted, "
+                             "p_<class>...", shown="")
+    star: str | None = option(None, "Write a RELION 3.1+ STAR file: the input rows, a full optics "
+                              "table (unknown voltage/Cs/amplitude contrast: 300 kV/2.7 mm/0.1) and "
+                              "the predictions in new biocnn* columns.", shown="")
+    relion_project: str = option(".", "RELION project folder; STAR image names are relative to it.",
+                                 shown="the current folder")
+    select: str | None = option(None, "Class (name or 1-based number) for --out-stack / --out-cs.",
+                                shown="")
+    min_probability: float = option(0.0, "--select: keep images at least this sure.")
+    out_stack: str | None = option(None, "Write the original images of --select as an MRC stack, "
+                                   "and their STAR rows beside it (.star).", shown="")
+    out_cs: str | None = option(None, "Write the --select rows of a .cs input as a .cs file "
+                                "cryoSPARC can import.", shown="")
+    cs_project: str | None = option(None, "cryoSPARC project folder that .cs blob/path values are "
+                                    "relative to.", shown="")
+    apix: float | None = option(None, "Pixel size in Å of every input image (instead of the "
+                                "STAR/.cs/header value).", shown="")
+    as_volume: bool | None = option(None, "Read 3D MRC files as volumes / as image stacks.",
+                                    shown="from the header and name")
+    overwrite: bool = option(False, "Replace existing output files.")
+    cam: str | None = option(None, "Write a gallery of class-activation maps (PNG).", shown="")
+    cam_count: int = option(16, "Images in the --cam gallery.")
+    tta: bool = option(False, "Average over the 8 rotations/flips.")
+    slice_axis: str | None = option(None, "Volumes: z, y or x.", shown="as in training")
+    slices: str | int | None = option(None, "Volumes: central, all, none or a count.",
+                                      shown="as in training")
+    project: bool | None = option(None, "Volumes: also the projection.", shown="as in training")
+    batch_size: int = option(256, "Images per batch.")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N.")
+    num_workers: int = option(0, "DataLoader worker processes.")
+    amp: bool = option(False, "bf16 mixed precision.")
+    progress: bool = option(True, "Show a progress bar.")
+
+
+@dataclass
+class EvaluateConfig:
+    """Options of ``biocnn evaluate`` (also its TOML keys); :func:`biocnn.tasks.run_evaluate`."""
+
+    data: str = option("", "Folder of class folders, or a STAR file.", shown="")
+    model: str = option("", "Checkpoint from `biocnn train`.", shown="")
+    label_column: str = option("rlnClassNumber", "STAR column with the class.")
+    shifts: tuple[float, ...] = option((), "Shift lengths in px, e.g. 0,2,4,8.",
+                                       shown="0, 2, 4, ... up to box/4")
+    consistency_shift: int | None = option(None, "Largest shift of the consistency test in px.",
+                                           shown="8% of the box")
+    angles: tuple[float, ...] = option((), "Rotation angles in degrees, e.g. 0,45,90.",
+                                       shown="0,30,...,180")
+    tta: bool = option(False, "Average over the 8 rotations/flips.")
+    apix: float | None = option(None, "Pixel size in Å of every image (instead of the STAR/header "
+                                "value).", shown="")
+    as_volume: bool | None = option(None, "Read 3D MRC files as volumes / as image stacks.",
+                                    shown="from the header and name")
+    overwrite: bool = option(False, "Replace a non-empty output folder.")
+    batch_size: int = option(256, "Images per batch.")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N.")
+    num_workers: int = option(0, "DataLoader worker processes.")
+    amp: bool = option(False, "bf16 mixed precision.")
+    seed: int = option(0, "Seed of the random shift directions.")
+    out: str = option("", "Output folder.", shown="runs/evaluate-<timestamp>")
+    progress: bool = option(True, "Show a progress bar.")
+
+
+@dataclass
+class SelectConfig:
+    """Options of ``biocnn select``; :func:`biocnn.tasks.select.run_select`."""
+
+    inputs: tuple[str, ...] = option((), "RELION 2D job folder or its run_itNNN_model.star, a "
+                                     "cryoSPARC class-averages .cs, or MRC stacks of class averages.",
+                                     shown="")
+    model: str = option("", "Checkpoint from `biocnn train` with a good/junk pair of classes.",
+                        shown="the selector shipped with biocnn")
+    out: str = option("", "Output folder (good.mrcs, bad.mrcs, classes.csv, selection.json, "
+                      "particles.star, report.html).", shown="")
+    threshold: float | None = option(None, "Keep classes with P(good) >= this.",
+                                     shown="the checkpoint's, else 0.5")
+    good_class: str = option("good", "Name of the model's good class.")
+    apix: float | None = option(None, "Pixel size in Å of the class averages (instead of the "
+                                "header / model.star value).", shown="")
+    cs_project: str | None = option(None, "cryoSPARC project folder of .cs blob paths.", shown="")
+    overwrite: bool = option(False, "Replace an existing output folder.")
+    batch_size: int = option(256, "Images per batch.")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N.")
+    progress: bool = option(False, "Show a progress bar.")
+
+
+@dataclass
+class CalibrateConfig:
+    """Options of ``biocnn calibrate``; :func:`biocnn.tasks.calibrate.run_calibrate`."""
+
+    model: str = option("", "Checkpoint from `biocnn train` (best.pt).", shown="")
+    data: str = option("", "Labelled held-out data: folder per class or STAR file.", shown="")
+    out: str = option("", "Calibrated checkpoint to write.", shown="")
+    good_class: str = option("good", "The class whose probability is thresholded.")
+    batch_size: int = option(256, "Images per batch.")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N.")
+    overwrite: bool = option(False, "Replace an existing output file.")
+    progress: bool = option(True, "Show a progress bar.")
 
 
 def load_toml(path: str | os.PathLike) -> dict[str, Any]:

@@ -11,36 +11,41 @@ Examples
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from biocnn.cli.common import cli_errors, console
+from biocnn.cli.common import cli_errors, config_options, console
+from biocnn.config import CalibrateConfig, describe
 
 __all__ = ["calibrate", "register"]
 
 
 def calibrate(
     checkpoint: Path = typer.Argument(..., show_default=False,
-                                      help="Checkpoint from `biocnn train` (best.pt)."),
-    data: Path = typer.Argument(..., show_default=False,
-                                help="Labelled held-out data: folder per class or STAR file."),
-    out: Path = typer.Option(..., "--out", show_default=False, help="Calibrated checkpoint to write."),
-    good_class: str = typer.Option("good", help="The class whose probability is thresholded."),
-    batch_size: int = typer.Option(256, help="Images per batch."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda."),
-    overwrite: bool = typer.Option(False, "--overwrite/--no-overwrite",
-                                   help="Replace an existing output file."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+                                      help=describe(CalibrateConfig, "model")),
+    data: Path = typer.Argument(..., show_default=False, help=describe(CalibrateConfig, "data")),
+    **options: Any,
 ) -> None:
     """Temperature-scale a classifier and choose its threshold on held-out data."""
     with cli_errors(flags={"model": "CHECKPOINT", "data": "DATA"}):
-        from biocnn.tasks.calibrate import CalibrateConfig, run_calibrate
+        from biocnn.config import merge
+        from biocnn.tasks.calibrate import run_calibrate
 
-        run_calibrate(CalibrateConfig(model=str(checkpoint), data=str(data), out=str(out),
-                                      good_class=good_class, batch_size=batch_size,
-                                      device=device, overwrite=overwrite, progress=progress),
-                      log=console.print)
+        cfg = merge(CalibrateConfig(), {**options, "model": str(checkpoint), "data": str(data)})
+        run_calibrate(cfg, log=console.print)
+
+
+def _signature() -> inspect.Signature:
+    """CHECKPOINT, DATA, then one option per field of the calibrate config (--out required)."""
+    fixed = [p for p in inspect.signature(calibrate).parameters.values() if p.name != "options"]
+    return inspect.Signature(fixed + config_options(CalibrateConfig, skip=("model", "data"),
+                                                    required=("out",)))
+
+
+calibrate.__signature__ = _signature()  # type: ignore[attr-defined]
 
 
 def register(app: typer.Typer) -> None:

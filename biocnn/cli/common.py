@@ -49,7 +49,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 #: Config fields whose flag is not ``--field-name`` (a command may add its own).
-FLAGS = {"input_apix": "--apix"}
+FLAGS = {"input_apix": "--apix", "as_volume": "--volume/--stack"}
 
 
 @contextlib.contextmanager
@@ -96,21 +96,27 @@ def data_source(data: object | None, star: object | None) -> str | None:
 
 def _cli_type(hint: Any) -> type:
     """The click-friendly type of a config field's type hint (``X | None`` -> X, dict -> JSON str)."""
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if args:
-        hint = args[0]
+    if type(None) in typing.get_args(hint):  # X | None
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
     origin = typing.get_origin(hint) or hint
     return {dict: str, list: str, tuple: str}.get(origin, origin)
 
 
-def config_options(cls: type, *, skip: Iterable[str] = (), flags: dict[str, str] | None = None
+def config_options(cls: type, *, skip: Iterable[str] = (), flags: dict[str, str] | None = None,
+                   aliases: dict[str, str] | None = None, required: Iterable[str] = ()
                    ) -> list[inspect.Parameter]:
     """Typer options for the fields of config dataclass ``cls``: help and default shown from
     the field (:func:`biocnn.config.option`), every value ``None`` unless given, so a
-    ``--config`` file and the defaults fill the rest. Booleans get ``--x/--no-x``."""
+    ``--config`` file and the defaults fill the rest. Booleans get ``--x/--no-x``.
+
+    ``flags`` renames fields' flags (over :data:`FLAGS`), ``aliases`` adds a short one
+    (``{"model": "-m"}``); ``required`` fields must be given on the command line.
+    """
     import dataclasses
 
-    flags = {**FLAGS, **(flags or {})}
+    from biocnn.config import describe
+
+    flags, aliases, required = {**FLAGS, **(flags or {})}, aliases or {}, set(required)
     hints = typing.get_type_hints(cls)
     params = []
     for f in dataclasses.fields(cls):
@@ -119,9 +125,9 @@ def config_options(cls: type, *, skip: Iterable[str] = (), flags: dict[str, str]
         kind = _cli_type(hints[f.name])
         flag = flags.get(f.name, "--" + f.name.replace("_", "-"))
         decls = [flag if "/" in flag else f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
-        from biocnn.config import describe
-
-        option = typer.Option(None, *decls, help=describe(cls, f.name), show_default=False)
+        decls += [aliases[f.name]] if f.name in aliases else []
+        default = ... if f.name in required else None
+        option = typer.Option(default, *decls, help=describe(cls, f.name), show_default=False)
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option,
                                         annotation=kind))
     return params

@@ -10,12 +10,22 @@ Examples
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from biocnn.cli.common import cli_errors, console, data_source, err_console, timestamp
+from biocnn.cli.common import (
+    cli_errors,
+    config_options,
+    console,
+    data_source,
+    err_console,
+    timestamp,
+)
+from biocnn.config import EvaluateConfig, describe
 
 __all__ = ["evaluate", "register", "parse_shifts"]
 
@@ -34,50 +44,20 @@ def parse_shifts(text: str | None, option: str = "--shifts") -> tuple[float, ...
 
 
 def evaluate(
-    data: Path = typer.Argument(None, show_default=False,
-                                help="Folder of class folders, or a STAR file."),
-    model: Path = typer.Option(None, "--model", "-m", help="Checkpoint from `biocnn train`."),
+    data: Path = typer.Argument(None, show_default=False, help=describe(EvaluateConfig, "data")),
     star: Path = typer.Option(None, help="STAR file of labelled particles (instead of DATA)."),
-    label_column: str = typer.Option(None, help="STAR column with the class "
-                                     "(default: rlnClassNumber)."),
-    shifts: str = typer.Option(None, help="Shift lengths in px, e.g. 0,2,4,8 "
-                               "(default: 0, 2, 4, ... up to box/4)."),
-    consistency_shift: int = typer.Option(None, help="Largest shift of the consistency test "
-                                          "in px (default: 8% of the box)."),
-    angles: str = typer.Option(None, help="Rotation angles in degrees, e.g. 0,45,90 "
-                               "(default: 0,30,...,180)."),
-    tta: bool = typer.Option(None, "--tta/--no-tta", help="Average over the 8 rotations/flips."),
-    apix: float = typer.Option(None, help="Pixel size in Å of every image (instead of the "
-                               "STAR/header value)."),
-    volume: bool = typer.Option(None, "--volume/--stack", help="Read 3D MRC files as volumes / "
-                                "as image stacks (default: from the header and name)."),
-    overwrite: bool = typer.Option(None, "--overwrite/--no-overwrite",
-                                   help="Replace a non-empty --out folder."),
-    batch_size: int = typer.Option(None, help="Batch size (default: 256)."),
-    device: str = typer.Option(None, help="auto | cpu | cuda (default: auto)."),
-    num_workers: int = typer.Option(None, help="DataLoader worker processes (default: 0)."),
-    amp: bool = typer.Option(None, "--amp/--no-amp", help="bf16 mixed precision."),
-    seed: int = typer.Option(None, help="Seed of the random shift directions (default: 0)."),
     config: Path = typer.Option(None, help="TOML config with these options."),
-    out: Path = typer.Option(None, help="Output folder (default: runs/evaluate-<timestamp>)."),
     json_out: bool = typer.Option(False, "--json", help="Print evaluation.json on stdout."),
-    progress: bool = typer.Option(None, "--progress/--no-progress", help="Show a progress bar."),
+    **options: Any,
 ) -> None:
     """Evaluate a checkpoint; write evaluation.json, confusion.png, shift_accuracy.png, run.json."""
     with cli_errors():
         from biocnn.config import resolve
         from biocnn.report import evaluate_tables
-        from biocnn.tasks.evaluate import EvaluateConfig, run_evaluate
+        from biocnn.tasks.evaluate import run_evaluate
 
-        cli = {
-            "data": data_source(data, star),
-            "model": str(model) if model is not None else None, "label_column": label_column,
-            "shifts": parse_shifts(shifts), "consistency_shift": consistency_shift, "tta": tta,
-            "angles": parse_shifts(angles, "--angles"),
-            "apix": apix, "as_volume": volume, "overwrite": overwrite,
-            "batch_size": batch_size, "device": device, "num_workers": num_workers, "amp": amp,
-            "seed": seed, "out": str(out) if out is not None else None, "progress": progress,
-        }
+        cli = {**options, "data": data_source(data, star), "shifts": parse_shifts(options["shifts"]),
+               "angles": parse_shifts(options["angles"], "--angles")}
         cfg = resolve(EvaluateConfig(), config, cli)
         if not cfg.out:
             cfg.out = str(Path("runs") / f"evaluate-{timestamp()}")
@@ -89,6 +69,16 @@ def evaluate(
                   "run.json")
         if json_out:
             typer.echo(json.dumps(result.report, indent=2))
+
+
+def _signature() -> inspect.Signature:
+    """DATA, --star, --config, --json, then one option per field of the evaluate config."""
+    fixed = [p for p in inspect.signature(evaluate).parameters.values() if p.name != "options"]
+    return inspect.Signature(fixed + config_options(EvaluateConfig, skip=("data",),
+                                                    aliases={"model": "-m"}))
+
+
+evaluate.__signature__ = _signature()  # type: ignore[attr-defined]
 
 
 def register(app: typer.Typer) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,27 +27,13 @@ from torch import Tensor
 
 from biocnn.atomic import atomic_path, check_outputs
 from biocnn.checkpoint import load_classifier, read_checkpoint
-from biocnn.config import to_plain
+from biocnn.config import CalibrateConfig, to_plain
 from biocnn.data import build_dataset
 from biocnn.engine import predict_logits
 from biocnn.errors import BiocnnError, OptionError
 
 __all__ = ["CalibrateConfig", "run_calibrate", "fit_temperature", "roc_auc",
            "best_threshold", "expected_calibration_error"]
-
-
-@dataclass
-class CalibrateConfig:
-    """Options of ``biocnn calibrate``."""
-
-    model: str = ""  # checkpoint of `biocnn train`
-    data: str = ""  # labelled held-out data (folder per class or STAR)
-    out: str = ""  # the calibrated checkpoint
-    good_class: str = "good"
-    batch_size: int = 256
-    device: str = "auto"
-    overwrite: bool = False
-    progress: bool = True
 
 
 def fit_temperature(logits: Tensor, labels: Tensor) -> float:

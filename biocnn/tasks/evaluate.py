@@ -41,7 +41,7 @@ from torch import Tensor
 
 from biocnn.atomic import atomic_dir, write_json
 from biocnn.checkpoint import load_classifier
-from biocnn.config import run_metadata, to_plain
+from biocnn.config import EvaluateConfig, run_metadata, to_plain
 from biocnn.data import build_dataset, make_loader
 from biocnn.data.inputs import Inputs, InputSource, batch_for, forward_bytes
 from biocnn.engine import predict_logits
@@ -63,29 +63,6 @@ __all__ = [
     "run_evaluate",
     "default_shifts",
 ]
-
-
-@dataclass
-class EvaluateConfig:
-    """Options of ``biocnn evaluate`` (also its TOML keys)."""
-
-    data: str = ""  # folder of class folders, or a STAR file
-    model: str = ""  # checkpoint written by `biocnn train`
-    label_column: str = "rlnClassNumber"
-    shifts: tuple[float, ...] = ()  # px; () = 0, 2, 4, 8, ... up to a quarter of the box
-    consistency_shift: int | None = None  # px; None = 8 % of the box (at least 1)
-    angles: tuple[float, ...] = ()  # degrees; () = 0, 30, ..., 180
-    tta: bool = False
-    apix: float | None = None  # Å/px of every image, instead of STAR/header values
-    as_volume: bool | None = None  # --volume / --stack: how 3D MRC files are read
-    overwrite: bool = False  # replace a non-empty --out folder
-    batch_size: int = 256
-    device: str = "auto"
-    num_workers: int = 0
-    amp: bool = False
-    seed: int = 0
-    out: str = ""
-    progress: bool = True
 
 
 @dataclass

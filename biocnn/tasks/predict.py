@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 from biocnn.atomic import check_outputs
 from biocnn.checkpoint import Classifier, load_classifier
+from biocnn.config import PredictConfig
 from biocnn.data.inputs import (
     MEMORY_BUDGET,
     Inputs,
@@ -72,36 +73,6 @@ __all__ = [
     "selection_star",
     "write_selection",
 ]
-
-@dataclass
-class PredictConfig:
-    """Options of ``biocnn predict`` (also its TOML keys)."""
-
-    inputs: tuple[str, ...] = ()  # MRC files, folders, globs, STAR and .cs files
-    model: str = ""  # checkpoint written by `biocnn train`
-    csv: str | None = None
-    star: str | None = None
-    select: str | None = None  # class name or 1-based class number
-    min_probability: float = 0.0  # --select keeps images at least this sure
-    out_stack: str | None = None
-    out_cs: str | None = None
-    cam: str | None = None
-    cam_count: int = 16
-    tta: bool = False
-    apix: float | None = None  # Å/px of every input image, instead of STAR/.cs/header values
-    as_volume: bool | None = None  # --volume / --stack: how 3D MRC files are read
-    slice_axis: str | None = None  # None = as in training
-    slices: str | int | None = None
-    project: bool | None = None
-    relion_project: str = "."  # RELION project folder; STAR image names are relative to it
-    cs_project: str | None = None  # cryoSPARC project folder of .cs blob paths
-    overwrite: bool = False
-    batch_size: int = 256
-    device: str = "auto"
-    num_workers: int = 0
-    amp: bool = False
-    progress: bool = True
-
 
 @dataclass
 class PredictResult:

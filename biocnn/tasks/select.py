@@ -58,6 +58,7 @@ import torch
 
 from biocnn.atomic import atomic_dir, write_json
 from biocnn.checkpoint import Classifier, load_classifier
+from biocnn.config import SelectConfig
 from biocnn.data.inputs import Inputs, batch_for, expand_inputs, forward_bytes, input_kind, open_inputs
 from biocnn.data.preprocess import circular_mask
 from biocnn.engine import predict_logits
@@ -83,23 +84,6 @@ __all__ = [
 
 #: Limits of the out-of-distribution checks (see the module docstring).
 OOD_LIMITS = {"busy": 0.6, "offset": 2.0, "skew": -0.5, "apix_ratio": 2.0, "share": 0.5}
-
-
-@dataclass
-class SelectConfig:
-    """Options of ``biocnn select``."""
-
-    inputs: tuple[str, ...] = ()  # class-average stack, RELION job / _model.star, cryoSPARC .cs
-    model: str = ""  # checkpoint of `biocnn train` with a good/junk pair of classes
-    out: str = ""  # output folder
-    threshold: float | None = None  # keep P(good) >= threshold; None: checkpoint's or 0.5
-    good_class: str = "good"
-    apix: float | None = None  # Å/px of the class averages, instead of header/model.star
-    cs_project: str | None = None
-    overwrite: bool = False
-    batch_size: int = 256
-    device: str = "auto"
-    progress: bool = False
 
 
 @dataclass
