@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from biocnn import __version__
 from biocnn.cli import app
-from biocnn.cli.common import _one_line, cli_errors
+from biocnn.cli.common import _cli_type, _one_line, cli_errors
 from biocnn.errors import BiocnnError
 
 
@@ -56,3 +56,34 @@ def test_option_errors_name_the_field_and_the_cli_shows_the_flag(
     result = CliRunner().invoke(app, ["train", str(tmp_path), "--mask-radius", "-2"])
     assert result.exit_code == 1
     assert "--mask-radius -2.0: must be > 0" in result.output
+
+
+@pytest.mark.parametrize("command", ["train", "predict", "evaluate", "select", "calibrate"])
+def test_command_options_are_generated_from_the_config(command: str) -> None:
+    import dataclasses
+
+    from biocnn import config
+
+    cls = {"train": config.CryoTrainConfig, "predict": config.PredictConfig,
+           "evaluate": config.EvaluateConfig, "select": config.SelectConfig,
+           "calibrate": config.CalibrateConfig}[command]
+    params = {p.name: p for p in typer.main.get_command(app).commands[command].params}
+    options = [f.name for f in dataclasses.fields(cls)
+               if getattr(params.get(f.name), "param_type_name", "") == "option"]
+    assert len(options) >= 5
+    for name in options:  # help and shown default come from the field; unset flags stay None
+        assert params[name].help == config.describe(cls, name)
+        assert params[name].default is None or params[name].required
+    if command in ("predict", "evaluate", "select"):
+        assert params["model"].opts == ["--model", "-m"]
+    if command == "calibrate":
+        assert params["out"].required and not params["overwrite"].required
+
+
+def test_cli_type_of_config_fields() -> None:
+    from typing import Any
+
+    assert _cli_type(tuple[float, ...]) is str  # typed as "0,2,4" and parsed by the command
+    assert _cli_type(dict[str, Any]) is str  # a JSON object
+    assert _cli_type(float | None) is float and _cli_type(bool | None) is bool
+    assert _cli_type(str | int | None) is str and _cli_type(int) is int
