@@ -16,11 +16,11 @@ import os
 import shutil
 import signal
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from biocnn.errors import BiocnnError
+from biocnn.errors import BiocnnError, OptionError
 
 __all__ = [
     "atomic_path",
@@ -146,8 +146,15 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def _paths(value: str | os.PathLike | Sequence[str | os.PathLike] | None) -> list[Path]:
+    """A path, or a field's file and those written beside it, as paths (None, "" skipped)."""
+    if value is None or isinstance(value, (str, os.PathLike)):
+        value = [] if value is None else [value]
+    return [Path(p) for p in value if p is not None and str(p) != ""]
+
+
 def check_outputs(
-    outputs: Mapping[str, str | os.PathLike | None],
+    outputs: Mapping[str, str | os.PathLike | Sequence[str | os.PathLike] | None],
     inputs: Iterable[str | os.PathLike] = (),
     *,
     overwrite: bool = False,
@@ -157,46 +164,57 @@ def check_outputs(
     Parameters
     ----------
     outputs
-        ``{option: path}`` (e.g. ``{"--csv": "pred.csv"}``); None values are skipped.
+        ``{field: path}``: the config fields that name output files (e.g.
+        ``{"csv": "pred.csv"}``); None values are skipped. A sequence gives the field's file
+        and the files written beside it (``{"out_stack": ("sel.mrcs", "sel.star")}``), each
+        checked under the field's name.
     inputs
         Files the command reads (inputs, the checkpoint): no output may be one of them.
     overwrite
-        Allow replacing existing output files.
+        Allow replacing existing output files (the config field ``overwrite``).
 
     Returns
     -------
     dict
-        ``{option: Path}`` of the outputs given.
+        ``{field: Path}`` of the outputs given (the first path of a sequence).
 
     Raises
     ------
-    BiocnnError
-        One line naming the option: an output that is an input, two options naming one
-        file, an existing file without ``overwrite``, a folder, or an unwritable parent.
+    OptionError
+        One line naming the field (the CLI shows its flag): an output that is an input, two
+        fields naming one file, an existing file without ``overwrite``, a folder, or an
+        unwritable parent.
     """
-    given = {opt: Path(p) for opt, p in outputs.items() if p is not None and str(p) != ""}
+    given = {field: paths for field, value in outputs.items() if (paths := _paths(value))}
     read = [Path(p) for p in inputs]
     seen: dict[Path, str] = {}
-    for opt, path in given.items():
-        for src in read:
-            if _same_file(path, src):
-                raise BiocnnError(f"{opt} {path}: is one of the inputs; choose another file")
-        key = path.resolve()
-        if key in seen:
-            raise BiocnnError(f"{opt} {path}: also given as {seen[key]}")
-        seen[key] = opt
-        if path.is_dir():
-            raise BiocnnError(f"{opt} {path}: is a directory")
-        if path.exists() and not overwrite:
-            raise BiocnnError(f"{opt} {path}: exists (use --overwrite to replace it)")
-        parent = path.parent
-        while not parent.exists():
-            parent = parent.parent
-        if not parent.is_dir():
-            raise BiocnnError(f"{opt} {path}: cannot write, {parent} is not a directory")
-        if not os.access(parent, os.W_OK):
-            raise BiocnnError(f"{opt} {path}: cannot write, {parent} is not writable")
-    return given
+    for field, paths in given.items():
+        for path in paths:
+            _check_output(field, path, read, seen, overwrite)
+    return {field: paths[0] for field, paths in given.items()}
+
+
+def _check_output(field: str, path: Path, read: Sequence[Path], seen: dict[Path, str],
+                  overwrite: bool) -> None:
+    """One output file of :func:`check_outputs`; ``seen`` maps resolved paths to fields."""
+    for src in read:
+        if _same_file(path, src):
+            raise OptionError(field, path, "is one of the inputs; choose another file")
+    key = path.resolve()
+    if key in seen:
+        raise OptionError(field, path, f"is also the {seen[key]} output")
+    seen[key] = field
+    if path.is_dir():
+        raise OptionError(field, path, "is a directory")
+    if path.exists() and not overwrite:
+        raise OptionError(field, path, "exists", fix="overwrite")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OptionError(field, path, f"cannot write, {parent} is not a directory")
+    if not os.access(parent, os.W_OK):
+        raise OptionError(field, path, f"cannot write, {parent} is not writable")
 
 
 class RunLock:

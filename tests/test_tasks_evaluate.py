@@ -95,11 +95,11 @@ def test_evaluate_outputs_are_safe(tmp_path: Path) -> None:
     base = EvaluateConfig(data=str(maps), model=str(ckpt), shifts=(0,), device="cpu",
                           progress=False, batch_size=4)
     for out, what in ((tmp_path / "runs", "m.pt"), (maps, "maps"), (maps / "p", "s.mrcs")):
-        with pytest.raises(BiocnnError, match=f"--out .*would replace the input .*{what}"):
+        with pytest.raises(BiocnnError, match=f"^out .*would replace the input .*{what}"):
             run_evaluate(dataclasses.replace(base, out=str(out), overwrite=True))
     out = tmp_path / "ev"
     run_evaluate(dataclasses.replace(base, out=str(out)), log=lambda _: None)
-    with pytest.raises(BiocnnError, match="--overwrite"):
+    with pytest.raises(BiocnnError, match=r"exists and is not empty \(use overwrite\)$"):
         run_evaluate(dataclasses.replace(base, out=str(out)))
     report = run_evaluate(dataclasses.replace(base, out=str(out), overwrite=True, apix=2.0),
                           log=lambda _: None).report

@@ -120,7 +120,7 @@ def run_calibrate(cfg: CalibrateConfig, log: Callable[[str], None] = print) -> d
     for field in ("model", "data", "out"):
         if not getattr(cfg, field):
             raise OptionError(field, None, "is required")
-    out = check_outputs({"--out": cfg.out}, [cfg.model], overwrite=cfg.overwrite)["--out"]
+    out = check_outputs({"out": cfg.out}, [cfg.model], overwrite=cfg.overwrite)["out"]
     clf = load_classifier(cfg.model, cfg.device)
     if cfg.good_class not in clf.class_names:
         raise OptionError("good_class", repr(cfg.good_class), "not a class of the model "

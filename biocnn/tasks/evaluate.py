@@ -45,7 +45,7 @@ from biocnn.config import EvaluateConfig, run_metadata, to_plain
 from biocnn.data import build_dataset, make_loader
 from biocnn.data.inputs import Inputs, InputSource, batch_for, forward_bytes
 from biocnn.engine import predict_logits
-from biocnn.errors import BiocnnError
+from biocnn.errors import BiocnnError, OptionError
 from biocnn.metrics import (
     classification_summary,
     consistency,
@@ -97,11 +97,11 @@ def _check_out(out: Path, read: list[Path], overwrite: bool) -> None:
     ``overwrite``, a non-empty one; nothing is created."""
     for path in read:
         if _inside(path, out):
-            raise BiocnnError(f"--out {out}: would replace the input {path}; choose another folder")
+            raise OptionError("out", out, f"would replace the input {path}; choose another folder")
     if out.exists() and not out.is_dir():
-        raise BiocnnError(f"--out {out}: is a file")
+        raise OptionError("out", out, "is a file")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise BiocnnError(f"--out {out}: exists and is not empty (use --overwrite to replace it)")
+        raise OptionError("out", out, "exists and is not empty", fix="overwrite")
 
 
 def run_evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = print) -> EvaluateResult:

@@ -135,11 +135,9 @@ def _check_options(cfg: PredictConfig) -> None:
 
 def _outputs(cfg: PredictConfig, read: Sequence[Path]) -> dict[str, Path]:
     """Every output checked against every input (:func:`~biocnn.atomic.check_outputs`)."""
-    return check_outputs({
-        "--csv": cfg.csv, "--star": cfg.star, "--out-stack": cfg.out_stack,
-        "--out-stack STAR": selection_star(cfg.out_stack) if cfg.out_stack else None,
-        "--out-cs": cfg.out_cs, "--cam": cfg.cam,
-    }, inputs=[Path(cfg.model), *read], overwrite=cfg.overwrite)
+    stack = (cfg.out_stack, selection_star(cfg.out_stack)) if cfg.out_stack else None
+    return check_outputs({"csv": cfg.csv, "star": cfg.star, "out_stack": stack, "out_cs": cfg.out_cs,
+                          "cam": cfg.cam}, inputs=[Path(cfg.model), *read], overwrite=cfg.overwrite)
 
 
 def run_predict(cfg: PredictConfig, log: Callable[[str], None] = print) -> PredictResult:
@@ -174,11 +172,11 @@ def run_predict(cfg: PredictConfig, log: Callable[[str], None] = print) -> Predi
         aggregates=input_aggregates(inputs, probs, clf.class_names), written=[], selected=None,
         model=str(clf.path), tta=cfg.tta, relion_project=cfg.relion_project,
     )
-    if "--csv" in outputs:
-        result.written.append(write_csv(outputs["--csv"], probs, clf.class_names, inputs.name))
+    if "csv" in outputs:
+        result.written.append(write_csv(outputs["csv"], probs, clf.class_names, inputs.name))
     tables = functools.cache(lambda: relion_tables(result))  # built once, only if written
-    if "--star" in outputs:
-        result.written.append(write_star(outputs["--star"], *tables()))
+    if "star" in outputs:
+        result.written.append(write_star(outputs["star"], *tables()))
     if select is not None:
         rows = np.flatnonzero((result.predicted == select) & (probs[:, select] >= cfg.min_probability))
         result.selected = len(rows)
@@ -187,8 +185,8 @@ def run_predict(cfg: PredictConfig, log: Callable[[str], None] = print) -> Predi
         else:
             warnings.warn(f"no image predicted as {clf.class_names[select]!r}: nothing selected, "
                           "no selection written", stacklevel=2)
-    if "--cam" in outputs:
-        result.written.append(write_cam_gallery(outputs["--cam"], result, clf, cfg.cam_count))
+    if "cam" in outputs:
+        result.written.append(write_cam_gallery(outputs["cam"], result, clf, cfg.cam_count))
     return result
 
 
@@ -227,17 +225,17 @@ def _write_selection(
 ) -> list[Path]:
     """The selection outputs asked for: stack + its STAR, ``.cs`` subset."""
     written = []
-    if "--out-stack" in outputs:
-        written.append(write_selection(outputs["--out-stack"], result.inputs, rows))
+    if "out_stack" in outputs:
+        written.append(write_selection(outputs["out_stack"], result.inputs, rows))
         if not result.inputs.has_volume_views:  # volume slices have no RELION image name
             particles, optics = tables()
-            written.append(write_star(outputs["--out-stack STAR"],
+            written.append(write_star(selection_star(outputs["out_stack"]),
                                              particles.iloc[rows].reset_index(drop=True), optics))
-    if "--out-cs" in outputs:
+    if "out_cs" in outputs:
         from biocnn.io.cs import write_cs
 
         source = result.inputs.sources[0]
-        written.append(write_cs(outputs["--out-cs"], source.table, rows))
+        written.append(write_cs(outputs["out_cs"], source.table, rows))
     return written
 
 
