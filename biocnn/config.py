@@ -11,7 +11,7 @@ import math
 import os
 import platform
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -26,8 +26,8 @@ from biocnn.errors import BiocnnError, OptionError
 
 __all__ = [
     "TrainConfig", "CryoTrainConfig", "PredictConfig", "EvaluateConfig", "SelectConfig",
-    "CalibrateConfig", "option", "describe", "load_toml", "merge", "resolve", "to_plain",
-    "run_metadata",
+    "CalibrateConfig", "DictConfig", "option", "describe", "load_toml", "merge", "resolve",
+    "to_plain", "run_metadata",
 ]
 
 T = TypeVar("T")
@@ -371,6 +371,29 @@ def to_plain(obj: Any) -> Any:
     if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 1) == 0:
         return obj.item()
     return obj
+
+
+class DictConfig:
+    """``to_dict`` / ``from_dict`` of a dataclass saved in checkpoints and ``run.json``.
+
+    A subclass sets ``_what`` (unannotated, so not a field), the name its unknown keys are
+    reported under; its own ``__post_init__`` validates the values.
+    """
+
+    _what = "config"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON/checkpoint-friendly dict."""
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[T], d: Mapping[str, Any]) -> T:
+        """Inverse of :meth:`to_dict`; unknown keys are a :class:`BiocnnError`."""
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})  # type: ignore[arg-type]
+        if unknown:
+            what = cls._what  # type: ignore[attr-defined]
+            raise BiocnnError(f"unknown {what} option(s): {', '.join(unknown)}")
+        return cls(**d)
 
 
 def run_metadata(config: Any = None) -> dict[str, Any]:

@@ -59,3 +59,28 @@ def test_loop_options_are_checked_when_set(field: str, value, why: str) -> None:
         TrainConfig(**{field: value})
     with pytest.raises(OptionError, match=f"^{field} "):
         merge(TrainConfig(), {field: value})
+
+
+def test_dict_config_round_trips_and_names_unknown_keys() -> None:
+    import dataclasses
+
+    from biocnn.config import DictConfig
+    from biocnn.errors import BiocnnError
+
+    @dataclasses.dataclass(frozen=True)
+    class Box(DictConfig):
+        _what = "box"
+
+        size: int = 8
+        sides: tuple[int, ...] = (1, 2)
+
+        def __post_init__(self) -> None:
+            if self.size < 1:
+                raise BiocnnError("size must be >= 1")
+
+    assert [f.name for f in dataclasses.fields(Box)] == ["size", "sides"]
+    assert Box.from_dict(Box(size=3).to_dict()) == Box(size=3)
+    with pytest.raises(BiocnnError, match=r"^unknown box option\(s\): a, z$"):
+        Box.from_dict({"z": 1, "a": 2, "size": 3})
+    with pytest.raises(BiocnnError, match="size must be"):  # the class's own checks still run
+        Box.from_dict({"size": 0})

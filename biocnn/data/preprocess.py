@@ -24,14 +24,14 @@ checkpoint stores the resolved config so prediction repeats training exactly.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, replace
-from typing import Any
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from biocnn.config import DictConfig
 from biocnn.errors import BiocnnError, OptionError
 
 __all__ = [
@@ -53,7 +53,7 @@ MIN_BOX = 8
 
 
 @dataclass(frozen=True)
-class PreprocessConfig:
+class PreprocessConfig(DictConfig):
     """Preprocessing parameters.
 
     Attributes
@@ -80,6 +80,8 @@ class PreprocessConfig:
         particles, whose background is noise) or ``"image"`` (all of them: class averages,
         masked to an exactly flat background whose std would blow small residues up).
     """
+
+    _what = "preprocessing"  # the name its unknown saved keys are reported under
 
     box: int | None = None
     apix: float | None = None
@@ -166,18 +168,6 @@ class PreprocessConfig:
         box = int(self.box)  # type: ignore[arg-type]
         radius = self.mask_radius_px(box) if self.norm_region == "background" else -1.0
         return Standardize(box, radius, normalize=self.normalize, invert=self.invert)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON/checkpoint-friendly dict."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> PreprocessConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are a :class:`BiocnnError`."""
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise BiocnnError(f"unknown preprocessing option(s): {', '.join(sorted(unknown))}")
-        return cls(**d)
 
 
 def _edge_mean(x: torch.Tensor) -> torch.Tensor:

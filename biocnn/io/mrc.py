@@ -53,8 +53,8 @@ import os
 import struct
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
 from typing import Any, Literal
@@ -62,6 +62,7 @@ from typing import Any, Literal
 import numpy as np
 from mrcfile.dtypes import HEADER_DTYPE
 
+from biocnn.config import DictConfig
 from biocnn.errors import BiocnnError, OptionError
 from biocnn.io import FORMAT_NAMES, refuse_unsupported, sniff_bytes
 from biocnn.io.writers import write_mrc  # the MRC writer lives with the other writers
@@ -143,7 +144,7 @@ class MrcInfo:
 
 
 @dataclass(frozen=True)
-class ViewSpec:
+class ViewSpec(DictConfig):
     """Which 2D images a file yields; stored in checkpoints so prediction matches training.
 
     Images and stacks always yield all their sections; the fields below only matter for
@@ -163,6 +164,8 @@ class ViewSpec:
         Force 3D files to be read as volumes (True) or stacks (False); None applies the
         layout rule of this module.
     """
+
+    _what = "view"  # the name its unknown saved keys are reported under
 
     slice_axis: str = "z"
     slices: str | int = "central"
@@ -219,18 +222,6 @@ class ViewSpec:
         """Human-readable name of a view: ``000012@stack.mrcs`` (1-based, RELION style),
         ``image.mrc``, ``map.mrc:z=32`` or ``map.mrc:sum_z``."""
         return view_name(str(info.path), info.layout, kind, section, self.slice_axis)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON/checkpoint-friendly dict."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> ViewSpec:
-        """Inverse of :meth:`to_dict`; unknown keys are a :class:`BiocnnError`."""
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise BiocnnError(f"unknown view option(s): {', '.join(sorted(unknown))}")
-        return cls(**d)
 
 
 def view_name(path: str, layout: str, kind: int, section: int, slice_axis: str) -> str:
