@@ -11,13 +11,12 @@ Examples
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from biocnn.cli.common import cli_errors, config_options, console
+from biocnn.cli.common import add_config_options, cli_errors, console
 from biocnn.config import CalibrateConfig, describe
 
 __all__ = ["calibrate", "register"]
@@ -38,14 +37,7 @@ def calibrate(
         run_calibrate(cfg, log=console.print)
 
 
-def _signature() -> inspect.Signature:
-    """CHECKPOINT, DATA, then one option per field of the calibrate config (--out required)."""
-    fixed = [p for p in inspect.signature(calibrate).parameters.values() if p.name != "options"]
-    return inspect.Signature(fixed + config_options(CalibrateConfig, skip=("model", "data"),
-                                                    required=("out",)))
-
-
-calibrate.__signature__ = _signature()  # type: ignore[attr-defined]
+add_config_options(calibrate, CalibrateConfig, skip=("model", "data"), required=("out",))
 
 
 def register(app: typer.Typer) -> None:

@@ -8,7 +8,7 @@ import re
 import sys
 import typing
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -19,7 +19,7 @@ from biocnn.errors import BiocnnError, OptionError
 from biocnn.runtime import is_main_process
 
 __all__ = ["console", "err_console", "cli_errors", "timestamp", "data_source", "config_options",
-           "FLAGS"]
+           "add_config_options", "FLAGS"]
 
 # under torchrun only rank 0 talks; errors are printed by every rank
 # wide tables stay readable when output goes to a file or a pipe
@@ -131,3 +131,11 @@ def config_options(cls: type, *, skip: Iterable[str] = (), flags: dict[str, str]
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option,
                                         annotation=kind))
     return params
+
+
+def add_config_options(command: Callable[..., Any], cls: type, **kwargs: Any) -> None:
+    """Give ``command`` one option per field of ``cls`` (:func:`config_options`, same
+    ``kwargs``) after its own parameters; its ``**options`` receives them."""
+    fixed = [p for p in inspect.signature(command).parameters.values()
+             if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    command.__signature__ = inspect.Signature(fixed + config_options(cls, **kwargs))  # type: ignore[attr-defined]

@@ -10,7 +10,6 @@ Examples
 
 from __future__ import annotations
 
-import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,8 @@ from typing import Any
 import typer
 
 from biocnn.cli.common import (
+    add_config_options,
     cli_errors,
-    config_options,
     console,
     data_source,
     err_console,
@@ -71,14 +70,7 @@ def evaluate(
             typer.echo(json.dumps(result.report, indent=2))
 
 
-def _signature() -> inspect.Signature:
-    """DATA, --star, --config, --json, then one option per field of the evaluate config."""
-    fixed = [p for p in inspect.signature(evaluate).parameters.values() if p.name != "options"]
-    return inspect.Signature(fixed + config_options(EvaluateConfig, skip=("data",),
-                                                    aliases={"model": "-m"}))
-
-
-evaluate.__signature__ = _signature()  # type: ignore[attr-defined]
+add_config_options(evaluate, EvaluateConfig, skip=("data",), aliases={"model": "-m"})
 
 
 def register(app: typer.Typer) -> None:

@@ -19,14 +19,13 @@ Examples
 
 from __future__ import annotations
 
-import inspect
 import json
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from biocnn.cli.common import cli_errors, config_options, console, err_console
+from biocnn.cli.common import add_config_options, cli_errors, console, err_console
 from biocnn.config import PredictConfig, describe
 
 __all__ = ["predict", "register"]
@@ -56,14 +55,7 @@ def predict(
             typer.echo(json.dumps(prediction_json(result), indent=2))
 
 
-def _signature() -> inspect.Signature:
-    """INPUTS, --config, --json, then one option per field of the predict config."""
-    fixed = [p for p in inspect.signature(predict).parameters.values() if p.name != "options"]
-    return inspect.Signature(fixed + config_options(PredictConfig, skip=("inputs",),
-                                                    aliases={"model": "-m"}))
-
-
-predict.__signature__ = _signature()  # type: ignore[attr-defined]
+add_config_options(predict, PredictConfig, skip=("inputs",), aliases={"model": "-m"})
 
 
 def register(app: typer.Typer) -> None:

@@ -10,12 +10,11 @@ Examples
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import typer
 
-from biocnn.cli.common import cli_errors, config_options, console
+from biocnn.cli.common import add_config_options, cli_errors, console
 from biocnn.config import SelectConfig, describe
 
 __all__ = ["select", "register"]
@@ -42,14 +41,9 @@ def select(
             console.print(f"wrote {path}")
 
 
-def _signature() -> inspect.Signature:
-    """INPUTS, then one option per field of the select config (no progress bar: few images)."""
-    fixed = [p for p in inspect.signature(select).parameters.values() if p.name != "options"]
-    return inspect.Signature(fixed + config_options(SelectConfig, skip=("inputs", "progress"),
-                                                    aliases={"model": "-m", "out": "-o"}))
-
-
-select.__signature__ = _signature()  # type: ignore[attr-defined]
+# no --progress: scoring a few hundred class averages takes seconds
+add_config_options(select, SelectConfig, skip=("inputs", "progress"),
+                   aliases={"model": "-m", "out": "-o"})
 
 
 def register(app: typer.Typer) -> None:
