@@ -33,7 +33,7 @@ def export(
         from biocnn.atomic import check_outputs
         from biocnn.export import export_onnx
 
-        out = check_outputs({"--onnx": onnx}, inputs=[checkpoint], overwrite=overwrite)["--onnx"]
+        out = check_outputs({"onnx": onnx}, inputs=[checkpoint], overwrite=overwrite)["onnx"]
         path, argmaxes = export_onnx(checkpoint, out)
         console.print(f"wrote {path} (input 'images' (B, 1, box, box) raw, output 'logits'; "
                       f"{argmaxes} APS ArgMax node(s))")

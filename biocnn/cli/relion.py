@@ -39,7 +39,8 @@ def class_star_name(name: str) -> str:
 
 
 #: PredictConfig fields whose RELION parameter is not ``--field-name``.
-_FLAGS = {"inputs": "--in_parts", "batch_size": "--batch_size", "min_probability": "--min_probability"}
+_FLAGS = {"inputs": "--in_parts", "batch_size": "--batch_size", "min_probability": "--min_probability",
+          "o": "--o"}
 
 
 @relion_app.command("predict")
@@ -123,7 +124,7 @@ def _run(job: Path, in_parts: Path, threads: int, model: Path, select: list[str]
     all_star = job / "particles.star"
     class_stars = {c: job / class_star_name(names[c]) for c in wanted}
     # re-running a job replaces its own outputs; inputs are still protected
-    check_outputs({"particles.star": all_star, **{names[c]: p for c, p in class_stars.items()}},
+    check_outputs({"o": (all_star, *class_stars.values())},
                   inputs=[model, *result.inputs.files()], overwrite=True)
     particles, optics = relion_tables(result)
     stars = [write_star(all_star, particles, optics)]
