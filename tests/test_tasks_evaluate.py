@@ -79,9 +79,9 @@ def test_run_evaluate(tmp_path: Path) -> None:
     assert report["images"] == 10 and report["tta"] is True
     assert report["shift_robustness"]["shifts_px"] == [0, 3]
     assert report["shift_robustness"]["consistency_max_shift_px"] == 1  # 8 % of 16 px
-    with pytest.raises(BiocnnError, match="--shifts"):
+    with pytest.raises(BiocnnError, match="shifts"):
         run_evaluate(EvaluateConfig(data="x", model="y", out="z", shifts=(-1,)))
-    with pytest.raises(BiocnnError, match="--model is required"):
+    with pytest.raises(BiocnnError, match="model: is required"):
         run_evaluate(EvaluateConfig(data="x", out="z"))
 
 
@@ -105,7 +105,7 @@ def test_evaluate_outputs_are_safe(tmp_path: Path) -> None:
                           log=lambda _: None).report
     assert report["apix"] == 2.0 and json.loads((out / "evaluation.json").read_text())["apix"] == 2.0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ev", "maps", "runs"]
-    with pytest.raises(BiocnnError, match="--apix"):
+    with pytest.raises(BiocnnError, match="apix"):
         run_evaluate(dataclasses.replace(base, out=str(tmp_path / "e2"), apix=-1.0))
 
 

@@ -50,7 +50,7 @@ def evaluate(
     **options: Any,
 ) -> None:
     """Evaluate a checkpoint; write evaluation.json, confusion.png, shift_accuracy.png, run.json."""
-    with cli_errors():
+    with cli_errors(flags={"data": "DATA"}):
         from biocnn.config import resolve
         from biocnn.report import evaluate_tables
         from biocnn.tasks.evaluate import run_evaluate

@@ -45,7 +45,7 @@ from biocnn.config import EvaluateConfig, run_metadata, to_plain
 from biocnn.data import build_dataset, make_loader
 from biocnn.data.inputs import Inputs, InputSource, batch_for, forward_bytes
 from biocnn.engine import predict_logits
-from biocnn.errors import BiocnnError, OptionError
+from biocnn.errors import OptionError
 from biocnn.metrics import (
     classification_summary,
     consistency,
@@ -125,15 +125,15 @@ def run_evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = print) -> Eva
         Bad checkpoint, data (classes the model does not know included) or output folder;
         the output folder is then not created.
     """
-    for value, option in ((cfg.data, "DATA"), (cfg.model, "--model"), (cfg.out, "--out")):
-        if not value:
-            raise BiocnnError(f"evaluate: {option} is required")
+    for field in ("data", "model", "out"):
+        if not getattr(cfg, field):
+            raise OptionError(field, None, "is required")
     if any(not math.isfinite(s) or s < 0 for s in cfg.shifts):
-        raise BiocnnError(f"--shifts {','.join(map(str, cfg.shifts))}: must be >= 0")
+        raise OptionError("shifts", ",".join(map(str, cfg.shifts)), "must be >= 0")
     if cfg.consistency_shift is not None and cfg.consistency_shift < 0:
-        raise BiocnnError(f"--consistency-shift {cfg.consistency_shift}: must be >= 0")
+        raise OptionError("consistency_shift", cfg.consistency_shift, "must be >= 0")
     if cfg.apix is not None and not (math.isfinite(cfg.apix) and cfg.apix > 0):
-        raise BiocnnError(f"--apix {cfg.apix}: must be > 0")
+        raise OptionError("apix", cfg.apix, "must be > 0")
     out = Path(cfg.out)
     _check_out(out, [Path(cfg.data), Path(cfg.model)], cfg.overwrite)
     clf = load_classifier(cfg.model, cfg.device)
