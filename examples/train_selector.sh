@@ -12,3 +12,7 @@ biocnn simulate "$work/ca_heldout/" --config configs/sim_class_averages_heldout.
 biocnn train "$work/ca_train/" --config configs/selector_train.toml --out "$work/run" --no-progress
 biocnn calibrate "$work/run/best.pt" "$work/ca_heldout/" --out biocnn/weights/class_selector.pt \
     --overwrite --no-progress
+# test on a third set, never used for training, model selection or calibration
+biocnn simulate "$work/ca_test/" --config configs/sim_class_averages_heldout.toml --box 64 \
+    --seed 2000 --workers 2
+python bench/selector_heldout.py biocnn/weights/class_selector.pt "$work/ca_test/"

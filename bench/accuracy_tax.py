@@ -1,0 +1,103 @@
+"""Ablation: what costs the exact ``invariant`` model accuracy on centred 28x28 digits.
+
+Trains each variant exactly as ``biocnn baseline mnist`` does (same loop, epochs, batch,
+learning rate, seed handling) on centred training digits and reports the centred test
+accuracy over several seeds (mean ± std) and the training time per variant. Variants are
+registered models plus keyword overrides, so every row is reproducible with
+``--models``-style names.
+
+Usage::
+
+    python bench/accuracy_tax.py --seeds 0,1,2,3,4
+    python bench/accuracy_tax.py --data-dir data/fashion-mnist --variants invariant,gap_zero_pad
+    python bench/accuracy_tax.py --limit 12000 --seeds 0,1 --variants all
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import print_table, save_results, set_threads  # noqa: E402
+
+from biocnn.data import TensorData  # noqa: E402
+from biocnn.engine import fit  # noqa: E402
+from biocnn.metrics import accuracy  # noqa: E402
+from biocnn.models import create_model  # noqa: E402
+from biocnn.runtime import freed_memory_reused, seed_everything  # noqa: E402
+from mnist_baseline.experiment import BaselineConfig, _load, _predictor, _to_tensor, _train_config  # noqa: E402
+from mnist_baseline.shifts import centered  # noqa: E402
+
+# row name -> (registered model, keyword overrides)
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "gap_zero_pad": ("gap_zero_pad", {}),
+    "gap_zero_pad/max": ("gap_zero_pad", {"pool": "max"}),
+    "lenet_fc": ("lenet_fc", {"img_size": 28}),
+    "invariant": ("invariant", {}),
+    "invariant/avg": ("invariant", {"pool": "avg"}),
+    "invariant/max": ("invariant", {"pool": "max"}),
+    "invariant/maxfilter": ("invariant", {"max_filter": True}),
+    "invariant/maxfilter+max": ("invariant", {"max_filter": True, "pool": "max"}),
+    "invariant/norm_down": ("invariant", {"order": "conv_norm_down"}),
+    "invariant/norm_down+max": ("invariant", {"order": "conv_norm_down", "pool": "max"}),
+    "invariant/blur3": ("invariant", {"blur": 3}),
+    "invariant/wide": ("invariant", {"widths": (48, 96, 192)}),
+    "invariant/depth2": ("invariant", {"depths": 2}),
+    "invariant/maxfilter+depth2": ("invariant", {"max_filter": True, "depths": 2}),
+    "gap_zero_pad/depth2": ("gap_zero_pad", {"depths": 2}),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--variants", default="gap_zero_pad,invariant,invariant/max,invariant/maxfilter",
+                    help=f"comma-separated rows, or 'all': {', '.join(VARIANTS)}")
+    ap.add_argument("--seeds", default="0", help="comma-separated seeds")
+    ap.add_argument("--data-dir", default=None, help="IDX folder (default: bundled MNIST)")
+    ap.add_argument("--epochs", type=int, default=BaselineConfig.epochs)
+    ap.add_argument("--lr", type=float, default=BaselineConfig.lr)
+    ap.add_argument("--limit", type=int, default=0, help="first N training digits (0 = all)")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--name", default="accuracy_tax", help="results file name")
+    args = ap.parse_args()
+    set_threads(args.threads)
+    names = list(VARIANTS) if args.variants == "all" else args.variants.split(",")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    rows, payload = [], {}
+    for name in names:
+        arch, kwargs = VARIANTS[name]
+        accs, secs = [], []
+        for seed in seeds:
+            cfg = BaselineConfig(epochs=args.epochs, lr=args.lr, seed=seed, limit=args.limit,
+                                 data_dir=args.data_dir, progress=False, device="cpu")
+            _, xtr, ytr, xte, yte = _load(cfg)
+            train = TensorData(_to_tensor(centered(xtr, cfg.canvas)), torch.from_numpy(ytr))
+            seed_everything(seed)
+            model = create_model(arch, num_classes=int(ytr.max()) + 1, **kwargs)
+            t0 = time.perf_counter()
+            with freed_memory_reused(True):
+                fit(model, train, None, _train_config(cfg, model))
+            secs.append(time.perf_counter() - t0)
+            preds = _predictor(model, torch.device("cpu"))(centered(xte, cfg.canvas))
+            accs.append(100 * accuracy(preds, yte))
+            print(f"{name} seed {seed}: {accs[-1]:.2f} % ({secs[-1]:.0f} s)", flush=True)
+        params = sum(p.numel() for p in model.parameters())
+        std = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        rows.append([name, f"{params:,}", f"{statistics.mean(accs):.2f} ± {std:.2f}",
+                     f"{min(accs):.2f}", f"{statistics.mean(secs):.0f}"])
+        payload[name] = {"model": arch, "kwargs": kwargs, "parameters": params,
+                         "accuracy": accs, "seconds": secs}
+    print_table(f"centred test accuracy, {args.epochs} epochs, seeds {args.seeds}",
+                ["variant", "params", "mean ± std %", "min %", "train s"], rows)
+    save_results(args.name, {"data_dir": args.data_dir, "epochs": args.epochs, "seeds": seeds,
+                             "limit": args.limit, "variants": payload})
+
+
+if __name__ == "__main__":
+    main()
