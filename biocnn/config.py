@@ -138,7 +138,8 @@ class CryoTrainConfig(TrainConfig):
     model: str = option("invariant_m", "Registered model (biocnn.list_models()).")
     model_kwargs: dict[str, Any] = option(
         help="JSON object of model options over the model's defaults "
-        "(invariant_m: {\"widths\": [16, 32, 64, 128]}; registered: [32, 64, 128, 256]).",
+        "(invariant_m: {\"widths\": [16, 32, 64, 128], \"canonical\": true}; registered: "
+        "[32, 64, 128, 256], not canonical).",
         factory=dict, shown="{}")
     val_fraction: float = option(0.15, "Validation fraction per class.")
     augment: bool = option(True, "Random shift, in-plane rotation and flips.")

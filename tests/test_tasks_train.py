@@ -28,7 +28,8 @@ def test_config_is_a_train_config_with_cryo_defaults() -> None:
     assert isinstance(cfg, TrainConfig)
     assert (cfg.model, cfg.epochs, cfg.patience, cfg.val_fraction, cfg.augment) == (
         "invariant_m", 15, 5, 0.15, True)
-    assert cfg.model_kwargs == {} and MODEL_DEFAULTS["invariant_m"] == {"widths": [16, 32, 64, 128]}
+    assert cfg.model_kwargs == {} and MODEL_DEFAULTS["invariant_m"] == {"widths": [16, 32, 64, 128],
+                                                                   "canonical": True}
     assert cfg.preprocess_config().box is None and cfg.view_spec().slices == "central"
 
 
@@ -36,7 +37,7 @@ def test_shipped_config_resolves() -> None:
     path = Path(__file__).parents[1] / "configs" / "cryo_train.toml"
     cfg = resolve(CryoTrainConfig(), path, {"epochs": 2})
     assert cfg.epochs == 2 and cfg.model == "invariant_m" and cfg.balance_classes
-    assert cfg.model_kwargs == {"widths": [32, 64, 128, 256]}
+    assert cfg.model_kwargs == {"widths": [32, 64, 128, 256], "canonical": True}
     assert build_classifier(cfg.model, 3, 32, cfg.model_kwargs).spec["kwargs"]["widths"] == [
         32, 64, 128, 256]
 
@@ -131,7 +132,8 @@ def test_model_kwargs_lie_over_the_model_defaults(tmp_path: Path) -> None:
     ckpt = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
     assert ckpt["model_name"] == "invariant_m"
     assert ckpt["model_kwargs"]["widths"] == [16, 32, 64, 128]
-    assert ckpt["config"]["model_kwargs"] == {"widths": [16, 32, 64, 128], "dropout": 0.2}
+    assert ckpt["config"]["model_kwargs"] == {"widths": [16, 32, 64, 128], "canonical": True,
+                                              "dropout": 0.2}
 
 
 def test_stack_or_volume_override_reaches_the_views() -> None:
