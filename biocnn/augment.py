@@ -13,8 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-#: Resampling of :class:`Augment`: bilinear (blurs) or band-limited Fourier shifts/shears.
-INTERPOLATIONS = ("bilinear", "fourier")
+from biocnn.config import INTERPOLATIONS
 
 __all__ = ["INTERPOLATIONS", "Augment", "affine_sample", "fourier_rotate", "fourier_shift", "shift_images"]
 
@@ -118,6 +117,7 @@ def fourier_shift(x: Tensor, shift: Tensor) -> Tensor:
     removed); no blur, unlike bilinear sampling.
     """
     h, w = x.shape[-2:]
+    shift = shift.to(x.device)
     sy = _shift_matrices(shift[:, 0], h).to(x.dtype)[:, None]  # (B, 1, H, H)
     sx = _shift_matrices(shift[:, 1], w).to(x.dtype)[:, None]  # (B, 1, W, W)
     return sy @ x @ sx.transpose(-1, -2)
@@ -142,8 +142,9 @@ def fourier_rotate(x: Tensor, angle: Tensor) -> Tensor:
     """Rotate each image by its own angle without interpolation blur (band-limited, circular).
 
     ``x``: ``(B, C, N, N)``; ``angle``: ``(B,)`` radians, the sense of :func:`affine_sample`.
-    Whole quarter turns are ``rot90`` (exact); the rest, within ±45°, three Fourier shears
-    (Unser et al. 1995), so noise keeps its spectrum.
+    Whole quarter turns are ``rot90`` (exact, and images turned by them alone are left at
+    that); the rest, within ±45°, three Fourier shears (Unser et al. 1995), so noise keeps
+    its spectrum (the Nyquist terms of even sizes dropped).
     """
     if x.shape[-1] != x.shape[-2]:
         raise ValueError(f"fourier_rotate needs square images, got {tuple(x.shape[-2:])}")
@@ -154,8 +155,11 @@ def fourier_rotate(x: Tensor, angle: Tensor) -> Tensor:
         pick = (quarter.long() % 4 == k).to(x.device)
         if pick.any():
             out[pick] = torch.rot90(x[pick], -k, (2, 3))
-    a, b = -torch.tan(rest / 2), torch.sin(rest)
-    return _shear(_shear(_shear(out, a, -1), b, -2), a, -1)
+    turn = rest != 0
+    if turn.any():
+        a, b = -torch.tan(rest[turn] / 2), torch.sin(rest[turn])
+        out[turn] = _shear(_shear(_shear(out[turn], a, -1), b, -2), a, -1)
+    return out
 
 
 @dataclass
@@ -167,7 +171,7 @@ class Augment:
     max_shift
         Largest translation in pixels along each axis (uniform in ``[-max_shift, max_shift]``).
     subpixel
-        Draw real-valued shifts (bilinear) instead of integers.
+        Draw real-valued shifts instead of integers.
     rotate
         Random in-plane rotation, uniform over 0–360°.
     flip

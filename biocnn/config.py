@@ -57,6 +57,10 @@ def describe(cls: type, name: str) -> str:
     return f"{help_text} (default: {shown})" if shown else help_text
 
 
+#: Resampling of the training augmentation: bilinear (blurs) or band-limited Fourier
+#: shifts and shears (:class:`biocnn.augment.Augment`).
+INTERPOLATIONS = ("bilinear", "fourier")
+
 @dataclass
 class TrainConfig:
     """Options of the one training loop (:func:`biocnn.engine.fit`)."""
@@ -138,8 +142,8 @@ class CryoTrainConfig(TrainConfig):
     model: str = option("invariant_m", "Registered model (biocnn.list_models()).")
     model_kwargs: dict[str, Any] = option(
         help="JSON object of model options over the model's defaults "
-        "(invariant_m: {\"widths\": [16, 32, 64, 128], \"canonical\": true}; registered: "
-        "[32, 64, 128, 256], not canonical).",
+        "(invariant_m: {\"widths\": [16, 32, 64, 128], \"canonical\": true}, invariant_d4_m: "
+        "{\"canonical\": true}; registered: widths [32, 64, 128, 256], not canonical).",
         factory=dict, shown="{}")
     val_fraction: float = option(0.15, "Validation fraction per class.")
     augment: bool = option(True, "Random shift, in-plane rotation and flips.")
@@ -166,7 +170,7 @@ class CryoTrainConfig(TrainConfig):
             raise OptionError("preload_gb", self.preload_gb, "must be >= 0 (0 = never)")
         if self.max_shift is not None and not (math.isfinite(self.max_shift) and self.max_shift >= 0):
             raise OptionError("max_shift", self.max_shift, "must be >= 0")
-        if self.interp not in ("bilinear", "fourier"):
+        if self.interp not in INTERPOLATIONS:
             raise OptionError("interp", self.interp, "use fourier or bilinear")
 
     def preprocess_config(self) -> Any:

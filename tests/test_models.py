@@ -209,3 +209,21 @@ def test_both_orders_are_exactly_shift_invariant(order: str, blur: int) -> None:
     with torch.no_grad():
         a, b = model(x), model(torch.roll(x, (7, -3), (2, 3)))
     torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["invariant", "invariant_d4"])
+def test_canonical_models_keep_cams_in_the_input_frame_and_invariance_under_amp(name: str) -> None:
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=3, widths=(4, 6, 8), canonical=True).eval()
+    x = torch.zeros(1, 1, 32, 32)
+    x[0, 0, 4:10, 5:9] = 3
+    x += 0.1 * torch.randn_like(x)
+    moved = torch.roll(x, (16, 8), (2, 3))
+    with torch.no_grad():
+        cam, cam_moved = model.class_activation_map(x), model.class_activation_map(moved)
+        step = 32 // cam.shape[-1]
+        torch.testing.assert_close(torch.roll(cam, (16 // step, 8 // step), (2, 3)), cam_moved,
+                                   atol=1e-5, rtol=1e-3)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # the phase is taken in float32
+            a, b = model.canonical(x), model.canonical(torch.roll(x, (5, 3), (2, 3)))
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=0)

@@ -155,3 +155,20 @@ def test_cli_sigterm_then_resume(tmp_path: Path) -> None:
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((out / "run.json").read_text())["status"] == "finished"
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 30
+
+
+def test_resume_keeps_the_model_and_augmentation_of_an_older_run(tmp_path: Path) -> None:
+    """A run saved before ``interp`` and the canonical default resumes as it was built:
+    bilinear augmentation, no ShiftCanonical."""
+    from biocnn.checkpoint import save_checkpoint
+    from biocnn.config import CryoTrainConfig
+    from biocnn.tasks.train import _resume_config
+
+    run = tmp_path / "old"
+    run.mkdir()
+    model = create_model("invariant_m", num_classes=2, widths=[4, 4, 4, 4])
+    config = {"data": "maps", "model": "invariant_m", "model_kwargs": {"widths": [4, 4, 4, 4]}}
+    save_checkpoint(run / "last.pt", model, {"config": config, "train_state": {"epoch": 1}})
+    cfg, _ = _resume_config(CryoTrainConfig(resume=str(run)))
+    assert cfg.interp == "bilinear"
+    assert cfg.model_kwargs == {"widths": [4, 4, 4, 4]}

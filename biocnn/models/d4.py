@@ -42,6 +42,7 @@ from biocnn.models.layers import (
     _norm,
     aps_conv2d,
     circular_pad,
+    class_activation_map,
 )
 from biocnn.models.registry import register_model
 
@@ -305,9 +306,7 @@ class D4InvariantCNN(nn.Module):
     def class_activation_map(self, x: Tensor) -> Tensor:
         """Class activation maps ``(B, C, H, W)`` → ``(B, K, h, w)`` on the group-pooled
         features (exact for ``pool="avg"``; the averaged half for ``avgmax``)."""
-        feats = self.forward_features(x)
-        weight = self.head[-1].weight[:, : self.num_features]
-        return feats.permute(0, 2, 3, 1).matmul(weight.t()).permute(0, 3, 1, 2)
+        return class_activation_map(self.forward_features(x), self.head[-1].weight, self.canonical, x)
 
 
 @register_model

@@ -31,6 +31,7 @@ from biocnn.models.layers import (
     ConvBlock,
     GlobalPool2d,
     ShiftCanonical,
+    class_activation_map,
     make_downsample,
 )
 from biocnn.models.registry import register_model
@@ -147,9 +148,7 @@ class InvariantCNN(nn.Module):
         ``(B, C, H, W)`` → ``(B, K, h, w)``: the head's weights applied at each position of
         the last feature map (exact for ``pool="avg"``; the averaged half for ``avgmax``).
         """
-        feats = self.forward_features(x)
-        weight = self.head[-1].weight[:, : self.num_features]
-        return feats.permute(0, 2, 3, 1).matmul(weight.t()).permute(0, 3, 1, 2)
+        return class_activation_map(self.forward_features(x), self.head[-1].weight, self.canonical, x)
 
 
 @register_model

@@ -44,6 +44,7 @@ __all__ = [
     "ConvBlock",
     "make_downsample",
     "ShiftCanonical",
+    "class_activation_map",
 ]
 
 PADDING_MODES = ("zeros", "circular", "reflect")
@@ -579,25 +580,46 @@ def make_downsample(
 
 
 class ShiftCanonical(nn.Module):
-    """Shift each image so that the phase of its first Fourier harmonic is zero per axis.
+    """Shift each image so that the phase of its first Fourier harmonic per axis is fixed.
 
     A circular shift by ``t`` (integer or sub-pixel, band-limited) turns that phase by
     ``2 pi t / N``, so every shifted copy of an image is mapped to the same image: the
-    model after it sees no shift at all. The result is moved to the frame centre
-    ``N // 2``. Rotations by 90° and flips of the input move the output by at most one
-    whole pixel, which the exactly shift-invariant core absorbs (D4 invariance kept).
+    model after it sees no shift at all. The harmonic's centroid is moved to the frame
+    centre ``N // 2``. Rotations by 90° and flips of the input move the output by at most
+    one whole pixel, which the exactly shift-invariant core absorbs (D4 invariance kept).
 
     Shapes: ``(B, C, H, W)`` → ``(B, C, H, W)``; channels are summed for the phase.
     """
 
-    def forward(self, x: Tensor) -> Tensor:
+    def shift(self, x: Tensor) -> Tensor:
+        """The ``(dy, dx)`` each image is moved by: ``(B, C, H, W)`` → ``(B, 2)`` float32."""
         h, w = x.shape[-2:]
-        xs = x.detach().float().sum(1)  # (B, H, W)
-        t = []
-        for axis, n in ((1, h), (2, w)):
-            profile = xs.sum(3 - axis)  # (B, n): sum over the other axis
-            angle = 2 * torch.pi * torch.arange(n, device=x.device, dtype=torch.float32) / n
-            c, s = profile @ torch.cos(angle), profile @ torch.sin(angle)
-            t.append(torch.atan2(s, c) * (n / (2 * torch.pi)))  # centroid on the circle
-        target = torch.tensor([h // 2, w // 2], device=x.device, dtype=torch.float32)
-        return fourier_shift(x, target - torch.stack(t, 1))
+        with torch.autocast(x.device.type, enabled=False):  # bf16 phases break the invariance
+            xs = x.detach().float().sum(1)  # (B, H, W)
+            t = []
+            for axis, n in ((1, h), (2, w)):
+                profile = xs.sum(3 - axis)  # (B, n): sum over the other axis
+                angle = 2 * torch.pi * torch.arange(n, device=x.device, dtype=torch.float32) / n
+                c, s = profile @ torch.cos(angle), profile @ torch.sin(angle)
+                t.append(torch.atan2(s, c) * (n / (2 * torch.pi)))  # centroid on the circle
+            target = torch.tensor([h // 2, w // 2], device=x.device, dtype=torch.float32)
+            return target - torch.stack(t, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return fourier_shift(x.float(), self.shift(x)).to(x.dtype)
+
+
+def class_activation_map(feats: Tensor, weight: Tensor, canonical: nn.Module, x: Tensor) -> Tensor:
+    """Class activation maps (Zhou et al. 2016) in the frame of the input ``x``.
+
+    ``feats`` ``(B, F, h, w)`` (pooled features of ``canonical(x)``) and the head's
+    ``weight`` ``(K, >= F)`` → ``(B, K, h, w)``; a :class:`ShiftCanonical` move is undone
+    (scaled to the feature grid) so the maps lie over the image as given.
+    """
+    cam = feats.permute(0, 2, 3, 1).matmul(weight[:, : feats.shape[1]].t()).permute(0, 3, 1, 2)
+    if isinstance(canonical, ShiftCanonical):
+        scale = torch.tensor([cam.shape[-2] / x.shape[-2], cam.shape[-1] / x.shape[-1]],
+                             device=x.device)
+        cam = fourier_shift(cam.float(), -canonical.shift(x) * scale).to(cam.dtype)
+    return cam

@@ -170,7 +170,7 @@ def run_evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = print) -> Eva
         agree_rot_bil = 0.0
         for x, y in track(loader, description="evaluate", console=Console(stderr=True),
                           disable=not cfg.progress):
-            # standardised before the zero-filled shifts, as in training (fill = background)
+            # standardised before the moves, as in training (zero fill = background)
             x = clf.standardize(x.to(clf.device))
             logits.append(predict(x))
             correct.append(shifted_correct(predict, x, y, shifts, generator))

@@ -165,6 +165,10 @@ def _resume_config(cfg: CryoTrainConfig) -> tuple[CryoTrainConfig, dict[str, Any
         raise BiocnnError(f"--resume {run}: last.pt holds no training state (written by an "
                           "older biocnn)")
     saved = {k: v for k, v in ckpt["config"].items() if k not in ("out", "resume", "progress")}
+    saved.setdefault("interp", "bilinear")  # runs saved before the option augmented bilinearly
+    # the model as built, not today's MODEL_DEFAULTS over the saved options
+    built = dict(ckpt.get("model_kwargs") or saved.get("model_kwargs") or {})
+    saved["model_kwargs"] = {k: v for k, v in built.items() if k not in ("num_classes", "in_chans")}
     resumed = merge(CryoTrainConfig(), saved)
     return replace(resumed, out=str(run), resume=str(run), progress=cfg.progress), ckpt
 
@@ -227,8 +231,9 @@ def run_train(cfg: CryoTrainConfig, log: Callable[[str], None] = print) -> Train
     )
     if max_shift < 0:
         raise OptionError("max_shift", max_shift, "must be >= 0")
+    defaults = {} if ckpt is not None else MODEL_DEFAULTS.get(cfg.model, {})
     cfg = replace(cfg, box=box, apix=pre.apix, max_shift=max_shift,
-                  model_kwargs={**MODEL_DEFAULTS.get(cfg.model, {}), **cfg.model_kwargs})
+                  model_kwargs={**defaults, **cfg.model_kwargs})
     names = data.class_names
     log(f"{len(data)} images, {len(names)} classes "
         f"({', '.join(f'{k}: {v}' for k, v in data.class_counts().items())}); "
@@ -240,12 +245,12 @@ def run_train(cfg: CryoTrainConfig, log: Callable[[str], None] = print) -> Train
     n_params = sum(p.numel() for p in model.parameters())
     train, val, n_train, n_val = _split(data, cfg, log)
     augment = (
-        Augment(max_shift=max_shift, rotate=True, flip=True, fill="zeros", interp=cfg.interp)
+        Augment(max_shift=max_shift, rotate=True, flip=True, interp=cfg.interp)
         if cfg.augment else None
     )
     log(f"training {cfg.model} ({n_params:,} parameters) on {n_train} images, "
         f"validating on {n_val}; augmentation "
-        + (f"shift <= {max_shift:g} px, rotation, flips" if augment else "off")
+        + (f"shift <= {max_shift:g} px, rotation, flips ({cfg.interp})" if augment else "off")
         + (f"; resuming {out} at epoch {ckpt['train_state']['epoch']}" if ckpt else ""))
     meta = {
         "class_names": names,
