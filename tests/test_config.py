@@ -84,3 +84,12 @@ def test_dict_config_round_trips_and_names_unknown_keys() -> None:
         Box.from_dict({"z": 1, "a": 2, "size": 3})
     with pytest.raises(BiocnnError, match="size must be"):  # the class's own checks still run
         Box.from_dict({"size": 0})
+
+
+def test_augmentation_interpolation_is_checked_when_set() -> None:
+    from biocnn.config import CryoTrainConfig
+    from biocnn.errors import OptionError
+
+    assert CryoTrainConfig().interp == "fourier"
+    with pytest.raises(OptionError, match="^interp cubic: use fourier or bilinear"):
+        CryoTrainConfig(interp="cubic")
