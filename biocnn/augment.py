@@ -138,6 +138,15 @@ def _shear(x: Tensor, factor: Tensor, dim: int) -> Tensor:
     return torch.fft.irfft(spec, n=n, dim=dim).to(x.dtype)
 
 
+def _inside(shift: Tensor, h: int, w: int) -> Tensor:
+    """``(B, 1, H, W)`` mask of the pixels a circular move by ``shift (B, 2)`` did not wrap."""
+    def axis(s: Tensor, n: int) -> Tensor:
+        src = torch.arange(n, dtype=torch.float32) - s[:, None].float()  # where each pixel came from
+        return (src > -1e-6) & (src < n - 1 + 1e-6)
+
+    return (axis(shift[:, 0].cpu(), h)[:, :, None] & axis(shift[:, 1].cpu(), w)[:, None, :])[:, None]
+
+
 def fourier_rotate(x: Tensor, angle: Tensor) -> Tensor:
     """Rotate each image by its own angle without interpolation blur (band-limited, circular).
 
@@ -177,7 +186,8 @@ class Augment:
     flip
         Random left-right mirror (with ``rotate`` this covers all in-plane flips).
     fill
-        ``zeros`` or ``circular`` (bilinear only).
+        What a shift brings in at the edges: ``zeros`` or ``circular`` (what left the
+        other edge). Fourier rotations stay circular.
     interp
         ``bilinear`` (:func:`affine_sample`; blurs by up to half a pixel, noise included)
         or ``fourier`` (flip, then :func:`fourier_rotate` and :func:`fourier_shift`:
@@ -222,4 +232,7 @@ class Augment:
             x = torch.where(flip.to(x.device)[:, None, None, None], x.flip(-1), x)
         if self.rotate:
             x = fourier_rotate(x, angle)
-        return fourier_shift(x, shift.to(x.device)) if self.max_shift > 0 else x
+        if self.max_shift <= 0:
+            return x
+        x = fourier_shift(x, shift.to(x.device))
+        return x * _inside(shift, *x.shape[-2:]).to(x) if self.fill == "zeros" else x

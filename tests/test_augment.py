@@ -94,3 +94,22 @@ def test_fourier_augment_is_seeded_and_rejects_unknown_interpolation() -> None:
     assert torch.equal(a, b) and a.shape == x.shape and not torch.allclose(a, x)
     with pytest.raises(ValueError, match="interp"):
         Augment(interp="cubic")
+
+
+@pytest.mark.parametrize("size", [15, 16])
+def test_fourier_augment_fills_what_a_shift_brings_in_like_bilinear(size: int) -> None:
+    from biocnn.augment import fourier_shift, shift_images
+
+    # band-limited (no Nyquist term), so whole-pixel Fourier moves are exact at even sizes too
+    x = fourier_shift(torch.randn(6, 2, size, size), torch.zeros(6, 2))
+    g = torch.Generator().manual_seed(1)
+    for fill in ("zeros", "circular"):
+        # whole-pixel moves: bilinear sampling is exact, so both paths must agree
+        aug = Augment(max_shift=4, subpixel=False, fill=fill, interp="fourier")
+        got = aug(x, torch.Generator().manual_seed(1))
+        u = torch.rand(6, 2, generator=torch.Generator().manual_seed(1))
+        shift = torch.floor(u * 9) - 4
+        torch.testing.assert_close(got, shift_images(x, shift, fill), atol=1e-4, rtol=0)
+    # sub-pixel: every pixel that came from past the edge is zero, the others are not
+    got = Augment(max_shift=3.5, fill="zeros", interp="fourier")(x, g)
+    assert (got == 0).any() and (got != 0).float().mean() > 0.5
