@@ -51,6 +51,14 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "invariant/depth2": ("invariant", {"depths": 2}),
     "invariant/maxfilter+depth2": ("invariant", {"max_filter": True, "depths": 2}),
     "gap_zero_pad/depth2": ("gap_zero_pad", {"depths": 2}),
+    "invariant/maxfilter+d112": ("invariant", {"max_filter": True, "depths": (1, 1, 2)}),
+    "invariant/maxfilter+d122": ("invariant", {"max_filter": True, "depths": (1, 2, 2)}),
+    "invariant/maxfilter+narrow_depth2": ("invariant", {"max_filter": True, "depths": 2,
+                                                        "widths": (24, 48, 96)}),
+    "invariant/d112": ("invariant", {"depths": (1, 1, 2)}),
+    "invariant/d112+zeros": ("invariant", {"depths": (1, 1, 2), "padding": "zeros"}),
+    "invariant/narrow_depth2": ("invariant", {"depths": 2, "widths": (24, 48, 96)}),
+    "gap_zero_pad/d112": ("gap_zero_pad", {"depths": (1, 1, 2)}),
 }
 
 
