@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerate the shipped class-average selector (biocnn/weights/class_selector.pt) from
 # simulation alone; see docs in biocnn/weights/MODEL_CARD.md. Seeded: the same commands
-# on the same CPU give the same weights. ~12 min on 2 CPU cores.
+# on the same CPU give the same weights. ~18 min on 2 CPU cores.
 set -euo pipefail
 work=${1:-selector-work}
 mkdir -p "$work"

@@ -17,7 +17,7 @@ kind                    share  what it shows
 ``aggregate``           0.10   4-15 particles clumped and blurred
 ``mask_cut``            0.08   a particle 1.25-1.8x the mask, or centred on the mask edge
 ``neighbour``           0.08   a weak centre with a sharp neighbour dominating the mask
-``overlap``             0.08   two sharp overlapping particles
+``overlap``             0.08   a particle overlapped by partners at varying places (smeared)
 ``streak``              0.06   1-4 straight streaks (filaments, drift, edges of grid bars)
 ``contamination_ring``  0.08   a thin dense ring, sometimes filled (ethane/ice contamination)
 ======================  =====  =============================================================
@@ -192,10 +192,14 @@ def junk_spectrum(
         shift = _polar(R * rng.uniform(0.6, 1.1), rng)[None]
         weight = rng.uniform(1.5, 4.0) * float(atoms.weight.sum() / other.weight.sum())
         return rng.uniform(0.2, 0.6) * centre + weight * proj(other, 1, shift)[0]
-    if kind == "overlap":
-        sep = rng.uniform(0.3, 0.7) * d
-        half = _polar(sep / 2, rng)
-        return proj(atoms, 2, torch.stack([half, -half])).sum(0)
+    if kind == "overlap":  # aligned on one particle; its random overlapping partners smear
+        centre = proj(atoms, 1, _polar(rng.uniform(0, 0.05) * d, rng)[None])[0]
+        n, a0 = 12, rng.uniform(0, 2 * math.pi)
+        r = torch.from_numpy(rng.uniform(0.35, 0.8, n) * d).float()
+        a = torch.from_numpy(a0 + rng.normal(0, rng.uniform(0.2, 0.8), n)).float()
+        partners = proj(atoms, n, torch.stack([r * torch.cos(a), r * torch.sin(a)], 1),
+                        blur=rng.uniform(0.02, 0.08) * d)
+        return centre + rng.uniform(0.6, 1.2) * partners.mean(0)
     if kind == "streak":
         out = torch.zeros(m, m)
         th0 = rng.uniform(0, math.pi)
