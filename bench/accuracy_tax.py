@@ -1,7 +1,8 @@
 """Ablation: what costs the exact ``invariant`` model accuracy on centred 28x28 digits.
 
 Trains each variant exactly as ``biocnn baseline mnist`` does (same loop, epochs, batch,
-learning rate, seed handling) on centred training digits and reports the centred test
+learning rate, seed handling; the thread count changes float rounding, so a seed's result
+can differ from the command's) on centred training digits and reports the centred test
 accuracy over several seeds (mean ± std) and the training time per variant. Variants are
 registered models plus keyword overrides, so every row is reproducible with
 ``--models``-style names.

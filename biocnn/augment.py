@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from biocnn.config import INTERPOLATIONS
+from biocnn.config import FILLS, INTERPOLATIONS
 
 __all__ = ["INTERPOLATIONS", "Augment", "affine_sample", "fourier_rotate", "fourier_shift", "shift_images"]
 
@@ -141,10 +141,10 @@ def _shear(x: Tensor, factor: Tensor, dim: int) -> Tensor:
 def _inside(shift: Tensor, h: int, w: int) -> Tensor:
     """``(B, 1, H, W)`` mask of the pixels a circular move by ``shift (B, 2)`` did not wrap."""
     def axis(s: Tensor, n: int) -> Tensor:
-        src = torch.arange(n, dtype=torch.float32) - s[:, None].float()  # where each pixel came from
+        src = torch.arange(n, dtype=torch.float32, device=s.device) - s[:, None].float()  # source pixel
         return (src > -1e-6) & (src < n - 1 + 1e-6)
 
-    return (axis(shift[:, 0].cpu(), h)[:, :, None] & axis(shift[:, 1].cpu(), w)[:, None, :])[:, None]
+    return (axis(shift[:, 0], h)[:, :, None] & axis(shift[:, 1], w)[:, None, :])[:, None]
 
 
 def fourier_rotate(x: Tensor, angle: Tensor) -> Tensor:
@@ -191,7 +191,8 @@ class Augment:
     interp
         ``bilinear`` (:func:`affine_sample`; blurs by up to half a pixel, noise included)
         or ``fourier`` (flip, then :func:`fourier_rotate` and :func:`fourier_shift`:
-        band-limited and circular, the images keep their noise spectrum; square images).
+        band-limited, the images keep their noise spectrum; rotations wrap around, shifts
+        follow ``fill``; square images).
 
     Call ``aug(x, generator)`` on a batch ``(B, C, H, W)``; parameters are drawn on the CPU
     from ``generator`` (reproducible on any device) and applied on ``x``'s device.
@@ -207,6 +208,8 @@ class Augment:
     def __post_init__(self) -> None:
         if self.interp not in INTERPOLATIONS:
             raise ValueError(f"interp must be one of {INTERPOLATIONS}, got {self.interp!r}")
+        if self.fill not in FILLS:
+            raise ValueError(f"fill must be one of {FILLS}, got {self.fill!r}")
 
     @property
     def active(self) -> bool:
@@ -234,5 +237,6 @@ class Augment:
             x = fourier_rotate(x, angle)
         if self.max_shift <= 0:
             return x
-        x = fourier_shift(x, shift.to(x.device))
-        return x * _inside(shift, *x.shape[-2:]).to(x) if self.fill == "zeros" else x
+        shift = shift.to(x.device)
+        x = fourier_shift(x, shift)
+        return x * _inside(shift, *x.shape[-2:]).to(x.dtype) if self.fill == "zeros" else x

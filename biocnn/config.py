@@ -60,6 +60,8 @@ def describe(cls: type, name: str) -> str:
 #: Resampling of the training augmentation: bilinear (blurs) or band-limited Fourier
 #: shifts and shears (:class:`biocnn.augment.Augment`).
 INTERPOLATIONS = ("bilinear", "fourier")
+#: What a training shift brings in at the edge.
+FILLS = ("zeros", "circular")
 
 @dataclass
 class TrainConfig:
@@ -149,6 +151,8 @@ class CryoTrainConfig(TrainConfig):
     augment: bool = option(True, "Random shift, in-plane rotation and flips.")
     interp: str = option("fourier", "Augmentation resampling: fourier (band-limited, no blur: "
                          "images keep their noise spectrum) or bilinear.")
+    fill: str = option("zeros", "What a training shift brings in at the edge: zeros (as a "
+                       "particle off-centre in its box, and as evaluate's shifts) or circular.")
     max_shift: float | None = option(None, "Largest training shift in px.",
                                      shown="8 % of the box")
     preload_gb: float = option(2.0, "Hold the resampled images in memory up to this size; "
@@ -172,6 +176,8 @@ class CryoTrainConfig(TrainConfig):
             raise OptionError("max_shift", self.max_shift, "must be >= 0")
         if self.interp not in INTERPOLATIONS:
             raise OptionError("interp", self.interp, "use fourier or bilinear")
+        if self.fill not in FILLS:
+            raise OptionError("fill", self.fill, "use zeros or circular")
 
     def preprocess_config(self) -> Any:
         """The (unresolved) :class:`~biocnn.data.PreprocessConfig` asked for."""

@@ -129,6 +129,7 @@ class ModelResult:
     train_seconds: float
     augment: bool
     model: str
+    model_kwargs: dict[str, Any]  # options over the registered model's defaults
     parameters: int
 
 
@@ -418,7 +419,7 @@ def _run_experiment(
             centered=accuracy(centred_preds, yte),
             top_confusions=top_confusions(centred_preds, yte, num_classes),
             epochs=cfg.epochs, train_seconds=round(fitted.train_seconds, 2), augment=aug,
-            model=arch, parameters=n_params,
+            model=arch, model_kwargs=kwargs, parameters=n_params,
         )
         doc: dict[str, Any] = to_plain(row)
         summary = [f"centred {100 * row.centered:.2f}%"]

@@ -102,7 +102,6 @@ def test_fourier_augment_fills_what_a_shift_brings_in_like_bilinear(size: int) -
 
     # band-limited (no Nyquist term), so whole-pixel Fourier moves are exact at even sizes too
     x = fourier_shift(torch.randn(6, 2, size, size), torch.zeros(6, 2))
-    g = torch.Generator().manual_seed(1)
     for fill in ("zeros", "circular"):
         # whole-pixel moves: bilinear sampling is exact, so both paths must agree
         aug = Augment(max_shift=4, subpixel=False, fill=fill, interp="fourier")
@@ -110,6 +109,14 @@ def test_fourier_augment_fills_what_a_shift_brings_in_like_bilinear(size: int) -
         u = torch.rand(6, 2, generator=torch.Generator().manual_seed(1))
         shift = torch.floor(u * 9) - 4
         torch.testing.assert_close(got, shift_images(x, shift, fill), atol=1e-4, rtol=0)
-    # sub-pixel: every pixel that came from past the edge is zero, the others are not
-    got = Augment(max_shift=3.5, fill="zeros", interp="fourier")(x, g)
-    assert (got == 0).any() and (got != 0).float().mean() > 0.5
+    # sub-pixel: rows/columns whose source lies past the edge are zero, the rest is the move
+    from biocnn.augment import _inside
+
+    mask = _inside(torch.tensor([[2.5, -1.25], [-0.3, 0.0]]), size, size)[:, 0]
+    assert mask[0, :3].sum() == 0 and mask[0, 3:, : size - 2].all() and mask[0, :, size - 2 :].sum() == 0
+    assert mask[1, -1].sum() == 0 and mask[1, :-1].all()
+    got = Augment(max_shift=3.5, fill="zeros", interp="fourier")(x, torch.Generator().manual_seed(2))
+    drawn = (2 * torch.rand(6, 2, generator=torch.Generator().manual_seed(2)) - 1) * 3.5
+    torch.testing.assert_close(got, fourier_shift(x, drawn) * _inside(drawn, size, size))
+    with pytest.raises(ValueError, match="fill"):
+        Augment(fill="zero")

@@ -10,6 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from biocnn.checkpoint import load_checkpoint
 from biocnn.cli import app
 from mnist_baseline.experiment import random_placement_augment
 from mnist_baseline.idx import write_idx
@@ -40,6 +41,9 @@ def test_baseline_end_to_end_json_schema(tmp_path: Path) -> None:
     # exact invariance: every corner and every placement gives the centred answer
     assert all(abs(v - inv["centered"]) < 1e-9 for v in inv["corners"].values())
     assert inv["consistency"] == 1.0 and inv["circular_consistency"] == 1.0
+    # the options the row was built with, and the checkpoint rebuilds the same model
+    assert inv["model_kwargs"] == {"depths": [1, 1, 2]}
+    assert load_checkpoint(out / "invariant.pt")[0].spec["kwargs"]["depths"] == [1, 1, 2]
     assert {p.name for p in out.iterdir()} >= {"results.json", "report.png", "run.json",
                                                 "lenet_fc.pt", "invariant.pt"}
     run = json.loads((out / "run.json").read_text())

@@ -93,3 +93,5 @@ def test_augmentation_interpolation_is_checked_when_set() -> None:
     assert CryoTrainConfig().interp == "fourier"
     with pytest.raises(OptionError, match="^interp cubic: use fourier or bilinear"):
         CryoTrainConfig(interp="cubic")
+    with pytest.raises(OptionError, match="^fill zero: use zeros or circular"):
+        CryoTrainConfig(fill="zero")

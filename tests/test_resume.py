@@ -170,5 +170,10 @@ def test_resume_keeps_the_model_and_augmentation_of_an_older_run(tmp_path: Path)
     config = {"data": "maps", "model": "invariant_m", "model_kwargs": {"widths": [4, 4, 4, 4]}}
     save_checkpoint(run / "last.pt", model, {"config": config, "train_state": {"epoch": 1}})
     cfg, _ = _resume_config(CryoTrainConfig(resume=str(run)))
-    assert cfg.interp == "bilinear"
+    assert (cfg.interp, cfg.fill) == ("bilinear", "zeros")
     assert cfg.model_kwargs == {"widths": [4, 4, 4, 4]}
+    # saved after ``interp`` but before ``fill``: band-limited shifts then wrapped around
+    save_checkpoint(run / "last.pt", model, {"config": {**config, "interp": "fourier"},
+                                             "train_state": {"epoch": 1}})
+    cfg, _ = _resume_config(CryoTrainConfig(resume=str(run)))
+    assert (cfg.interp, cfg.fill) == ("fourier", "circular")

@@ -166,6 +166,8 @@ def _resume_config(cfg: CryoTrainConfig) -> tuple[CryoTrainConfig, dict[str, Any
                           "older biocnn)")
     saved = {k: v for k, v in ckpt["config"].items() if k not in ("out", "resume", "progress")}
     saved.setdefault("interp", "bilinear")  # runs saved before the option augmented bilinearly
+    # before the fill option, band-limited shifts wrapped around; bilinear ones filled zeros
+    saved.setdefault("fill", "circular" if saved["interp"] == "fourier" else "zeros")
     # the model as built, not today's MODEL_DEFAULTS over the saved options
     built = dict(ckpt.get("model_kwargs") or saved.get("model_kwargs") or {})
     saved["model_kwargs"] = {k: v for k, v in built.items() if k not in ("num_classes", "in_chans")}
@@ -245,7 +247,7 @@ def run_train(cfg: CryoTrainConfig, log: Callable[[str], None] = print) -> Train
     n_params = sum(p.numel() for p in model.parameters())
     train, val, n_train, n_val = _split(data, cfg, log)
     augment = (
-        Augment(max_shift=max_shift, rotate=True, flip=True, interp=cfg.interp)
+        Augment(max_shift=max_shift, rotate=True, flip=True, fill=cfg.fill, interp=cfg.interp)
         if cfg.augment else None
     )
     log(f"training {cfg.model} ({n_params:,} parameters) on {n_train} images, "
