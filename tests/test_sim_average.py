@@ -176,3 +176,24 @@ def test_good_average_shows_its_particle() -> None:
     centre = r < 0.3 * meta["particle_px"]
     ring = (r > 0.6 * meta["particle_px"]) & (r < p.mask_diameter / 2)
     assert float(img[centre].mean()) > float(img[ring].mean()) + 0.5
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_overlap_junk_is_a_sharp_particle_with_a_smeared_partner(seed: int) -> None:
+    """The class is aligned on one particle: it is the brightest spot, at the centre; the
+    overlapping partners vary from member to member, so their mass sits off-centre, smeared."""
+    from biocnn.sim.average_junk import junk_spectrum
+
+    rng, g = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
+    atoms = make_model("globular", 3e5, rng)
+    m, apix = 128, 2.0
+    d = atoms.diameter / apix  # particle diameter in pixels
+    img = spectra_to_images(junk_spectrum("overlap", m, apix, d, 0.9 * m / 2, lambda: atoms,
+                                          atoms, rng, g)[None], m)[0]
+    c = torch.arange(m, dtype=torch.float32) - m // 2
+    y, x = torch.meshgrid(c, c, indexing="ij")
+    peak = int(img.argmax())
+    assert math.hypot(float(y.flatten()[peak]), float(x.flatten()[peak])) < 0.15 * d
+    w = img.clamp_min(0)
+    offset = math.hypot(float((w * y).sum() / w.sum()), float((w * x).sum() / w.sum()))
+    assert offset > 0.1 * d
