@@ -77,6 +77,8 @@ def _export_aps_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None) ->
 def _export_aps2d(self: _layers.APS2d, x: Tensor) -> Tensor:
     """Graph-friendly :meth:`biocnn.models.layers.APS2d.forward` (same output)."""
     h, w = x.shape[-2:]
+    if self.max_filter is not None:
+        x = self.max_filter(x)  # the dense filter, whose components the layer keeps
     if h % 2 or w % 2:
         return x
     if self.blur is not None:

@@ -76,6 +76,26 @@ def test_max_filter_circular_wraps() -> None:
     assert y[0, 0, 3, 3] == 1.0 and y[0, 0, 0, 0] == 1.0
 
 
+@pytest.mark.parametrize("padding", ["circular", "zeros"])
+@pytest.mark.parametrize("shape", [(3, 5, 8, 10), (2, 4, 7, 8), (4, 3, 6, 6)])
+def test_max_filter_aps_equals_the_dense_filter_then_aps(padding: str, shape: tuple) -> None:
+    """The fused layer (components from strided windows) is the reference composition,
+    values and gradients, in both memory formats; odd sizes only max-filter."""
+    from biocnn.models.layers import APS2d
+
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(*shape).contiguous(memory_format=fmt).requires_grad_(True)
+        fused = APS2d(0, 1, padding, max_filter=True)(x)
+        ref = APS2d(0, 1, padding)(MaxPoolStride1(padding)(x))
+        assert torch.equal(fused, ref)
+        g = torch.randn_like(ref)
+        torch.testing.assert_close(torch.autograd.grad(fused, x, g)[0], torch.autograd.grad(ref, x, g)[0])
+        with torch.no_grad():
+            assert torch.equal(APS2d(0, 1, padding, max_filter=True)(x), ref)
+    with pytest.raises(ValueError, match="max_filter"):
+        APS2d(4, 3, padding, max_filter=True)
+
+
 def test_make_downsample_rejects_unknown() -> None:
     with pytest.raises(ValueError, match="downsample"):
         make_downsample("strided", 4)

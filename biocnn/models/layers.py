@@ -155,20 +155,31 @@ class APS2d(nn.Module):
     component moves with the input: the layer is exactly equivariant to circular shifts,
     and a global pool after it is exactly invariant.
 
+    With ``max_filter`` the components are those of the input's dense 2x2 max filter
+    (max-pool semantics, still exact); the kept one is then computed with gradients as a
+    stride-2 max-pool of the input's window at its phase, not from the dense filter, whose
+    stride-1 pooling is slow on CPUs. ``max_filter`` excludes ``filt_size > 1``.
+
     Maps with an odd height or width cannot be split evenly; they pass through unchanged
-    (no downsampling), which keeps the exactness for every input size.
+    (no downsampling; only the max filter), which keeps the exactness for every input size.
 
     Shapes: ``(B, C, H, W)`` → ``(B, C, H / 2, W / 2)`` for even ``H, W``.
     """
 
-    def __init__(self, channels: int = 0, filt_size: int = 1, padding: str = "circular") -> None:
+    def __init__(self, channels: int = 0, filt_size: int = 1, padding: str = "circular",
+                 max_filter: bool = False) -> None:
         super().__init__()
+        if max_filter and filt_size > 1:
+            raise ValueError("APS2d takes max_filter or filt_size > 1, not both")
         self.blur = (
             BlurPool2d(channels, filt_size, stride=1, padding=padding) if filt_size > 1 else None
         )
+        self.max_filter = MaxPoolStride1(padding) if max_filter else None
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
+        if self.max_filter is not None:
+            return self._max_forward(x)
         if h % 2 or w % 2:
             return x
         if self.blur is not None:
@@ -178,6 +189,36 @@ class APS2d(nn.Module):
         with torch.no_grad():
             idx = _component_norms(comps).argmax(dim=1)
         return _pick_component(comps, idx)
+
+    def _max_forward(self, x: Tensor) -> Tensor:
+        h, w = x.shape[-2:]
+        if h % 2 or w % 2:
+            return self.max_filter(x)
+        xp = _pad(x, (0, 1, 0, 1), self.max_filter.padding)
+        with torch.no_grad():
+            rows = torch.maximum(xp[..., :-1, :], xp[..., 1:, :])
+            dense = torch.maximum(rows[..., :-1], rows[..., 1:])
+            comps = dense.view(*dense.shape[:2], h // 2, 2, w // 2, 2)
+            phase = _component_norms(comps).argmax(dim=1)
+        if not (torch.is_grad_enabled() and x.requires_grad):
+            return _pick_component(comps, phase)
+        return F.max_pool2d(_Windows.apply(xp, phase, h, w), 2)
+
+
+class _Windows(torch.autograd.Function):
+    """``(B, C, h, w)``: each sample's window of ``xp`` at its phase (:func:`_crop_windows`)."""
+
+    @staticmethod
+    def forward(ctx: Any, xp: Tensor, phase: Tensor, h: int, w: int) -> Tensor:
+        ctx.per_sample, ctx.shape = xp.device.type == "cpu", xp.shape
+        ctx.save_for_backward(phase)
+        return _crop_windows(xp, phase, h, w, ctx.per_sample)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None, None, None]:
+        (phase,) = ctx.saved_tensors
+        return _uncrop_windows(g, phase, ctx.shape, ctx.per_sample), None, None, None
 
 
 #: Batch slice size (bytes of conv output) for computing APS norms without gradients.
@@ -543,7 +584,7 @@ class ConvBlock(nn.Sequential):
 
 def _is_plain_aps(module: nn.Module) -> bool:
     """An :class:`APS2d` without blur: what :class:`APSConv2d` implements."""
-    return isinstance(module, APS2d) and module.blur is None
+    return isinstance(module, APS2d) and module.blur is None and module.max_filter is None
 
 
 def make_downsample(
@@ -572,8 +613,9 @@ def make_downsample(
     if kind == "blurpool":
         return nn.Sequential(MaxPoolStride1(padding), BlurPool2d(channels, blur, 2, padding))
     if kind == "aps":
-        aps = APS2d(channels, blur, padding)
-        return nn.Sequential(MaxPoolStride1(padding), aps) if max_filter else aps
+        if max_filter and blur > 1:
+            return nn.Sequential(MaxPoolStride1(padding), APS2d(channels, blur, padding))
+        return APS2d(channels, blur, padding, max_filter)
     if kind == "none":
         return nn.Identity()
     raise ValueError(f"downsample must be one of {DOWNSAMPLE_MODES}, got {kind!r}")
