@@ -63,6 +63,7 @@ INTERPOLATIONS = ("bilinear", "fourier")
 #: What a training shift brings in at the edge.
 FILLS = ("zeros", "circular")
 
+
 @dataclass
 class TrainConfig:
     """Options of the one training loop (:func:`biocnn.engine.fit`)."""

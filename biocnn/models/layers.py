@@ -178,10 +178,10 @@ class APS2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
+        if h % 2 or w % 2:
+            return x if self.max_filter is None else self.max_filter(x)
         if self.max_filter is not None:
             return self._max_forward(x)
-        if h % 2 or w % 2:
-            return x
         if self.blur is not None:
             x = self.blur(x)
         # a view (B, C, H/2, 2, W/2, 2): polyphase component (i, j) is [:, :, :, i, :, j]
@@ -191,9 +191,8 @@ class APS2d(nn.Module):
         return _pick_component(comps, idx)
 
     def _max_forward(self, x: Tensor) -> Tensor:
+        """Even ``H, W``: the max-filtered component of largest norm."""
         h, w = x.shape[-2:]
-        if h % 2 or w % 2:
-            return self.max_filter(x)
         xp = _pad(x, (0, 1, 0, 1), self.max_filter.padding)
         with torch.no_grad():
             rows = torch.maximum(xp[..., :-1, :], xp[..., 1:, :])
