@@ -5,13 +5,16 @@ learning rate, seed handling; the thread count changes float rounding, so a seed
 can differ from the command's) on centred training digits and reports the centred test
 accuracy over several seeds (mean ± std) and the training time per variant. Variants are
 registered models plus keyword overrides, so every row is reproducible with
-``--models``-style names.
+``--models``-style names. ``--cost`` instead times each variant's training step (batch 128,
+channels-last, as the baseline trains) and evaluation (batch 256) side by side, in
+alternating rounds, relative to the first variant.
 
 Usage::
 
     python bench/accuracy_tax.py --seeds 0,1,2,3,4
     python bench/accuracy_tax.py --data-dir data/fashion-mnist --variants invariant,gap_zero_pad
     python bench/accuracy_tax.py --limit 12000 --seeds 0,1 --variants all
+    python bench/accuracy_tax.py --cost --variants invariant/d112,invariant/centroid+maxfilter+d112+w96
 """
 
 from __future__ import annotations
@@ -53,6 +56,18 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "invariant/maxfilter+depth2": ("invariant", {"max_filter": True, "depths": 2}),
     "gap_zero_pad/depth2": ("gap_zero_pad", {"depths": 2}),
     "invariant/maxfilter+d112": ("invariant", {"max_filter": True, "depths": (1, 1, 2)}),
+    "invariant/maxfilter+d112+w96": ("invariant", {"max_filter": True, "depths": (1, 1, 2),
+                                                   "widths": (32, 64, 96)}),
+    "gap_zero_pad/canonical": ("gap_zero_pad", {"canonical": True}),
+    "invariant/canonical+maxpool": ("invariant", {"canonical": True, "downsample": "maxpool",
+                                                  "order": "conv_norm_down"}),
+    # APS phases from the input's centroid (the baseline's invariant: widths 32-64-96)
+    "invariant/centroid+maxfilter+d112": ("invariant", {"phase": "centroid", "max_filter": True,
+                                                        "depths": (1, 1, 2)}),
+    "invariant/centroid+maxfilter+d112+w96": ("invariant", {"phase": "centroid",
+                                                            "max_filter": True,
+                                                            "depths": (1, 1, 2),
+                                                            "widths": (32, 64, 96)}),
     "invariant/maxfilter+d122": ("invariant", {"max_filter": True, "depths": (1, 2, 2)}),
     "invariant/maxfilter+narrow_depth2": ("invariant", {"max_filter": True, "depths": 2,
                                                         "widths": (24, 48, 96)}),
@@ -61,6 +76,47 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "invariant/narrow_depth2": ("invariant", {"depths": 2, "widths": (24, 48, 96)}),
     "gap_zero_pad/d112": ("gap_zero_pad", {"depths": (1, 1, 2)}),
 }
+
+
+def cost(names: list[str], rounds: int) -> None:
+    """Median training step (ms) and evaluation (µs per image) of each variant, measured in
+    alternating rounds in one process; ratios to the first variant."""
+    torch.manual_seed(0)
+    x = torch.randn(128, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+    y, xe = torch.randint(0, 10, (128,)), torch.randn(256, 1, 28, 28)
+    runs = {}
+    for name in names:
+        arch, kwargs = VARIANTS[name]
+        model = create_model(arch, num_classes=10, **kwargs).to(memory_format=torch.channels_last)
+        runs[name] = (model, torch.optim.AdamW(model.parameters(), 3e-3), [], [])
+    for _ in range(rounds):
+        for model, opt, steps, evals in runs.values():
+            model.train()
+            for i in range(11):  # the first step warms up
+                t0 = time.perf_counter()
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                if i:
+                    steps.append(1e3 * (time.perf_counter() - t0))
+            model.eval()
+            with torch.inference_mode():
+                model(xe)
+                t0 = time.perf_counter()
+                for _ in range(4):
+                    model(xe)
+                evals.append(1e6 * (time.perf_counter() - t0) / (4 * len(xe)))
+    base = names[0]
+    step0, eval0 = statistics.median(runs[base][2]), statistics.median(runs[base][3])
+    rows, payload = [], {}
+    for name, (_, _, steps, evals) in runs.items():
+        st, ev = statistics.median(steps), statistics.median(evals)
+        rows.append([name, f"{st:.1f}", f"{st / step0:.2f}x", f"{ev:.0f}", f"{ev / eval0:.2f}x"])
+        payload[name] = {"step_ms": st, "eval_us_per_image": ev}
+    print_table(f"cost, {torch.get_num_threads()} thread(s), {rounds} rounds",
+                ["variant", "step ms", "vs first", "eval µs/img", "vs first"], rows)
+    save_results("accuracy_tax_cost", {"rounds": rounds, "variants": payload})
 
 
 def main() -> None:
@@ -74,9 +130,13 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=0, help="first N training digits (0 = all)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--name", default="accuracy_tax", help="results file name")
+    ap.add_argument("--cost", action="store_true", help="time step and evaluation instead")
+    ap.add_argument("--rounds", type=int, default=4, help="alternating rounds for --cost")
     args = ap.parse_args()
     set_threads(args.threads)
     names = list(VARIANTS) if args.variants == "all" else args.variants.split(",")
+    if args.cost:
+        return cost(names, args.rounds)
     seeds = [int(s) for s in args.seeds.split(",")]
     rows, payload = [], {}
     for name in names:

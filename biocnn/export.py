@@ -141,6 +141,9 @@ def export_onnx(checkpoint: str | os.PathLike, path: str | os.PathLike, batch: i
     except ImportError:
         raise BiocnnError("ONNX export needs the onnx package (pip install onnx)") from None
     clf = load_classifier(checkpoint, "cpu")
+    if getattr(clf.model, "phase", "norm") != "norm":
+        raise BiocnnError(f"{checkpoint}: ONNX export takes APS phases chosen by norm; this "
+                          "model anchors them at the centroid (phase='centroid')")
     wrapped = ExportModel(clf.standardize, clf.model).eval()
     example = torch.randn(batch, 1, clf.box, clf.box)
     expected = _aps_sites(clf.model)

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from biocnn.checkpoint import load_checkpoint
 from biocnn.cli import app
-from mnist_baseline.experiment import random_placement_augment
+from mnist_baseline.experiment import INVARIANT_KWARGS, random_placement_augment
 from mnist_baseline.idx import write_idx
 
 runner = CliRunner()
@@ -42,8 +42,9 @@ def test_baseline_end_to_end_json_schema(tmp_path: Path) -> None:
     assert all(abs(v - inv["centered"]) < 1e-9 for v in inv["corners"].values())
     assert inv["consistency"] == 1.0 and inv["circular_consistency"] == 1.0
     # the options the row was built with, and the checkpoint rebuilds the same model
-    assert inv["model_kwargs"] == {"depths": [1, 1, 2]}
-    assert load_checkpoint(out / "invariant.pt")[0].spec["kwargs"]["depths"] == [1, 1, 2]
+    kwargs = json.loads(json.dumps(INVARIANT_KWARGS))  # tuples as JSON lists
+    assert inv["model_kwargs"] == kwargs and kwargs["max_filter"] is True
+    assert load_checkpoint(out / "invariant.pt")[0].spec["kwargs"].items() >= kwargs.items()
     assert {p.name for p in out.iterdir()} >= {"results.json", "report.png", "run.json",
                                                 "lenet_fc.pt", "invariant.pt"}
     run = json.loads((out / "run.json").read_text())

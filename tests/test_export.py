@@ -97,3 +97,13 @@ def test_export_cli_writes_and_refuses_existing(tmp_path: Path) -> None:
     assert out.stat().st_size > 1000 and "1 APS ArgMax" in result.output
     again = runner.invoke(app, ["export", str(ckpt), "--onnx", str(out)])
     assert again.exit_code == 1 and "exists" in again.output
+
+
+def test_centroid_phase_models_are_refused_in_one_line(tmp_path: Path) -> None:
+    from biocnn.errors import BiocnnError
+
+    ckpt = _checkpoint(tmp_path / "c.pt", "invariant", [4, 8], phase="centroid",
+                       order="conv_norm_down")
+    with pytest.raises(BiocnnError, match="phase='centroid'"):
+        export_onnx(ckpt, tmp_path / "c.onnx")
+    assert not (tmp_path / "c.onnx").exists()

@@ -54,6 +54,22 @@ def test_aps_is_equivariant_up_to_a_shift(shift: tuple[int, int]) -> None:
     assert torch.allclose(a.flatten(1).sort(1).values, b.flatten(1).sort(1).values)
 
 
+@pytest.mark.parametrize("max_filter", [False, True])
+def test_aps_keeps_a_given_phase(max_filter: bool) -> None:
+    """A phase per sample overrides the norm: component (i, j) of the (max-filtered) map,
+    with and without gradients."""
+    x = torch.randn(4, 3, 8, 6, requires_grad=True)
+    phase = torch.tensor([0, 1, 2, 3])
+    y = APS2d(max_filter=max_filter)(x, phase)
+    src = MaxPoolStride1()(x) if max_filter else x
+    for b, q in enumerate(phase.tolist()):
+        torch.testing.assert_close(y[b], src[b, :, q // 2 :: 2, q % 2 :: 2])
+    y.sum().backward()
+    assert x.grad is not None and (x.grad != 0).any()
+    with torch.no_grad():
+        torch.testing.assert_close(APS2d(max_filter=max_filter)(x, phase), y)
+
+
 def test_aps_passes_odd_sizes_through() -> None:
     x = torch.randn(1, 2, 7, 7)
     assert torch.equal(APS2d()(x), x)
@@ -94,6 +110,33 @@ def test_max_filter_aps_equals_the_dense_filter_then_aps(padding: str, shape: tu
             assert torch.equal(APS2d(0, 1, padding, max_filter=True)(x), ref)
     with pytest.raises(ValueError, match="max_filter"):
         APS2d(4, 3, padding, max_filter=True)
+
+
+@pytest.mark.parametrize("down", ["max_filter", "maxpool", "aps"])
+def test_inference_in_batch_slices_equals_the_whole_batch(monkeypatch, down: str) -> None:
+    """DownConv2d without gradients and the max-filter APS run the batch in slices (made
+    tiny here): the same outputs and gradients as the whole batch."""
+    import biocnn.models.layers as layers
+
+    torch.manual_seed(0)
+    make = {"max_filter": lambda: APS2d(0, 1, "circular", max_filter=True),
+            "maxpool": lambda: make_downsample("maxpool", 6, "zeros"),
+            "aps": lambda: APS2d()}[down]
+    conv = DownConv2d(3, 6, 3, "circular", make())
+    x = torch.randn(7, 3, 8, 10, requires_grad=True)
+    g = torch.randn(7, 6, 4, 5)
+    whole = conv(x)
+    grad = torch.autograd.grad(whole, x, g)[0]
+    monkeypatch.setattr(layers, "_NORM_SLICE_BYTES", 6 * 8 * 10 * 4 * 2)  # two samples a slice
+    with torch.no_grad():
+        torch.testing.assert_close(conv(x), whole)
+    sliced = conv(x)
+    torch.testing.assert_close(sliced, whole)
+    torch.testing.assert_close(torch.autograd.grad(sliced, x, g)[0], grad)
+    if down != "maxpool":  # a given phase per sample follows its slice
+        phase = torch.arange(7) % 4
+        with torch.no_grad():
+            torch.testing.assert_close(conv(x, phase), conv.down(conv._conv(x), phase))
 
 
 def test_make_downsample_rejects_unknown() -> None:

@@ -90,13 +90,20 @@ def test_invariant_head_sees_no_position() -> None:
     dy=st.integers(-40, 40),
     dx=st.integers(-40, 40),
     pool=st.sampled_from(["avg", "max", "avgmax"]),
+    centroid=st.booleans(),
+    max_filter=st.booleans(),
+    order=st.sampled_from(["conv_down_norm", "conv_norm_down"]),
 )
 def test_exact_circular_shift_invariance(
-    seed: int, size: int, width: int, chans: int, dy: int, dx: int, pool: str
+    seed: int, size: int, width: int, chans: int, dy: int, dx: int, pool: str,
+    centroid: bool, max_filter: bool, order: str,
 ) -> None:
-    """circular padding + APS + global pooling: logits equal for every circular shift."""
+    """circular padding + APS (phases by norm or by the centroid, with or without the max
+    filter) + global pooling: logits equal for every circular shift."""
     torch.manual_seed(seed)
-    model = create_model("invariant", num_classes=7, in_chans=chans, widths=(8, 16, 16), pool=pool)
+    kw = {"phase": "centroid", "order": order} if centroid else {}
+    model = create_model("invariant", num_classes=7, in_chans=chans, widths=(8, 16, 16), pool=pool,
+                         max_filter=max_filter, **kw)
     model.eval()
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(2, chans, size, width, generator=gen)
@@ -168,7 +175,7 @@ def test_class_activation_map_pools_to_logits() -> None:
 @pytest.mark.parametrize(
     "kw",
     [{}, {"depths": 2, "pool": "avg"}, {"norm": "none"}, {"blur": 3}, {"max_filter": True},
-     {"order": "conv_norm_down"}],
+     {"order": "conv_norm_down"}, {"phase": "centroid"}, {"phase": "centroid", "norm": "none"}],
 )
 def test_fast_layer_is_the_same_architecture_as_the_reference(kw: dict) -> None:
     """``fast`` only picks the implementation: same state_dict keys and same outputs and
@@ -187,6 +194,32 @@ def test_fast_layer_is_the_same_architecture_as_the_reference(kw: dict) -> None:
         torch.testing.assert_close(p.grad, q.grad, msg=name)
     with torch.no_grad():
         torch.testing.assert_close(fast.eval()(x), slow.eval()(x))
+
+
+def test_centroid_phases_sample_alike_images_alike_and_name_their_needs() -> None:
+    """phase='centroid': two different images with the same centroid keep the same grid
+    at every level; the grid follows a shift; bad combinations are one-line errors."""
+    from biocnn.models.layers import centroid_phases, circular_centroid
+
+    torch.manual_seed(0)
+    x = torch.rand(1, 1, 16, 16)
+    x = torch.cat([x, 3 * x + 1])  # other values, same first harmonic phase
+    phases = centroid_phases(x, 2)
+    assert phases.shape == (2, 2) and torch.equal(phases[:, 0], phases[:, 1])
+    # a circular shift by (dy, dx) adds (dy, dx) to the whole centroid: bit l follows
+    moved = centroid_phases(torch.roll(x, (1, 2), (2, 3)), 2)
+    whole = torch.floor(circular_centroid(x) + 0.5).long() % 16
+    bits = ((whole + torch.tensor([1, 2])) % 16)[None] >> torch.arange(2)[:, None, None] & 1
+    assert torch.equal(moved, 2 * bits[..., 0] + bits[..., 1])
+    # after ShiftCanonical every centroid sits on the frame centre: one grid for all images
+    canon = create_model("invariant", widths=(4, 8, 8), canonical=True).canonical
+    phases = centroid_phases(canon(torch.randn(64, 1, 24, 24)), 2)  # (levels, B)
+    assert (phases == phases[:, :1]).all()
+    for bad, match in (({"phase": "random"}, "phase must be"),
+                       ({"phase": "centroid", "downsample": "maxpool"}, "downsample='aps'"),
+                       ({"phase": "centroid", "max_filter": True, "blur": 3}, "not both")):
+        with pytest.raises(BiocnnError, match=match):
+            create_model("invariant", **bad)
 
 
 def test_block_order_is_explicit_and_blur_keeps_the_topology() -> None:

@@ -16,6 +16,10 @@ The block order is an explicit option, ``order``:
 * ``"conv_norm_down"``: stages of ``conv → norm → act`` blocks with a separate
   downsampling layer between them (the classic layout; ``gap_zero_pad``,
   ``invariant_blurpool``).
+
+APS keeps, per map, the polyphase component of largest norm (``phase="norm"``), or the one
+on a grid anchored at the input's circular centroid (``phase="centroid"``): images that lie
+alike are then sampled alike, as by a fixed max-pool, and the invariance stays exact.
 """
 
 from __future__ import annotations
@@ -28,13 +32,20 @@ from biocnn.models.layers import (
     BLOCK_ORDERS,
     DOWNSAMPLE_MODES,
     PADDING_MODES,
+    APS2d,
+    APSConv2d,
     ConvBlock,
+    DownConv2d,
     GlobalPool2d,
     ShiftCanonical,
+    centroid_phases,
     class_activation_map,
     make_downsample,
 )
 from biocnn.models.registry import register_model
+
+#: How APS picks its component (see :class:`InvariantCNN`).
+APS_PHASES = ("norm", "centroid")
 
 __all__ = [
     "InvariantCNN",
@@ -81,6 +92,11 @@ class InvariantCNN(nn.Module):
     canonical
         Start with :class:`~biocnn.models.layers.ShiftCanonical`: every circular shift of
         an image, sub-pixel (band-limited) ones included, gives the same logits.
+    phase
+        How ``aps`` picks the kept polyphase component: ``norm`` (largest norm, per map) or
+        ``centroid`` (a grid anchored at the input's whole-pixel circular centroid,
+        :func:`~biocnn.models.layers.centroid_phases`).
+        Both are exact; ``centroid`` samples every image alike, as a fixed max-pool would.
 
     Shapes: ``(B, C, H, W)`` → ``(B, K)`` for any ``H, W``.
     """
@@ -102,6 +118,7 @@ class InvariantCNN(nn.Module):
         order: str = "conv_down_norm",
         fast: bool = True,
         canonical: bool = False,
+        phase: str = "norm",
     ) -> None:
         super().__init__()
         if padding not in PADDING_MODES:
@@ -110,6 +127,13 @@ class InvariantCNN(nn.Module):
             raise ValueError(f"downsample must be one of {DOWNSAMPLE_MODES}, got {downsample!r}")
         if order not in BLOCK_ORDERS:
             raise ValueError(f"order must be one of {BLOCK_ORDERS}, got {order!r}")
+        if phase not in APS_PHASES:
+            raise ValueError(f"phase must be one of {APS_PHASES}, got {phase!r}")
+        if phase == "centroid" and downsample != "aps":
+            raise ValueError("phase='centroid' needs downsample='aps'")
+        if phase == "centroid" and max_filter and blur > 1:
+            raise ValueError("phase='centroid' takes max_filter or blur > 1, not both")
+        self.phase = phase
         widths = list(widths)
         depths = [depths] * len(widths) if isinstance(depths, int) else list(depths)
         if len(depths) != len(widths):
@@ -137,7 +161,22 @@ class InvariantCNN(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Feature maps before pooling: ``(B, C, H, W)`` → ``(B, F, h, w)``."""
-        return self.features(self.canonical(x))
+        x = self.canonical(x)
+        if self.phase == "norm":
+            return self.features(x)
+        downs = [isinstance(m, APS2d) or (isinstance(m, ConvBlock)
+                                          and isinstance(m[0], DownConv2d | APSConv2d))
+                 for m in self.features]
+        phases = centroid_phases(x, sum(downs))
+        level = 0
+        for m, down in zip(self.features, downs, strict=True):
+            # an odd map passes APS unchanged (after the conv) and takes no level
+            if down and x.shape[-2] % 2 == 0 and x.shape[-1] % 2 == 0:
+                x = m(x, phases[level])
+                level += 1
+            else:
+                x = m(x)
+        return x
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.pool(self.forward_features(x)))

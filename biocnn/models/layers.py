@@ -44,6 +44,8 @@ __all__ = [
     "ConvBlock",
     "make_downsample",
     "ShiftCanonical",
+    "circular_centroid",
+    "centroid_phases",
     "class_activation_map",
 ]
 
@@ -176,31 +178,32 @@ class APS2d(nn.Module):
         )
         self.max_filter = MaxPoolStride1(padding) if max_filter else None
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, phase: Tensor | None = None) -> Tensor:
+        """``phase (B,)``, ``2 * i + j`` for component ``(i, j)``: keep that component
+        instead of the one of largest norm (see :func:`centroid_phases`)."""
         b, c, h, w = x.shape
         if h % 2 or w % 2:
             return x if self.max_filter is None else self.max_filter(x)
         if self.max_filter is not None:
-            return self._max_forward(x)
+            return self._max_forward(x, phase)
         if self.blur is not None:
             x = self.blur(x)
         # a view (B, C, H/2, 2, W/2, 2): polyphase component (i, j) is [:, :, :, i, :, j]
         comps = x.view(b, c, h // 2, 2, w // 2, 2)
-        with torch.no_grad():
-            idx = _component_norms(comps).argmax(dim=1)
-        return _pick_component(comps, idx)
+        if phase is None:
+            with torch.no_grad():
+                phase = _component_norms(comps).argmax(dim=1)
+        return _pick_component(comps, phase)
 
-    def _max_forward(self, x: Tensor) -> Tensor:
-        """Even ``H, W``: the max-filtered component of largest norm."""
+    def _max_forward(self, x: Tensor, phase: Tensor | None) -> Tensor:
+        """Even ``H, W``: the max-filtered component at ``phase`` or of largest norm."""
         h, w = x.shape[-2:]
         xp = _pad(x, (0, 1, 0, 1), self.max_filter.padding)
-        with torch.no_grad():
-            rows = torch.maximum(xp[..., :-1, :], xp[..., 1:, :])
-            dense = torch.maximum(rows[..., :-1], rows[..., 1:])
-            comps = dense.view(*dense.shape[:2], h // 2, 2, w // 2, 2)
-            phase = _component_norms(comps).argmax(dim=1)
         if not (torch.is_grad_enabled() and x.requires_grad):
-            return _pick_component(comps, phase)
+            return _max_components(xp, h, w, phase=phase)[1]
+        if phase is None:
+            with torch.no_grad():
+                phase = _max_components(xp, h, w, keep=False)[0]
         return F.max_pool2d(_Windows.apply(xp, phase, h, w), 2)
 
 
@@ -241,6 +244,29 @@ def _component_norms(comps: Tensor) -> Tensor:
     b, c, h2, _, w2, _ = comps.shape
     rows = comps.reshape(b, c * h2, 2, 2 * w2).float().square().sum(dim=1)  # (B, 2, W)
     return rows.view(b, 2, w2, 2).sum(dim=2).reshape(b, 4)
+
+
+def _max_components(xp: Tensor, h: int, w: int, keep: bool = True, phase: Tensor | None = None
+                    ) -> tuple[Tensor, Tensor | None]:
+    """Phases ``(B,)`` (largest norm, or ``phase`` as given) and, with ``keep``, kept
+    components ``(B, C, h / 2, w / 2)`` of the dense 2x2 max filter of ``xp (B, C, h + 1,
+    w + 1)``, padded right and bottom by one; computed a cache-sized slice of the batch at a
+    time."""
+    b, c = xp.shape[:2]
+    step = max(1, _NORM_SLICE_BYTES // (c * h * w * xp.element_size()))
+    given = phase is not None
+    phases = phase if phase is not None else torch.empty(b, dtype=torch.long, device=xp.device)
+    out = xp.new_empty((b, c, h // 2, w // 2)) if keep else None
+    for s in range(0, b, step):
+        part = xp[s : s + step]
+        rows = torch.maximum(part[..., :-1, :], part[..., 1:, :])
+        comps = torch.maximum(rows[..., :-1], rows[..., 1:]).view(-1, c, h // 2, 2, w // 2, 2)
+        kept = phases[s : s + step]
+        if not given:
+            torch.argmax(_component_norms(comps), dim=1, out=kept)
+        if out is not None:
+            out[s : s + step] = _pick_component(comps, kept)
+    return phases, out
 
 
 def _crop_windows(xp: Tensor, phase: Tensor, h: int, w: int, per_sample: bool) -> Tensor:
@@ -375,9 +401,11 @@ def _sliced_components(xp: Tensor, weight: Tensor, bias: Tensor | None, h: int, 
     return phases, out
 
 
-def aps_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``APS2d()(conv(x))`` for a circular ``k x k`` conv (odd ``k``), computed as in
+def aps_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None,
+               phase: Tensor | None = None) -> Tensor:
+    """``APS2d()(conv(x), phase)`` for a circular ``k x k`` conv (odd ``k``), computed as in
     :class:`APSConv2d`; ``weight`` may be built from other parameters (autograd flows back).
+    A given ``phase (B,)`` needs no norms: only the kept component is ever computed.
 
     Shapes: ``x (B, C, H, W)``, ``weight (C_out, C, k, k)`` → ``(B, C_out, H / 2, W / 2)`` for
     even ``H, W``; odd sizes give the plain circular conv ``(B, C_out, H, W)``.
@@ -387,6 +415,8 @@ def aps_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     xp = circular_pad(x, (p, p, p, p))
     if h % 2 or w % 2:
         return F.conv2d(xp, weight, bias)
+    if phase is not None:
+        return _PhaseConv.apply(xp, weight, bias, lambda *_: (phase, None), h, w)
     c_out = len(weight)
     gram = bias is None and weight[0].numel() < c_out
     needs_grad = torch.is_grad_enabled() and (
@@ -425,8 +455,10 @@ class APSConv2d(CircularConv2d):
     Shapes: ``(B, C, H, W)`` → ``(B, C_out, H / 2, W / 2)`` for even ``H, W``.
     """
 
-    def forward(self, x: Tensor) -> Tensor:
-        return aps_conv2d(x, self.weight, self.bias)
+    def forward(self, x: Tensor, phase: Tensor | None = None) -> Tensor:
+        if phase is None:  # (the ONNX export swaps aps_conv2d for a three-argument form)
+            return aps_conv2d(x, self.weight, self.bias)
+        return aps_conv2d(x, self.weight, self.bias, phase)
 
 
 class DownConv2d(nn.Conv2d):
@@ -444,13 +476,28 @@ class DownConv2d(nn.Conv2d):
                          padding_mode=padding, bias=bias)
         self.down = down
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, phase: Tensor | None = None) -> Tensor:
+        """``phase (B,)``: passed to an :class:`APS2d` ``down`` (the component to keep)."""
+        def down(y: Tensor, phase: Tensor | None) -> Tensor:
+            return self.down(y) if phase is None else self.down(y, phase)
+
+        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+            return down(self._conv(x), phase)
+        # inference: a cache-sized slice of the batch at a time (down works per sample), so
+        # the full-size conv output of the whole batch is never allocated
+        plane = x.shape[-2] * x.shape[-1] * x.element_size()
+        step = max(1, _NORM_SLICE_BYTES // (self.out_channels * plane))
+        if step >= len(x):
+            return down(self._conv(x), phase)
+        parts = x.split(step)
+        phases = phase.split(step) if phase is not None else [None] * len(parts)
+        return torch.cat([down(self._conv(s), q) for s, q in zip(parts, phases, strict=True)])
+
+    def _conv(self, x: Tensor) -> Tensor:
         if self.padding_mode == "circular":
-            y = F.conv2d(circular_pad(x, self._reversed_padding_repeated_twice), self.weight,
-                         self.bias)
-        else:
-            y = super().forward(x)
-        return self.down(y)
+            return F.conv2d(circular_pad(x, self._reversed_padding_repeated_twice), self.weight,
+                            self.bias)
+        return super().forward(x)
 
 
 class MaxPoolStride1(nn.Module):
@@ -580,6 +627,16 @@ class ConvBlock(nn.Sequential):
                              padding_mode=padding, bias=bias)
         super().__init__(conv, _norm(norm, out_chans), _act(act))
 
+    def forward(self, x: Tensor, phase: Tensor | None = None) -> Tensor:
+        """``phase (B,)``: the APS component its downsampling conv keeps (else its choice)."""
+        if phase is None:
+            return super().forward(x)
+        conv, *rest = self
+        x = conv(x, phase)
+        for m in rest:
+            x = m(x)
+        return x
+
 
 def _is_plain_aps(module: nn.Module) -> bool:
     """An :class:`APS2d` without blur: what :class:`APSConv2d` implements."""
@@ -620,6 +677,42 @@ def make_downsample(
     raise ValueError(f"downsample must be one of {DOWNSAMPLE_MODES}, got {kind!r}")
 
 
+def circular_centroid(x: Tensor) -> Tensor:
+    """Each image's centroid on the circle per axis, ``(y, x)`` in pixels in ``(-N/2, N/2]``:
+    the phase of the first Fourier harmonic of its row and column profiles (channels summed).
+    A circular shift by ``t`` pixels moves it by ``t`` (mod ``N``).
+
+    Shapes: ``(B, C, H, W)`` → ``(B, 2)`` float32.
+    """
+    h, w = x.shape[-2:]
+    with torch.autocast(x.device.type, enabled=False):  # bf16 phases break the invariance
+        xs = x.detach().float().sum(1)  # (B, H, W)
+        t = []
+        for axis, n in ((1, h), (2, w)):
+            profile = xs.sum(3 - axis)  # (B, n): sum over the other axis
+            angle = 2 * torch.pi * torch.arange(n, device=x.device, dtype=torch.float32) / n
+            c, s = profile @ torch.cos(angle), profile @ torch.sin(angle)
+            t.append(torch.atan2(s, c) * (n / (2 * torch.pi)))
+        return torch.stack(t, 1)
+
+
+def centroid_phases(x: Tensor, levels: int) -> Tensor:
+    """APS phases ``(levels, B)`` (``2 * i + j``) of ``levels`` successive stride-2
+    downsamplings of the maps of ``x (B, C, H, W)``: bit ``l`` of the nearest whole pixel
+    to the :func:`circular_centroid` of ``x`` per axis for the ``l``-th.
+
+    A circular shift of the image moves the centroid, and so the kept grid, with it: the
+    same exact equivariance as keeping the component of largest norm, but every image is
+    sampled on a grid anchored where it lies, not chosen by its content. Exact for each
+    level whose map has an even size, ``H / 2**l`` (those :class:`APS2d` downsamples).
+    """
+    h, w = x.shape[-2:]
+    # nearest whole pixel: a canonical image's centroid sits on one, where floor would flip
+    whole = torch.floor(circular_centroid(x) + 0.5).long() % torch.tensor([h, w], device=x.device)
+    bits = (whole[None] >> torch.arange(levels, device=x.device)[:, None, None]) & 1
+    return 2 * bits[..., 0] + bits[..., 1]
+
+
 class ShiftCanonical(nn.Module):
     """Shift each image so that the phase of its first Fourier harmonic per axis is fixed.
 
@@ -635,16 +728,8 @@ class ShiftCanonical(nn.Module):
     def shift(self, x: Tensor) -> Tensor:
         """The ``(dy, dx)`` each image is moved by: ``(B, C, H, W)`` → ``(B, 2)`` float32."""
         h, w = x.shape[-2:]
-        with torch.autocast(x.device.type, enabled=False):  # bf16 phases break the invariance
-            xs = x.detach().float().sum(1)  # (B, H, W)
-            t = []
-            for axis, n in ((1, h), (2, w)):
-                profile = xs.sum(3 - axis)  # (B, n): sum over the other axis
-                angle = 2 * torch.pi * torch.arange(n, device=x.device, dtype=torch.float32) / n
-                c, s = profile @ torch.cos(angle), profile @ torch.sin(angle)
-                t.append(torch.atan2(s, c) * (n / (2 * torch.pi)))  # centroid on the circle
-            target = torch.tensor([h // 2, w // 2], device=x.device, dtype=torch.float32)
-            return target - torch.stack(t, 1)
+        target = torch.tensor([h // 2, w // 2], device=x.device, dtype=torch.float32)
+        return target - circular_centroid(x)
 
     def forward(self, x: Tensor) -> Tensor:
         with torch.autocast(x.device.type, enabled=False):
