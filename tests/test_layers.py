@@ -232,17 +232,17 @@ def test_global_pool_gradient_matches_autograd(mode: str) -> None:
     torch.testing.assert_close(torch.autograd.grad(out, x, g)[0], torch.autograd.grad(ref, x, g)[0])
 
 
-def test_phase_windows_per_sample_and_gather_paths_agree() -> None:
-    """The CPU (per-sample copies) and GPU (one gather / scatter) paths of APSConv2d's
+def test_phase_windows_grouped_and_gather_paths_agree() -> None:
+    """The CPU (a copy per phase group) and GPU (one gather / scatter) paths of APSConv2d's
     window crop give the same windows and the same adjoint."""
     xp = torch.randn(6, 3, 11, 9)
     phase = torch.tensor([0, 3, 1, 2, 3, 0])
-    loop = _crop_windows(xp, phase, 9, 7, per_sample=True)
-    torch.testing.assert_close(_crop_windows(xp, phase, 9, 7, per_sample=False), loop)
+    loop = _crop_windows(xp, phase, 9, 7, grouped=True)
+    torch.testing.assert_close(_crop_windows(xp, phase, 9, 7, grouped=False), loop)
     assert torch.equal(loop[1], xp[1, :, 1:10, 1:8])
     g = torch.randn_like(loop)
-    back = _uncrop_windows(g, phase, xp.shape, per_sample=True)
-    torch.testing.assert_close(_uncrop_windows(g, phase, xp.shape, per_sample=False), back)
+    back = _uncrop_windows(g, phase, xp.shape, grouped=True)
+    torch.testing.assert_close(_uncrop_windows(g, phase, xp.shape, grouped=False), back)
     torch.testing.assert_close((back * xp).sum(), (g * loop).sum())  # adjoint
 
 

@@ -212,15 +212,15 @@ class _Windows(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, xp: Tensor, phase: Tensor, h: int, w: int) -> Tensor:
-        ctx.per_sample, ctx.shape = xp.device.type == "cpu", xp.shape
+        ctx.grouped, ctx.shape = xp.device.type == "cpu", xp.shape
         ctx.save_for_backward(phase)
-        return _crop_windows(xp, phase, h, w, ctx.per_sample)
+        return _crop_windows(xp, phase, h, w, ctx.grouped)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None, None, None]:
         (phase,) = ctx.saved_tensors
-        return _uncrop_windows(g, phase, ctx.shape, ctx.per_sample), None, None, None
+        return _uncrop_windows(g, phase, ctx.shape, ctx.grouped), None, None, None
 
 
 #: Batch slice size (bytes of conv output) for computing APS norms without gradients.
@@ -269,29 +269,32 @@ def _max_components(xp: Tensor, h: int, w: int, keep: bool = True, phase: Tensor
     return phases, out
 
 
-def _crop_windows(xp: Tensor, phase: Tensor, h: int, w: int, per_sample: bool) -> Tensor:
+def _phase_groups(phase: Tensor) -> list[tuple[int, Tensor]]:
+    """``(phase, indices)`` of the samples at each phase present (a host sync)."""
+    groups = [(q, (phase == q).nonzero().flatten()) for q in range(4)]
+    return [(q, sel) for q, sel in groups if len(sel)]
+
+
+def _crop_windows(xp: Tensor, phase: Tensor, h: int, w: int, grouped: bool) -> Tensor:
     """``(B, C, h, w)``: per sample, the window of ``xp (B, C, H_p, W_p)`` at its phase."""
-    if per_sample:  # B small copies: cheapest on a CPU
-        return torch.stack([xp[b, :, q // 2 : q // 2 + h, q % 2 : q % 2 + w]
-                            for b, q in enumerate(phase.tolist())])
+    if grouped:  # one copy per phase group: cheapest on a CPU
+        out = xp.new_empty((len(xp), xp.shape[1], h, w))
+        for q, sel in _phase_groups(phase):
+            out.index_copy_(0, sel, xp[:, :, q // 2 : q // 2 + h, q % 2 : q % 2 + w].index_select(0, sel))
+        return out
     b, c = xp.shape[:2]  # one gather kernel, no host-device sync: for GPUs
     sb, sc, sh, sw = xp.stride()
     windows = xp.as_strided((b, 2, 2, c, h, w), (sb, sh, sw, sc, sh, sw))
     return windows[torch.arange(b, device=xp.device), phase // 2, phase % 2]
 
 
-def _uncrop_windows(g: Tensor, phase: Tensor, shape: torch.Size, per_sample: bool) -> Tensor:
+def _uncrop_windows(g: Tensor, phase: Tensor, shape: torch.Size, grouped: bool) -> Tensor:
     """Adjoint of :func:`_crop_windows`: ``g (B, C, h, w)`` placed into zeros of ``shape``."""
     h, w = g.shape[-2:]
-    if per_sample:  # zero only what the window leaves uncovered (APSConv2d: 1 row, 1 column)
-        grad = g.new_empty(shape)
-        for b, q in enumerate(phase.tolist()):
-            oy, ox = q // 2, q % 2
-            grad[b, :, oy : oy + h, ox : ox + w] = g[b]
-            grad[b, :, :oy].zero_()
-            grad[b, :, oy + h :].zero_()
-            grad[b, :, oy : oy + h, :ox].zero_()
-            grad[b, :, oy : oy + h, ox + w :].zero_()
+    if grouped:  # one copy per phase group
+        grad = g.new_zeros(shape)
+        for q, sel in _phase_groups(phase):
+            grad[:, :, q // 2 : q // 2 + h, q % 2 : q % 2 + w].index_copy_(0, sel, g.index_select(0, sel))
         return grad
     grad = g.new_zeros(shape)
     for q in range(4):  # masked adds: no host-device sync
@@ -320,14 +323,14 @@ class _PhaseConv(torch.autograd.Function):
         phase, out = select(xp, h, w)
         device = xp.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else xp.dtype
-        per_sample = device == "cpu"
+        grouped = device == "cpu"
         k = weight.shape[-1]
-        window = _crop_windows(xp, phase, h + k - 2, w + k - 2, per_sample).to(dtype)
+        window = _crop_windows(xp, phase, h + k - 2, w + k - 2, grouped).to(dtype)
         weight_c = weight.to(dtype)
         if out is None:
             out = F.conv2d(window, weight_c, None if bias is None else bias.to(dtype), stride=2)
         ctx.save_for_backward(window, weight_c, phase)
-        ctx.xp_shape, ctx.per_sample = xp.shape, per_sample
+        ctx.xp_shape, ctx.grouped = xp.shape, grouped
         ctx.dtypes = (xp.dtype, weight.dtype, None if bias is None else bias.dtype)
         return out
 
@@ -342,7 +345,7 @@ class _PhaseConv(torch.autograd.Function):
             g, window, weight, None, [2, 2], [0, 0], [1, 1], False, [0, 0], 1,
             [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False])
         if ctx.needs_input_grad[0]:
-            grad_x = _uncrop_windows(grad_window.to(x_dtype), phase, ctx.xp_shape, ctx.per_sample)
+            grad_x = _uncrop_windows(grad_window.to(x_dtype), phase, ctx.xp_shape, ctx.grouped)
         if ctx.needs_input_grad[1]:
             grad_w = grad_weight.to(w_dtype)
         if b_dtype is not None and ctx.needs_input_grad[2]:
