@@ -61,7 +61,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "gap_zero_pad/canonical": ("gap_zero_pad", {"canonical": True}),
     "invariant/canonical+maxpool": ("invariant", {"canonical": True, "downsample": "maxpool",
                                                   "order": "conv_norm_down"}),
-    # APS phases from the input's centroid (the baseline's invariant: widths 32-64-96)
+    # APS phases from the input's centroid (the first is the baseline's invariant)
     "invariant/centroid+maxfilter+d112": ("invariant", {"phase": "centroid", "max_filter": True,
                                                         "depths": (1, 1, 2)}),
     "invariant/centroid+maxfilter+d112+w96": ("invariant", {"phase": "centroid",

@@ -83,8 +83,8 @@ ZOO: dict[str, tuple[str, dict[str, Any], bool]] = {
     "lenet_fc_aug": ("lenet_fc", {}, True),
     "gap_zero_pad": ("gap_zero_pad", {}, False),
     # the exactness tax was a too narrow view (a second block at the coarsest scale sees the
-    # whole digit) and sampling: max-pool semantics on a grid anchored at each image's
-    # centroid, not chosen per map (README ablation). Checkpoints keep the kwargs
+    # whole digit) and, on clothes, sampling: max-pool semantics on a grid anchored at each
+    # image's centroid, not chosen per map (README ablation). Checkpoints keep the kwargs
     "invariant": ("invariant", INVARIANT_KWARGS, False),
     "invariant_aug": ("invariant", INVARIANT_KWARGS, True),
     "invariant_blurpool": ("invariant_blurpool", {}, False),
@@ -342,7 +342,7 @@ def run_experiment(
     cfg: BaselineConfig, out_dir: Path, log: Any = print
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """:func:`_run_experiment` with freed memory reused throughout: its evaluation passes
-    over ~135,000 in-memory images per model fault in fresh pages otherwise (2x the wall
+    over ~149,000 in-memory images per model fault in fresh pages otherwise (2x the wall
     time of the default command, most of it in the kernel)."""
     with freed_memory_reused(resolve_device(cfg.device).type == "cpu"):
         return _run_experiment(cfg, out_dir, log)

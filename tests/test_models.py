@@ -215,6 +215,17 @@ def test_centroid_phases_sample_alike_images_alike_and_name_their_needs() -> Non
     canon = create_model("invariant", widths=(4, 8, 8), canonical=True).canonical
     phases = centroid_phases(canon(torch.randn(64, 1, 24, 24)), 2)  # (levels, B)
     assert (phases == phases[:, :1]).all()
+    # the model keeps exactly those phases (and so differs from the norm choice)
+    model = create_model("invariant", widths=(8, 16, 16), phase="centroid").eval()
+    normed = create_model("invariant", widths=(8, 16, 16)).eval()
+    normed.load_state_dict(model.state_dict())
+    x = torch.randn(16, 1, 16, 16)
+    with torch.no_grad():
+        levels = centroid_phases(x, 2)
+        y = model.features[1](model.features[0](x, levels[0]), levels[1])
+        manual = model.head(model.pool(model.features[2](y)))
+        torch.testing.assert_close(model(x), manual)
+        assert not torch.allclose(model(x), normed(x), atol=1e-4)
     for bad, match in (({"phase": "random"}, "phase must be"),
                        ({"phase": "centroid", "downsample": "maxpool"}, "downsample='aps'"),
                        ({"phase": "centroid", "max_filter": True, "blur": 3}, "not both")):

@@ -48,6 +48,7 @@ from biocnn.models.registry import register_model
 APS_PHASES = ("norm", "centroid")
 
 __all__ = [
+    "APS_PHASES",
     "InvariantCNN",
     "invariant",
     "invariant_blurpool",
@@ -96,7 +97,9 @@ class InvariantCNN(nn.Module):
         How ``aps`` picks the kept polyphase component: ``norm`` (largest norm, per map) or
         ``centroid`` (a grid anchored at the input's whole-pixel circular centroid,
         :func:`~biocnn.models.layers.centroid_phases`).
-        Both are exact; ``centroid`` samples every image alike, as a fixed max-pool would.
+        Both are exact (up to ties: equal norms, or an ambiguous centroid, see
+        :func:`~biocnn.models.layers.centroid_phases`); ``centroid`` samples alike images
+        alike, as a fixed max-pool would.
 
     Shapes: ``(B, C, H, W)`` → ``(B, K)`` for any ``H, W``.
     """

@@ -484,7 +484,9 @@ class DownConv2d(nn.Conv2d):
         def down(y: Tensor, phase: Tensor | None) -> Tensor:
             return self.down(y) if phase is None else self.down(y, phase)
 
-        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+        grad = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x, self.weight, self.bias))
+        if grad or x.device.type != "cpu":  # slices fit CPU caches; GPUs want whole batches
             return down(self._conv(x), phase)
         # inference: a cache-sized slice of the batch at a time (down works per sample), so
         # the full-size conv output of the whole batch is never allocated
@@ -707,13 +709,17 @@ def centroid_phases(x: Tensor, levels: int) -> Tensor:
     A circular shift of the image moves the centroid, and so the kept grid, with it: the
     same exact equivariance as keeping the component of largest norm, but every image is
     sampled on a grid anchored where it lies, not chosen by its content. Exact for each
-    level whose map has an even size, ``H / 2**l`` (those :class:`APS2d` downsamples).
+    level whose map has an even size, ``H / 2**l`` (those :class:`APS2d` downsamples),
+    except where the centroid is ambiguous: within float rounding of a half pixel (e.g. an
+    image mirror-symmetric about a half pixel) or with a vanishing first harmonic (e.g. a
+    periodic image), as equal component norms are for ``phase="norm"``.
     """
     h, w = x.shape[-2:]
     # nearest whole pixel: a canonical image's centroid sits on one, where floor would flip
-    whole = torch.floor(circular_centroid(x) + 0.5).long() % torch.tensor([h, w], device=x.device)
-    bits = (whole[None] >> torch.arange(levels, device=x.device)[:, None, None]) & 1
-    return 2 * bits[..., 0] + bits[..., 1]
+    whole = torch.floor(circular_centroid(x) + 0.5).long()
+    rows, cols = whole[:, 0] % h, whole[:, 1] % w  # Python ints: no host-device copy
+    level = torch.arange(levels, device=x.device)[:, None]
+    return 2 * ((rows >> level) & 1) + ((cols >> level) & 1)
 
 
 class ShiftCanonical(nn.Module):
