@@ -226,6 +226,17 @@ def test_centroid_phases_sample_alike_images_alike_and_name_their_needs() -> Non
         manual = model.head(model.pool(model.features[2](y)))
         torch.testing.assert_close(model(x), manual)
         assert not torch.allclose(model(x), normed(x), atol=1e-4)
+    # an ambiguous centroid (mirror symmetry about a half pixel, no first harmonic) falls back
+    # to the norm choice, so those images stay exactly invariant too
+    half = torch.rand(3, 1, 16, 8)
+    tricky = torch.cat([torch.cat([half, half.flip(-1)], -1), torch.rand(1, 1, 1, 4).repeat(3, 1, 16, 4)])
+    assert (centroid_phases(tricky, 2) == -1).all()
+    for kw in ({}, {"max_filter": True}, {"order": "conv_norm_down"}, {"fast": False}):
+        net = create_model("invariant", widths=(8, 16, 16), phase="centroid", **kw).eval()
+        with torch.no_grad():
+            ref = net(tricky)
+            for shift in ((1, 0), (0, 1), (3, 5), (-7, 2)):
+                torch.testing.assert_close(net(torch.roll(tricky, shift, (2, 3))), ref, atol=1e-4, rtol=0)
     for bad, match in (({"phase": "random"}, "phase must be"),
                        ({"phase": "centroid", "downsample": "maxpool"}, "downsample='aps'"),
                        ({"phase": "centroid", "max_filter": True, "blur": 3}, "not both")):

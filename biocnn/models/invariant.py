@@ -97,9 +97,8 @@ class InvariantCNN(nn.Module):
         How ``aps`` picks the kept polyphase component: ``norm`` (largest norm, per map) or
         ``centroid`` (a grid anchored at the input's whole-pixel circular centroid,
         :func:`~biocnn.models.layers.centroid_phases`).
-        Both are exact (up to ties: equal norms, or an ambiguous centroid, see
-        :func:`~biocnn.models.layers.centroid_phases`); ``centroid`` samples alike images
-        alike, as a fixed max-pool would.
+        Both are exact; ``centroid`` samples alike images alike, as a fixed max-pool would
+        (an image with an ambiguous centroid falls back to ``norm``).
 
     Shapes: ``(B, C, H, W)`` → ``(B, K)`` for any ``H, W``.
     """

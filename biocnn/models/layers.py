@@ -190,9 +190,9 @@ class APS2d(nn.Module):
             x = self.blur(x)
         # a view (B, C, H/2, 2, W/2, 2): polyphase component (i, j) is [:, :, :, i, :, j]
         comps = x.view(b, c, h // 2, 2, w // 2, 2)
-        if phase is None:
+        if phase is None or bool((phase < 0).any()):
             with torch.no_grad():
-                phase = _component_norms(comps).argmax(dim=1)
+                phase = _resolve(phase, _component_norms(comps).argmax(dim=1))
         return _pick_component(comps, phase)
 
     def _max_forward(self, x: Tensor, phase: Tensor | None) -> Tensor:
@@ -201,9 +201,9 @@ class APS2d(nn.Module):
         xp = _pad(x, (0, 1, 0, 1), self.max_filter.padding)
         if not (torch.is_grad_enabled() and x.requires_grad):
             return _max_components(xp, h, w, phase=phase)[1]
-        if phase is None:
+        if phase is None or bool((phase < 0).any()):
             with torch.no_grad():
-                phase = _max_components(xp, h, w, keep=False)[0]
+                phase = _max_components(xp, h, w, keep=False, phase=phase)[0]
         return F.max_pool2d(_Windows.apply(xp, phase, h, w), 2)
 
 
@@ -225,6 +225,11 @@ class _Windows(torch.autograd.Function):
 
 #: Batch slice size (bytes of conv output) for computing APS norms without gradients.
 _NORM_SLICE_BYTES = 8 << 20
+
+
+def _resolve(phase: Tensor | None, by_norm: Tensor) -> Tensor:
+    """``phase (B,)`` where given and ``>= 0``, else ``by_norm (B,)``."""
+    return by_norm if phase is None else torch.where(phase < 0, by_norm, phase)
 
 
 def _pick_component(comps: Tensor, phase: Tensor) -> Tensor:
@@ -254,16 +259,15 @@ def _max_components(xp: Tensor, h: int, w: int, keep: bool = True, phase: Tensor
     time."""
     b, c = xp.shape[:2]
     step = max(1, _NORM_SLICE_BYTES // (c * h * w * xp.element_size()))
-    given = phase is not None
-    phases = phase if phase is not None else torch.empty(b, dtype=torch.long, device=xp.device)
+    phases = phase.clone() if phase is not None else torch.full((b,), -1, device=xp.device)
     out = xp.new_empty((b, c, h // 2, w // 2)) if keep else None
     for s in range(0, b, step):
         part = xp[s : s + step]
         rows = torch.maximum(part[..., :-1, :], part[..., 1:, :])
         comps = torch.maximum(rows[..., :-1], rows[..., 1:]).view(-1, c, h // 2, 2, w // 2, 2)
         kept = phases[s : s + step]
-        if not given:
-            torch.argmax(_component_norms(comps), dim=1, out=kept)
+        if bool((kept < 0).any()):  # not given (or ambiguous): the largest norm
+            kept.copy_(_resolve(kept, _component_norms(comps).argmax(dim=1)))
         if out is not None:
             out[s : s + step] = _pick_component(comps, kept)
     return phases, out
@@ -418,20 +422,21 @@ def aps_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None,
     xp = circular_pad(x, (p, p, p, p))
     if h % 2 or w % 2:
         return F.conv2d(xp, weight, bias)
-    if phase is not None:
-        return _PhaseConv.apply(xp, weight, bias, lambda *_: (phase, None), h, w)
     c_out = len(weight)
     gram = bias is None and weight[0].numel() < c_out
+    if phase is not None and not bool((phase < 0).any()):
+        return _PhaseConv.apply(xp, weight, bias, lambda *_: (phase, None), h, w)
     needs_grad = torch.is_grad_enabled() and (
         x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
-    if not (needs_grad or gram):  # inference: the full conv's best components are the output
+    if phase is None and not (needs_grad or gram):  # inference: the best components are the output
         return _sliced_components(xp, weight, bias, h, w)[1]
 
     def select(xp: Tensor, h: int, w: int) -> tuple[Tensor, Tensor | None]:
         if gram:  # phases from the Gram form; the component itself is left to compute
-            return _gram_norms(xp, weight.detach(), h, w).argmax(dim=1), None
-        return _sliced_components(xp, weight.detach(), None if bias is None else bias.detach(),
-                                  h, w)
+            return _resolve(phase, _gram_norms(xp, weight.detach(), h, w).argmax(dim=1)), None
+        by_norm, out = _sliced_components(
+            xp, weight.detach(), None if bias is None else bias.detach(), h, w)
+        return (by_norm, out) if phase is None else (_resolve(phase, by_norm), None)
 
     return _PhaseConv.apply(xp, weight, bias, select, h, w)
 
@@ -689,37 +694,52 @@ def circular_centroid(x: Tensor) -> Tensor:
 
     Shapes: ``(B, C, H, W)`` → ``(B, 2)`` float32.
     """
+    return _first_harmonic(x)[0]
+
+
+def _first_harmonic(x: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`circular_centroid` ``(B, 2)`` and the first harmonic's magnitude relative to
+    the profile's absolute sum ``(B, 2)`` (near 0: no defined centroid)."""
     h, w = x.shape[-2:]
     with torch.autocast(x.device.type, enabled=False):  # bf16 phases break the invariance
         xs = x.detach().float().sum(1)  # (B, H, W)
-        t = []
+        t, strength = [], []
         for axis, n in ((1, h), (2, w)):
             profile = xs.sum(3 - axis)  # (B, n): sum over the other axis
             angle = 2 * torch.pi * torch.arange(n, device=x.device, dtype=torch.float32) / n
             c, s = profile @ torch.cos(angle), profile @ torch.sin(angle)
             t.append(torch.atan2(s, c) * (n / (2 * torch.pi)))
-        return torch.stack(t, 1)
+            strength.append(torch.hypot(c, s) / profile.abs().sum(1).clamp_min(1e-30))
+        return torch.stack(t, 1), torch.stack(strength, 1)
 
 
 def centroid_phases(x: Tensor, levels: int) -> Tensor:
-    """APS phases ``(levels, B)`` (``2 * i + j``) of ``levels`` successive stride-2
+    """APS phases ``(levels, B)`` (``2 * i + j``, ``-1``: by norm) of ``levels`` stride-2
     downsamplings of the maps of ``x (B, C, H, W)``: bit ``l`` of the nearest whole pixel
     to the :func:`circular_centroid` of ``x`` per axis for the ``l``-th.
 
     A circular shift of the image moves the centroid, and so the kept grid, with it: the
     same exact equivariance as keeping the component of largest norm, but every image is
     sampled on a grid anchored where it lies, not chosen by its content. Exact for each
-    level whose map has an even size, ``H / 2**l`` (those :class:`APS2d` downsamples),
-    except where the centroid is ambiguous: within float rounding of a half pixel (e.g. an
-    image mirror-symmetric about a half pixel) or with a vanishing first harmonic (e.g. a
-    periodic image), as equal component norms are for ``phase="norm"``.
+    level whose map has an even size, ``H / 2**l`` (those :class:`APS2d` downsamples).
+    Where the centroid is ambiguous (within 1e-3 px of a half pixel, e.g. an image
+    mirror-symmetric about one, or a first harmonic under 1e-3 of the profile, e.g. a
+    periodic image) the phase is ``-1``: the layers keep the component of largest norm.
     """
     h, w = x.shape[-2:]
+    centroid, strength = _first_harmonic(x)
     # nearest whole pixel: a canonical image's centroid sits on one, where floor would flip
-    whole = torch.floor(circular_centroid(x) + 0.5).long()
+    whole = torch.floor(centroid + 0.5).long()
     rows, cols = whole[:, 0] % h, whole[:, 1] % w  # Python ints: no host-device copy
     level = torch.arange(levels, device=x.device)[:, None]
-    return 2 * ((rows >> level) & 1) + ((cols >> level) & 1)
+    phases = 2 * ((rows >> level) & 1) + ((cols >> level) & 1)
+    off = (centroid - torch.floor(centroid) - 0.5).abs()  # distance to a half pixel
+    ambiguous = ((off < _CENTROID_TOL) | (strength < _CENTROID_TOL)).any(1)
+    return phases.masked_fill(ambiguous, -1)
+
+
+#: Distance to a half pixel, and first-harmonic strength, below which a centroid is ambiguous.
+_CENTROID_TOL = 1e-3
 
 
 class ShiftCanonical(nn.Module):
