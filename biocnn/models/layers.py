@@ -255,21 +255,38 @@ def _max_components(xp: Tensor, h: int, w: int, keep: bool = True, phase: Tensor
                     ) -> tuple[Tensor, Tensor | None]:
     """Phases ``(B,)`` (largest norm, or ``phase`` as given) and, with ``keep``, kept
     components ``(B, C, h / 2, w / 2)`` of the dense 2x2 max filter of ``xp (B, C, h + 1,
-    w + 1)``, padded right and bottom by one; computed a cache-sized slice of the batch at a
-    time."""
-    b, c = xp.shape[:2]
-    step = max(1, _NORM_SLICE_BYTES // (c * h * w * xp.element_size()))
-    phases = phase.clone() if phase is not None else torch.full((b,), -1, device=xp.device)
-    out = xp.new_empty((b, c, h // 2, w // 2)) if keep else None
-    for s in range(0, b, step):
-        part = xp[s : s + step]
-        rows = torch.maximum(part[..., :-1, :], part[..., 1:, :])
-        comps = torch.maximum(rows[..., :-1], rows[..., 1:]).view(-1, c, h // 2, 2, w // 2, 2)
+    w + 1)``, padded right and bottom by one; a cache-sized slice of the batch at a time."""
+    def comps(part: slice) -> Tensor:
+        rows = torch.maximum(xp[part, :, :-1, :], xp[part, :, 1:, :])
+        return torch.maximum(rows[..., :-1], rows[..., 1:])
+
+    return _sliced_pick(comps, len(xp), xp.shape[1] * h * w * xp.element_size(), phase, keep)
+
+
+def _sliced_pick(comps_of: Callable[[slice], Tensor], n: int, sample_bytes: int,
+                 phase: Tensor | None, keep: bool) -> tuple[Tensor, Tensor | None]:
+    """Phases ``(n,)`` and, with ``keep``, kept components of the maps ``comps_of(part)``
+    ``(b, C, H, W)`` of ``n`` samples, made and reduced ``_NORM_SLICE_BYTES`` at a time (the
+    maps of the whole batch are never held). ``phase`` entries ``>= 0`` are kept as given."""
+    step = max(1, _NORM_SLICE_BYTES // sample_bytes)
+    phases: Tensor | None = None if phase is None else phase.clone()
+    out: Tensor | None = None
+    for s in range(0, n, step):
+        maps = comps_of(slice(s, s + step))
+        b, c, h, w = maps.shape
+        comps = maps.view(b, c, h // 2, 2, w // 2, 2)
+        if phases is None:
+            phases = torch.empty(n, dtype=torch.long, device=maps.device)
         kept = phases[s : s + step]
-        if bool((kept < 0).any()):  # not given (or ambiguous): the largest norm
+        if phase is None:
+            torch.argmax(_component_norms(comps), dim=1, out=kept)
+        elif bool((kept < 0).any()):  # ambiguous: the largest norm
             kept.copy_(_resolve(kept, _component_norms(comps).argmax(dim=1)))
-        if out is not None:
+        if keep:
+            if out is None:  # dtype of the maps (autocast)
+                out = maps.new_empty((n, c, h // 2, w // 2))
             out[s : s + step] = _pick_component(comps, kept)
+    assert phases is not None  # at least one sample
     return phases, out
 
 
@@ -393,18 +410,9 @@ def _sliced_components(xp: Tensor, weight: Tensor, bias: Tensor | None, h: int, 
     """Phases ``(B,)`` and kept components ``(B, C_out, H / 2, W / 2)`` of the full conv output,
     computed a cache-sized slice of the batch at a time (the full output of the whole batch is
     never held)."""
-    c_out = len(weight)
-    step = max(1, _NORM_SLICE_BYTES // (c_out * h * w * xp.element_size()))
-    phases = torch.empty(len(xp), dtype=torch.long, device=xp.device)
-    out: Tensor | None = None
-    for s in range(0, len(xp), step):
-        comps = F.conv2d(xp[s : s + step], weight, bias).view(-1, c_out, h // 2, 2, w // 2, 2)
-        phase = phases[s : s + step]
-        torch.argmax(_component_norms(comps), dim=1, out=phase)
-        if out is None:  # dtype of the conv (autocast)
-            out = comps.new_empty((len(xp), c_out, h // 2, w // 2))
-        out[s : s + step] = _pick_component(comps, phase)
-    assert out is not None  # xp holds at least one sample
+    phases, out = _sliced_pick(lambda part: F.conv2d(xp[part], weight, bias), len(xp),
+                               len(weight) * h * w * xp.element_size(), None, True)
+    assert out is not None
     return phases, out
 
 
