@@ -76,8 +76,8 @@ class TrainConfig:
     momentum: float = option(0.9, "SGD momentum.")
     warmup_epochs: float = option(0.3, "Linear warm-up, then cosine decay.")
     label_smoothing: float = option(0.0, "Label smoothing of the cross-entropy.")
-    patience: int = option(0, "Stop after this many epochs without a better validation "
-                           "accuracy; 0 = off.")
+    patience: int = option(0, "Stop after this many epochs without a lower validation "
+                           "loss; 0 = off.")
     seed: int = option(0, "Random seed (data order, initialisation, augmentation).")
     device: str = option("auto", "auto, cpu, cuda or cuda:N.")
     num_workers: int = option(0, "Reader processes; 0 reads in the training process (fastest "
@@ -163,8 +163,8 @@ class CryoTrainConfig(TrainConfig):
                          "is used).", shown="none")
     # loop defaults sized for ~2000 images of 64 px on a 2-core CPU
     epochs: int = option(15, "Epochs.")
-    patience: int = option(5, "Stop after this many epochs without a better validation "
-                           "accuracy; 0 = off.")
+    patience: int = option(5, "Stop after this many epochs without a lower validation "
+                           "loss; 0 = off.")
     batch_size: int = option(64, "Images per step (per process under torchrun).")
 
     def __post_init__(self) -> None:

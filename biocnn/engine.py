@@ -73,6 +73,7 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = 0
     best_val_acc: float = float("nan")
+    best_val_loss: float = float("nan")
     train_seconds: float = 0.0
 
 
@@ -324,6 +325,7 @@ def fit(
             torch.set_rng_state(resume["torch_rng"])
             result.history = [dict(row) for row in resume["history"]]
             result.best_epoch, result.best_val_acc = resume["best_epoch"], resume["best_val_acc"]
+            result.best_val_loss = resume.get("best_val_loss", float("nan"))
             if resume.get("best_state") is not None:
                 best_state = {k: v.to(device) for k, v in resume["best_state"].items()}
             epochs_without_gain, elapsed = resume["epochs_without_gain"], resume["elapsed"]
@@ -344,7 +346,8 @@ def fit(
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "aug_rng": rngs, "torch_rng": torch.get_rng_state(),
                     "history": result.history, "best_epoch": result.best_epoch,
-                    "best_val_acc": result.best_val_acc, "epochs_without_gain": epochs_without_gain,
+                    "best_val_acc": result.best_val_acc, "best_val_loss": result.best_val_loss,
+                    "epochs_without_gain": epochs_without_gain,
                     "best_state": best_state, "elapsed": elapsed + time.perf_counter() - t_start}
 
         t_start = time.perf_counter()
@@ -408,10 +411,18 @@ def fit(
                                   num_workers=cfg.num_workers, amp=cfg.amp, standardize=standardize)
                     row.update(val_loss=ev["loss"], val_acc=ev["accuracy"])
                 result.history.append(row)
-                score = row.get("val_acc", row["train_acc"])
-                improved = epoch == 1 or score > result.best_val_acc
+                # the best epoch has the lowest validation loss: on a few hundred images the
+                # accuracy moves in coarse steps and ties, and stopping on it ended runs early,
+                # at a high learning rate (BENCHMARKS.md); without validation, the last epoch
+                if "val_loss" in row:
+                    improved = (epoch == 1 or row["val_loss"] < result.best_val_loss
+                                or math.isnan(result.best_val_loss))
+                else:
+                    improved = True
                 if improved:
-                    result.best_epoch, result.best_val_acc = epoch, score
+                    result.best_epoch = epoch
+                    result.best_val_acc = row.get("val_acc", row["train_acc"])
+                    result.best_val_loss = row.get("val_loss", float("nan"))
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                     epochs_without_gain = 0
                 else:

@@ -58,6 +58,30 @@ def test_fit_learns_and_writes_checkpoints(tmp_path: Path) -> None:
                           predict_logits(model, data.images, device="cpu"), atol=1e-5)
 
 
+@pytest.mark.parametrize(("flip", "lr"), [(False, 1e-2), (True, 3e-4)])
+def test_best_epoch_has_the_lowest_validation_loss(tmp_path: Path, flip: bool, lr: float) -> None:
+    # clean: accuracy ties at 1.0 from the first epoch on while the loss falls; a quarter of
+    # the validation labels flipped: the loss is lowest in an early epoch, not the last
+    val = _bars(seed=1)
+    if flip:
+        labels = val.labels.clone()
+        labels[::4] = 1 - labels[::4]
+        val = TensorData(val.images, labels)
+    torch.manual_seed(0)
+    model = create_model("invariant", num_classes=2, widths=(8, 16))
+    result = fit(model, _bars(), val, _cfg(epochs=6, lr=lr), out_dir=tmp_path)
+    losses = [row["val_loss"] for row in result.history]
+    best = min(range(len(losses)), key=losses.__getitem__)
+    assert 0 < best < 5 if flip else best == 5
+    assert result.best_epoch == best + 1 and result.best_val_loss == losses[best]
+    assert result.best_val_acc == result.history[best]["val_acc"]
+    _, ckpt = load_checkpoint(tmp_path / "best.pt")
+    assert ckpt["epoch"] == best + 1
+    # the model is left holding the best epoch's weights
+    ev = evaluate(model, val, device="cpu")
+    assert ev["loss"] == pytest.approx(losses[best], rel=1e-5)
+
+
 def test_fit_is_reproducible_with_a_seed() -> None:
     outs = []
     for _ in range(2):
