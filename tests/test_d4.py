@@ -112,7 +112,8 @@ def test_exact_invariance_to_shifts_rotations_and_flips(
 
 def test_cryo_variant_is_exactly_invariant_on_a_power_of_two_box() -> None:
     torch.manual_seed(3)
-    model = create_model("invariant_d4_m", num_classes=4, widths=(4, 4, 8, 8, 8)).eval()
+    model = create_model("invariant_d4_m", num_classes=4, widths=(4, 4, 8, 8, 8), canonical=True,
+                         canonical_blur=2.0).eval()
     _randomise_norms(model, 3)
     x = torch.randn(2, 1, 64, 64)
     with torch.no_grad():

@@ -57,7 +57,7 @@ def _first_aps_phases(model: torch.nn.Module, x: torch.Tensor) -> list[int]:
     ("invariant", [4, 8], {"fast": False, "order": "conv_norm_down"}),  # separate APS2d layer
     ("invariant_d4", [2, 4], {}),  # D4 lifting/group convs with aps_conv2d
     ("invariant", [4, 8], {"canonical": True}),  # ShiftCanonical: atan2 + shift matrices
-    ("invariant_d4", [2, 4], {"canonical": True}),
+    ("invariant_d4", [2, 4], {"canonical": True, "canonical_blur": 2.0}),  # energy centroid
     ("invariant", [4, 8], {"max_filter": True}),  # APS2d over the max filter's components
 ])
 def test_onnx_matches_torch_and_keeps_aps_phase(tmp_path: Path, name: str, widths: list[int],

@@ -127,7 +127,7 @@ def test_inference_in_batch_slices_equals_the_whole_batch(monkeypatch, down: str
     g = torch.randn(7, 6, 4, 5)
     whole = conv(x)
     grad = torch.autograd.grad(whole, x, g)[0]
-    monkeypatch.setattr(layers, "_NORM_SLICE_BYTES", 6 * 8 * 10 * 4 * 2)  # two samples a slice
+    monkeypatch.setattr(layers, "_SLICE_BYTES", 6 * 8 * 10 * 4 * 2)  # two samples a slice
     with torch.no_grad():
         torch.testing.assert_close(conv(x), whole)
     sliced = conv(x)
@@ -282,11 +282,13 @@ def test_fourier_shift_is_a_phase_ramp_without_nyquist(size: tuple[int, int]) ->
                                    atol=1e-5, rtol=0)
 
 
-def test_shift_canonical_maps_every_shift_to_one_image_and_commutes_with_flips() -> None:
+@pytest.mark.parametrize(("blur", "mask"), [(0.0, 0.0), (2.0, 0.0), (2.0, 0.3)])
+def test_shift_canonical_maps_every_shift_to_one_image_and_commutes_with_flips(
+        blur: float, mask: float) -> None:
     from biocnn.augment import fourier_shift
     from biocnn.models.layers import ShiftCanonical
 
-    canon = ShiftCanonical()
+    canon = ShiftCanonical(blur, mask)
     x = torch.randn(2, 1, 20, 21, generator=torch.Generator().manual_seed(1))
     ref = canon(x)
     for s in ([0.4, -7.25], [13.0, 2.5]):
@@ -301,3 +303,42 @@ def test_shift_canonical_maps_every_shift_to_one_image_and_commutes_with_flips()
     delta = torch.zeros(1, 1, 9, 9)
     delta[0, 0, 1, 7] = 1
     assert canon(delta)[0, 0].argmax().item() == 4 * 9 + 4
+
+
+def test_energy_centroid_stays_on_a_noisy_particle_when_content_leaves_the_frame() -> None:
+    """A zero-mean blob (a particle after CTF) in noise, shifted by whole pixels with zero
+    fill: the energy centroid follows the shift to a fraction of a pixel; the intensity's
+    first harmonic, mostly noise, does not."""
+    from biocnn.augment import shift_images
+    from biocnn.models.layers import ShiftCanonical, circular_centroid
+
+    gen = torch.Generator().manual_seed(0)
+    n, size = 64, 48
+    r2 = ((torch.arange(size) - size / 2) ** 2)[:, None] + ((torch.arange(size) - size / 2) ** 2)
+    blob = 3 * (torch.exp(-r2 / 40) - 0.5 * torch.exp(-r2 / 80))  # a positive core, negative ring
+    x = blob + torch.randn(n, 1, size, size, generator=gen)
+    shift = torch.randint(-5, 6, (n, 2), generator=gen).float()
+    moved = shift_images(x, shift, "zeros")
+
+    def error(located) -> Tensor:
+        d = circular_centroid(located(moved)) - circular_centroid(located(x)) - shift
+        return ((d + size / 2) % size - size / 2).abs().amax(1)
+
+    energy, intensity = error(ShiftCanonical(2.0)._located), error(lambda t: t)
+    assert energy.max() < 0.5 and energy.median() < 0.05 and intensity.median() > 1
+    with pytest.raises(ValueError, match="canonical_blur"):
+        ShiftCanonical(-1.0)
+
+
+def test_canonical_mask_keeps_the_centre_and_clears_the_corners() -> None:
+    from biocnn.models.layers import ShiftCanonical
+
+    x = torch.ones(1, 1, 41, 41)  # odd: no Nyquist term for the (zero) shift to drop
+    x[0, 0, 20, 20] = 50.0  # the centroid: at the frame centre already
+    y = ShiftCanonical(2.0, 0.3)(x)[0, 0]
+    assert float(y[20, 20]) == pytest.approx(50.0, abs=1e-3)
+    assert float(y[20, 20 + 11]) == pytest.approx(1.0, abs=1e-3)
+    assert y[0, 0] == 0 and y[20, 20 + 15] == 0 and y[20 + 15, 20] == 0
+    for bad in (-0.1, 1.0, float("nan")):
+        with pytest.raises(ValueError, match="canonical_mask"):
+            ShiftCanonical(0.0, bad)

@@ -122,17 +122,22 @@ def test_exact_circular_shift_invariance(
     dx=st.floats(-20, 20),
     name=st.sampled_from(["invariant", "invariant_d4"]),
     g=st.integers(0, 7),
+    blur=st.sampled_from([0.0, 2.0]),
+    mask=st.sampled_from([0.0, 0.35]),
 )
 def test_canonical_models_are_invariant_to_sub_pixel_shifts(
-    seed: int, height: int, width: int, dy: float, dx: float, name: str, g: int
+    seed: int, height: int, width: int, dy: float, dx: float, name: str, g: int, blur: float,
+    mask: float,
 ) -> None:
-    """ShiftCanonical first: logits equal for any band-limited circular shift, sub-pixel
-    too, combined for the D4 model with any rotation by 90° or flip."""
+    """ShiftCanonical first (centroid of the intensity or of the local energy, with or
+    without a mask): logits equal for any band-limited circular shift, sub-pixel too,
+    combined for the D4 model with any rotation by 90° or flip."""
     from biocnn.augment import fourier_shift
     from biocnn.models.d4 import d4_transform
 
     torch.manual_seed(seed)
-    model = create_model(name, num_classes=5, widths=(4, 6, 8), canonical=True).eval()
+    model = create_model(name, num_classes=5, widths=(4, 6, 8), canonical=True,
+                         canonical_blur=blur, canonical_mask=mask).eval()
     model.head[-1].weight.data.mul_(10)
     x = torch.randn(2, 1, height, width, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
@@ -140,7 +145,8 @@ def test_canonical_models_are_invariant_to_sub_pixel_shifts(
         moved = fourier_shift(x, torch.tensor([[dy, dx], [dx, dy]]))
         b = model(d4_transform(moved, g) if name == "invariant_d4" else moved)
     assert (a[0] - a[1]).abs().max() > 1e-3  # not a constant function
-    torch.testing.assert_close(b, a, atol=1e-4, rtol=0)
+    # the energy's fourth power amplifies the float32 rounding of the Fourier shift itself
+    torch.testing.assert_close(b, a, atol=1e-3 if blur else 1e-4, rtol=0)
 
 
 def test_invariance_holds_in_training_mode_too() -> None:

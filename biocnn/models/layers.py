@@ -18,9 +18,12 @@
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -223,8 +226,8 @@ class _Windows(torch.autograd.Function):
         return _uncrop_windows(g, phase, ctx.shape, ctx.grouped), None, None, None
 
 
-#: Batch slice size (bytes of conv output) for computing APS norms without gradients.
-_NORM_SLICE_BYTES = 8 << 20
+#: Batch slice size (bytes of full-size maps) for inference and APS norms without gradients.
+_SLICE_BYTES = 8 << 20
 
 
 def _resolve(phase: Tensor | None, by_norm: Tensor) -> Tensor:
@@ -266,9 +269,9 @@ def _max_components(xp: Tensor, h: int, w: int, keep: bool = True, phase: Tensor
 def _sliced_pick(comps_of: Callable[[slice], Tensor], n: int, sample_bytes: int,
                  phase: Tensor | None, keep: bool) -> tuple[Tensor, Tensor | None]:
     """Phases ``(n,)`` and, with ``keep``, kept components of the maps ``comps_of(part)``
-    ``(b, C, H, W)`` of ``n`` samples, made and reduced ``_NORM_SLICE_BYTES`` at a time (the
+    ``(b, C, H, W)`` of ``n`` samples, made and reduced ``_SLICE_BYTES`` at a time (the
     maps of the whole batch are never held). ``phase`` entries ``>= 0`` are kept as given."""
-    step = max(1, _NORM_SLICE_BYTES // sample_bytes)
+    step = max(1, _SLICE_BYTES // sample_bytes)
     phases: Tensor | None = None if phase is None else phase.clone()
     out: Tensor | None = None
     for s in range(0, n, step):
@@ -504,7 +507,7 @@ class DownConv2d(nn.Conv2d):
         # inference: a cache-sized slice of the batch at a time (down works per sample), so
         # the full-size conv output of the whole batch is never allocated
         plane = x.shape[-2] * x.shape[-1] * x.element_size()
-        step = max(1, _NORM_SLICE_BYTES // (self.out_channels * plane))
+        step = max(1, _SLICE_BYTES // (self.out_channels * plane))
         if step >= len(x):
             return down(self._conv(x), phase)
         parts = x.split(step)
@@ -721,6 +724,28 @@ def _first_harmonic(x: Tensor) -> tuple[Tensor, Tensor]:
         return torch.stack(t, 1), torch.stack(strength, 1)
 
 
+@functools.lru_cache(maxsize=16)
+def _soft_disc(h: int, w: int, radius: float) -> Tensor:
+    """``(h, w)`` disc of ``radius`` x the shorter side about pixel ``(h // 2, w // 2)`` (where
+    :class:`ShiftCanonical` puts the centroid; D4 transforms about that pixel leave it
+    unchanged), with a raised-cosine edge 5 % of the side wide."""
+    side = min(h, w)
+    r = np.hypot(*np.meshgrid(np.arange(h) - h // 2, np.arange(w) - w // 2, indexing="ij"))
+    edge = np.clip((r - radius * side) / (0.05 * side), 0, 1)
+    return torch.from_numpy((0.5 + 0.5 * np.cos(np.pi * edge)).astype(np.float32))
+
+
+@functools.lru_cache(maxsize=16)
+def _periodic_gaussian(n: int, sigma: float) -> Tensor:
+    """``(n, n)`` symmetric circulant matrix of a periodic Gaussian blur of ``sigma`` px (a
+    Gaussian in Fourier space: it commutes with circular and band-limited shifts, and with
+    flips). Built in numpy: a constant for tracing and ONNX export."""
+    f = np.fft.fftfreq(n)
+    g = np.fft.ifft(np.exp(-2 * (np.pi * sigma * f) ** 2)).real
+    i = np.arange(n)
+    return torch.from_numpy(g[(i[:, None] - i[None, :]) % n].astype(np.float32))
+
+
 def centroid_phases(x: Tensor, levels: int) -> Tensor:
     """APS phases ``(levels, B)`` (``2 * i + j``, ``-1``: by norm) of ``levels`` stride-2
     downsamplings of the maps of ``x (B, C, H, W)``: bit ``l`` of the nearest whole pixel
@@ -759,18 +784,53 @@ class ShiftCanonical(nn.Module):
     centre ``N // 2``. Rotations by 90° and flips of the input move the output by at most
     one whole pixel, which the exactly shift-invariant core absorbs (D4 invariance kept).
 
+    ``blur > 0``: the centroid is that of the squared local energy (the fourth power of the
+    image blurred by a periodic Gaussian of ``blur`` px), not of the intensity. On zero-mean
+    noisy images (cryo-EM particles after CTF) the intensity's first harmonic is mostly
+    noise and jumps when content leaves the frame; the energy peaks on the particle and
+    stays put (BENCHMARKS.md).
+
     Shapes: ``(B, C, H, W)`` → ``(B, C, H, W)``; channels are summed for the phase.
     """
+
+    def __init__(self, blur: float = 0.0, mask: float = 0.0) -> None:
+        super().__init__()
+        if not (math.isfinite(blur) and blur >= 0):
+            raise ValueError(f"canonical_blur must be >= 0, got {blur!r}")
+        if not (math.isfinite(mask) and 0 <= mask < 1):
+            raise ValueError(f"canonical_mask must be in [0, 1), got {mask!r}")
+        self.blur, self.mask = float(blur), float(mask)
 
     def shift(self, x: Tensor) -> Tensor:
         """The ``(dy, dx)`` each image is moved by: ``(B, C, H, W)`` → ``(B, 2)`` float32."""
         h, w = x.shape[-2:]
         target = torch.tensor([h // 2, w // 2], device=x.device, dtype=torch.float32)
-        return target - circular_centroid(x)
+        size = torch.tensor([h, w], device=x.device, dtype=torch.float32)
+        # the shortest of the equivalent circular moves: no float ramp of a full period
+        return torch.remainder(target - circular_centroid(self._located(x)) + size / 2,
+                               size) - size / 2
+
+    def _located(self, x: Tensor) -> Tensor:
+        """What the centroid is taken of: ``x`` or its local energy ``(B, 1, H, W)``."""
+        if self.blur == 0:
+            return x
+        with torch.autocast(x.device.type, enabled=False):
+            xs = x.detach().float()
+            gy, gx = (_periodic_gaussian(n, self.blur).to(x.device) for n in xs.shape[-2:])
+            energy = gy @ (gy @ xs @ gx).square().sum(1, keepdim=True) @ gx
+            # squared again (relative to its mean, a permutation invariant): the particle's
+            # peak outweighs the noise floor, which zero-filled edges change; each square
+            # follows a blur, so the result stays band-limited (exact sub-pixel shifts)
+            energy = (energy / energy.mean((2, 3), keepdim=True).clamp_min(1e-30)).square()
+            # its mean holds no position; removed, it leaves float32 room for the harmonic
+            return energy - energy.mean((2, 3), keepdim=True)
 
     def forward(self, x: Tensor) -> Tensor:
         with torch.autocast(x.device.type, enabled=False):
-            return fourier_shift(x.float(), self.shift(x)).to(x.dtype)
+            y = fourier_shift(x.float(), self.shift(x))
+            if self.mask:
+                y = y * _soft_disc(*y.shape[-2:], self.mask).to(y.device)
+            return y.to(x.dtype)
 
 
 def class_activation_map(feats: Tensor, weight: Tensor, canonical: nn.Module, x: Tensor) -> Tensor:
