@@ -320,7 +320,7 @@ def test_energy_centroid_stays_on_a_noisy_particle_when_content_leaves_the_frame
     shift = torch.randint(-5, 6, (n, 2), generator=gen).float()
     moved = shift_images(x, shift, "zeros")
 
-    def error(located) -> Tensor:
+    def error(located) -> torch.Tensor:
         d = circular_centroid(located(moved)) - circular_centroid(located(x)) - shift
         return ((d + size / 2) % size - size / 2).abs().amax(1)
 
