@@ -123,21 +123,22 @@ def test_exact_circular_shift_invariance(
     name=st.sampled_from(["invariant", "invariant_d4"]),
     g=st.integers(0, 7),
     blur=st.sampled_from([0.0, 2.0]),
-    mask=st.sampled_from([0.0, 0.35]),
+    phase=st.sampled_from(["norm", "centroid"]),
 )
 def test_canonical_models_are_invariant_to_sub_pixel_shifts(
     seed: int, height: int, width: int, dy: float, dx: float, name: str, g: int, blur: float,
-    mask: float,
+    phase: str,
 ) -> None:
-    """ShiftCanonical first (centroid of the intensity or of the local energy, with or
-    without a mask): logits equal for any band-limited circular shift, sub-pixel too,
-    combined for the D4 model with any rotation by 90° or flip."""
+    """ShiftCanonical first (centroid of the intensity or of the local energy): logits equal
+    for any band-limited circular shift, sub-pixel too, combined for the D4 model with any
+    rotation by 90° or flip; APS phases (``invariant``) by norm or from that centroid."""
     from biocnn.augment import fourier_shift
     from biocnn.models.d4 import d4_transform
 
     torch.manual_seed(seed)
     model = create_model(name, num_classes=5, widths=(4, 6, 8), canonical=True,
-                         canonical_blur=blur, canonical_mask=mask).eval()
+                         canonical_blur=blur,
+                         **({"phase": phase} if name == "invariant" else {})).eval()
     model.head[-1].weight.data.mul_(10)
     x = torch.randn(2, 1, height, width, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():

@@ -247,11 +247,6 @@ class D4InvariantCNN(nn.Module):
         this many px, not its intensity (0); steady on zero-mean noisy images such as
         cryo-EM particles, where content entering or leaving the frame moves the
         intensity's centroid by pixels.
-    canonical_mask
-        With ``canonical``: multiply the centred image by a soft disc of this radius (a
-        fraction of the shorter side; 0 = none), as a particle mask: the noise and the
-        zero-filled edges outside it never reach the core. Exact: the disc is centred where
-        the centroid is put.
 
     Shapes: ``(B, C, H, W)`` → ``(B, K)`` for any ``H, W``.
     """
@@ -271,7 +266,6 @@ class D4InvariantCNN(nn.Module):
         fast: bool = True,
         canonical: bool = False,
         canonical_blur: float = 0.0,
-        canonical_mask: float = 0.0,
     ) -> None:
         super().__init__()
         if order not in BLOCK_ORDERS:
@@ -302,10 +296,9 @@ class D4InvariantCNN(nn.Module):
             nn.Dropout(dropout), nn.Linear(prev * self.pool.expansion, num_classes)
         )
         self.num_features = prev
-        if (canonical_blur or canonical_mask) and not canonical:
-            raise ValueError("canonical_blur and canonical_mask need canonical=True")
-        self.canonical = (ShiftCanonical(canonical_blur, canonical_mask) if canonical
-                          else nn.Identity())
+        if canonical_blur and not canonical:
+            raise ValueError("canonical_blur needs canonical=True")
+        self.canonical = ShiftCanonical(canonical_blur) if canonical else nn.Identity()
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Group-pooled feature maps: ``(B, C, H, W)`` → ``(B, F, h, w)``, equivariant to the

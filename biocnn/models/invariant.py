@@ -98,11 +98,6 @@ class InvariantCNN(nn.Module):
         this many px, not its intensity (0); steady on zero-mean noisy images such as
         cryo-EM particles, where content entering or leaving the frame moves the
         intensity's centroid by pixels.
-    canonical_mask
-        With ``canonical``: multiply the centred image by a soft disc of this radius (a
-        fraction of the shorter side; 0 = none), as a particle mask: the noise and the
-        zero-filled edges outside it never reach the core. Exact: the disc is centred where
-        the centroid is put.
     phase
         How ``aps`` picks the kept polyphase component: ``norm`` (largest norm, per map) or
         ``centroid`` (a grid anchored at the input's whole-pixel circular centroid,
@@ -132,7 +127,6 @@ class InvariantCNN(nn.Module):
         canonical: bool = False,
         phase: str = "norm",
         canonical_blur: float = 0.0,
-        canonical_mask: float = 0.0,
     ) -> None:
         super().__init__()
         if padding not in PADDING_MODES:
@@ -171,10 +165,9 @@ class InvariantCNN(nn.Module):
             nn.Dropout(dropout), nn.Linear(prev * self.pool.expansion, num_classes)
         )
         self.num_features = prev
-        if (canonical_blur or canonical_mask) and not canonical:
-            raise ValueError("canonical_blur and canonical_mask need canonical=True")
-        self.canonical = (ShiftCanonical(canonical_blur, canonical_mask) if canonical
-                          else nn.Identity())
+        if canonical_blur and not canonical:
+            raise ValueError("canonical_blur needs canonical=True")
+        self.canonical = ShiftCanonical(canonical_blur) if canonical else nn.Identity()
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Feature maps before pooling: ``(B, C, H, W)`` → ``(B, F, h, w)``."""
@@ -184,7 +177,9 @@ class InvariantCNN(nn.Module):
         downs = [isinstance(m, APS2d) or (isinstance(m, ConvBlock)
                                           and isinstance(m[0], DownConv2d | APSConv2d))
                  for m in self.features]
-        phases = centroid_phases(x, sum(downs))
+        # the centroid the canonical step centred, if any (the local energy's)
+        located = self.canonical.located(x) if isinstance(self.canonical, ShiftCanonical) else x
+        phases = centroid_phases(located, sum(downs))
         level = 0
         for m, down in zip(self.features, downs, strict=True):
             # an odd map passes APS unchanged (after the conv) and takes no level

@@ -725,17 +725,6 @@ def _first_harmonic(x: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @functools.lru_cache(maxsize=16)
-def _soft_disc(h: int, w: int, radius: float) -> Tensor:
-    """``(h, w)`` disc of ``radius`` x the shorter side about pixel ``(h // 2, w // 2)`` (where
-    :class:`ShiftCanonical` puts the centroid; D4 transforms about that pixel leave it
-    unchanged), with a raised-cosine edge 5 % of the side wide."""
-    side = min(h, w)
-    r = np.hypot(*np.meshgrid(np.arange(h) - h // 2, np.arange(w) - w // 2, indexing="ij"))
-    edge = np.clip((r - radius * side) / (0.05 * side), 0, 1)
-    return torch.from_numpy((0.5 + 0.5 * np.cos(np.pi * edge)).astype(np.float32))
-
-
-@functools.lru_cache(maxsize=16)
 def _periodic_gaussian(n: int, sigma: float) -> Tensor:
     """``(n, n)`` symmetric circulant matrix of a periodic Gaussian blur of ``sigma`` px (a
     Gaussian in Fourier space: it commutes with circular and band-limited shifts, and with
@@ -793,13 +782,11 @@ class ShiftCanonical(nn.Module):
     Shapes: ``(B, C, H, W)`` → ``(B, C, H, W)``; channels are summed for the phase.
     """
 
-    def __init__(self, blur: float = 0.0, mask: float = 0.0) -> None:
+    def __init__(self, blur: float = 0.0) -> None:
         super().__init__()
         if not (math.isfinite(blur) and blur >= 0):
             raise ValueError(f"canonical_blur must be >= 0, got {blur!r}")
-        if not (math.isfinite(mask) and 0 <= mask < 1):
-            raise ValueError(f"canonical_mask must be in [0, 1), got {mask!r}")
-        self.blur, self.mask = float(blur), float(mask)
+        self.blur = float(blur)
 
     def shift(self, x: Tensor) -> Tensor:
         """The ``(dy, dx)`` each image is moved by: ``(B, C, H, W)`` → ``(B, 2)`` float32."""
@@ -807,16 +794,17 @@ class ShiftCanonical(nn.Module):
         target = torch.tensor([h // 2, w // 2], device=x.device, dtype=torch.float32)
         size = torch.tensor([h, w], device=x.device, dtype=torch.float32)
         # the shortest of the equivalent circular moves: no float ramp of a full period
-        return torch.remainder(target - circular_centroid(self._located(x)) + size / 2,
+        return torch.remainder(target - circular_centroid(self.located(x)) + size / 2,
                                size) - size / 2
 
-    def _located(self, x: Tensor) -> Tensor:
+    def located(self, x: Tensor) -> Tensor:
         """What the centroid is taken of: ``x`` or its local energy ``(B, 1, H, W)``."""
         if self.blur == 0:
             return x
         with torch.autocast(x.device.type, enabled=False):
             xs = x.detach().float()
-            gy, gx = (_periodic_gaussian(n, self.blur).to(x.device) for n in xs.shape[-2:])
+            # int(): a traced (exported) model has a fixed size; the matrices are constants
+            gy, gx = (_periodic_gaussian(int(n), self.blur).to(x.device) for n in xs.shape[-2:])
             energy = gy @ (gy @ xs @ gx).square().sum(1, keepdim=True) @ gx
             # squared again (relative to its mean, a permutation invariant): the particle's
             # peak outweighs the noise floor, which zero-filled edges change; each square
@@ -827,10 +815,7 @@ class ShiftCanonical(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         with torch.autocast(x.device.type, enabled=False):
-            y = fourier_shift(x.float(), self.shift(x))
-            if self.mask:
-                y = y * _soft_disc(*y.shape[-2:], self.mask).to(y.device)
-            return y.to(x.dtype)
+            return fourier_shift(x.float(), self.shift(x)).to(x.dtype)
 
 
 def class_activation_map(feats: Tensor, weight: Tensor, canonical: nn.Module, x: Tensor) -> Tensor:
