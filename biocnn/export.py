@@ -52,29 +52,33 @@ class ExportModel(nn.Module):
         return self.model(self.standardize(x)).float()
 
 
-def _select_component(y: Tensor) -> Tensor:
+def _select_component(y: Tensor, given: Tensor | None = None) -> Tensor:
     """APS of ``y (B, C, H, W)`` (even ``H, W``) -> ``(B, C, H/2, W/2)``, traceable: the
-    phase is an ``ArgMax`` of the four component norms, kept by an exact one-hot sum."""
+    phase is an ``ArgMax`` of the four component norms (or ``given (B,)`` where ``>= 0``,
+    :func:`~biocnn.models.layers.centroid_phases`), kept by an exact one-hot sum."""
     _, c, h, w = y.shape
     comps = y.reshape(-1, c, h // 2, 2, w // 2, 2).permute(0, 3, 5, 1, 2, 4)
     comps = comps.reshape(-1, 4, c, h // 2, w // 2)  # component q = 2 i + j, as in layers.py
     norms = comps.float().square().sum(dim=(2, 3, 4))  # (B, 4)
     phase = norms.argmax(dim=1, keepdim=True)  # (B, 1): first maximum, as torch.argmax
+    if given is not None:
+        phase = torch.where(given.view(-1, 1) < 0, phase, given.view(-1, 1))
     onehot = (phase == torch.arange(4, device=y.device).view(1, 4)).to(y.dtype)
     return (comps * onehot.view(-1, 4, 1, 1, 1)).sum(dim=1)
 
 
-def _export_aps_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+def _export_aps_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None,
+                       phase: Tensor | None = None) -> Tensor:
     """Graph-friendly :func:`biocnn.models.layers.aps_conv2d` (same output)."""
     h, w = x.shape[-2:]
     p = weight.shape[-1] // 2
     y = F.conv2d(F.pad(x, (p, p, p, p), mode="circular"), weight, bias)
     if h % 2 or w % 2:
         return y
-    return _select_component(y)
+    return _select_component(y, phase)
 
 
-def _export_aps2d(self: _layers.APS2d, x: Tensor) -> Tensor:
+def _export_aps2d(self: _layers.APS2d, x: Tensor, phase: Tensor | None = None) -> Tensor:
     """Graph-friendly :meth:`biocnn.models.layers.APS2d.forward` (same output)."""
     h, w = x.shape[-2:]
     if self.max_filter is not None:
@@ -83,7 +87,7 @@ def _export_aps2d(self: _layers.APS2d, x: Tensor) -> Tensor:
         return x
     if self.blur is not None:
         x = self.blur(x)
-    return _select_component(x)
+    return _select_component(x, phase)
 
 
 def _export_global_pool(self: _layers.GlobalPool2d, x: Tensor) -> Tensor:
@@ -141,9 +145,6 @@ def export_onnx(checkpoint: str | os.PathLike, path: str | os.PathLike, batch: i
     except ImportError:
         raise BiocnnError("ONNX export needs the onnx package (pip install onnx)") from None
     clf = load_classifier(checkpoint, "cpu")
-    if getattr(clf.model, "phase", "norm") != "norm":
-        raise BiocnnError(f"{checkpoint}: ONNX export takes APS phases chosen by norm; this "
-                          "model anchors them at the centroid (phase='centroid')")
     wrapped = ExportModel(clf.standardize, clf.model).eval()
     example = torch.randn(batch, 1, clf.box, clf.box)
     expected = _aps_sites(clf.model)

@@ -6,10 +6,11 @@ import itertools
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from biocnn import create_model
+from biocnn import BiocnnError, create_model
 from biocnn.models.d4 import (
     _INV,
     _MUL,
@@ -89,15 +90,19 @@ def test_group_conv_shares_weights_across_the_group() -> None:
     pool=st.sampled_from(["avg", "max", "avgmax"]),
     group_pool=st.sampled_from(["max", "avg"]),
     norm=st.sampled_from(["batch", "batch", "group", "none"]),
+    phase=st.sampled_from(["norm", "centroid"]),
+    fast=st.booleans(),
 )
 def test_exact_invariance_to_shifts_rotations_and_flips(
-    seed: int, height: int, width: int, dy: int, dx: int, pool: str, group_pool: str, norm: str
+    seed: int, height: int, width: int, dy: int, dx: int, pool: str, group_pool: str, norm: str,
+    phase: str, fast: bool,
 ) -> None:
     """Logits equal for every D4 element combined with a circular shift, odd and even sizes,
-    in eval mode (running statistics) and in train mode (batch statistics)."""
+    in eval mode (running statistics) and in train mode (batch statistics), APS phases by
+    norm or from the centroid, fast or reference convs."""
     torch.manual_seed(seed)
     model = create_model("invariant_d4", num_classes=7, in_chans=2, widths=(4, 6, 8), pool=pool,
-                         group_pool=group_pool, norm=norm)
+                         group_pool=group_pool, norm=norm, phase=phase, fast=fast)
     _randomise_norms(model, seed)
     x = torch.randn(3, 2, height, width, generator=torch.Generator().manual_seed(seed))
     moved = [torch.roll(d4_transform(x, g), (dy, dx), (2, 3)) for g in ELEMENTS]
@@ -187,3 +192,27 @@ def test_a_small_model_fits_a_tiny_set() -> None:
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.3 * losses[0]
+
+
+def test_centroid_phases_reach_every_aps_layer_and_differ_from_the_norm_choice() -> None:
+    """With ``phase="centroid"`` each APS keeps exactly :func:`centroid_phases`' component
+    (checked at the first one), which is not what the largest norm would keep."""
+    from biocnn.models import layers
+
+    torch.manual_seed(0)
+    model = create_model("invariant_d4", num_classes=3, widths=(4, 6, 8), phase="centroid").eval()
+    x = torch.randn(16, 1, 24, 24)
+    seen: list[torch.Tensor] = []
+    first = model.features[0][0]
+    hook = first.register_forward_hook(lambda m, args, out: seen.append(args[1]))
+    with torch.no_grad():
+        model(x)
+    hook.remove()
+    torch.testing.assert_close(seen[0], layers.centroid_phases(x, 2)[0])
+    with torch.no_grad():
+        y = F.conv2d(layers.circular_pad(x, (1, 1, 1, 1)), first.expanded_weight())
+    b, c, h, w = y.shape
+    by_norm = layers._component_norms(y.view(b, c, h // 2, 2, w // 2, 2)).argmax(1)
+    assert (by_norm != seen[0]).any()
+    with pytest.raises(BiocnnError, match="phase"):
+        create_model("invariant_d4", phase="max")

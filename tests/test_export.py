@@ -59,6 +59,10 @@ def _first_aps_phases(model: torch.nn.Module, x: torch.Tensor) -> list[int]:
     ("invariant", [4, 8], {"canonical": True}),  # ShiftCanonical: atan2 + shift matrices
     ("invariant_d4", [2, 4], {"canonical": True, "canonical_blur": 2.0}),  # energy centroid
     ("invariant", [4, 8], {"max_filter": True}),  # APS2d over the max filter's components
+    # APS phases from the centroid (the ArgMax stays: it is the ambiguous centroid's fallback)
+    ("invariant", [4, 8, 8], {"phase": "centroid", "order": "conv_norm_down", "fast": False}),
+    ("invariant", [4, 8, 8], {"canonical": True, "canonical_blur": 2.0, "phase": "centroid"}),
+    ("invariant_d4", [2, 4], {"canonical": True, "canonical_blur": 2.0, "phase": "centroid"}),
 ])
 def test_onnx_matches_torch_and_keeps_aps_phase(tmp_path: Path, name: str, widths: list[int],
                                                 kw: dict) -> None:
@@ -97,13 +101,3 @@ def test_export_cli_writes_and_refuses_existing(tmp_path: Path) -> None:
     assert out.stat().st_size > 1000 and "1 APS ArgMax" in result.output
     again = runner.invoke(app, ["export", str(ckpt), "--onnx", str(out)])
     assert again.exit_code == 1 and "exists" in again.output
-
-
-def test_centroid_phase_models_are_refused_in_one_line(tmp_path: Path) -> None:
-    from biocnn.errors import BiocnnError
-
-    ckpt = _checkpoint(tmp_path / "c.pt", "invariant", [4, 8], phase="centroid",
-                       order="conv_norm_down")
-    with pytest.raises(BiocnnError, match="phase='centroid'"):
-        export_onnx(ckpt, tmp_path / "c.onnx")
-    assert not (tmp_path / "c.onnx").exists()

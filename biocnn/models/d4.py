@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from biocnn.models.invariant import APS_PHASES
 from biocnn.models.layers import (
     BLOCK_ORDERS,
     APS2d,
@@ -43,6 +44,7 @@ from biocnn.models.layers import (
     aps_conv2d,
     circular_pad,
     class_activation_map,
+    forward_at_centroid,
 )
 from biocnn.models.registry import register_model
 
@@ -121,14 +123,18 @@ class _D4Conv(nn.Module, ABC):
     def expanded_weight(self) -> Tensor:
         """The ordinary conv weight ``(C_out * 8, C_in * G_in, k, k)`` (``G_in`` = 1 or 8)."""
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, phase: Tensor | None = None) -> Tensor:
+        """``phase (B,)``: the APS component to keep (see :func:`centroid_phases`)."""
         weight = self.expanded_weight()
         bias = None if self.bias is None else self.bias.repeat_interleave(D4_ORDER)
-        if self.aps and self.fast:
-            return aps_conv2d(x, weight, bias)
+        if self.aps and self.fast:  # (the ONNX export swaps aps_conv2d for a 3-argument form)
+            return aps_conv2d(x, weight, bias) if phase is None else aps_conv2d(x, weight, bias,
+                                                                                phase)
         p = self.kernel_size // 2
         y = F.conv2d(circular_pad(x, (p, p, p, p)), weight, bias)
-        return APS2d()(y) if self.aps else y
+        if not self.aps:
+            return y
+        return APS2d()(y) if phase is None else APS2d()(y, phase)
 
     def extra_repr(self) -> str:
         return (f"{self.in_chans}, {self.out_chans}, kernel_size={self.kernel_size}, "
@@ -207,6 +213,11 @@ class D4Block(nn.Sequential):
         conv = conv_cls(in_chans, out_chans, 3, aps=aps, fast=fast, bias=norm == "none")
         super().__init__(conv, _GroupNorm(norm, out_chans), _act(act))
 
+    def forward(self, x: Tensor, phase: Tensor | None = None) -> Tensor:
+        """``phase (B,)``: passed to the conv's APS."""
+        x = self[0](x) if phase is None else self[0](x, phase)
+        return self[2](self[1](x))
+
 
 class D4InvariantCNN(nn.Module):
     """p4m-equivariant stages + group pooling + global pooling + linear head.
@@ -242,6 +253,10 @@ class D4InvariantCNN(nn.Module):
     canonical
         Start with :class:`~biocnn.models.layers.ShiftCanonical`: every circular shift of
         an image, sub-pixel (band-limited) ones included, gives the same logits.
+    phase
+        ``norm`` (APS keeps the component of largest norm over all channels and copies) or
+        ``centroid`` (a grid anchored at the input's centroid, the one ``canonical``
+        centres if set; see :class:`~biocnn.models.invariant.InvariantCNN`). Both exact.
     canonical_blur
         With ``canonical``: centre the local energy of the image blurred by a Gaussian of
         this many px, not its intensity (0); steady on zero-mean noisy images such as
@@ -266,10 +281,14 @@ class D4InvariantCNN(nn.Module):
         fast: bool = True,
         canonical: bool = False,
         canonical_blur: float = 0.0,
+        phase: str = "norm",
     ) -> None:
         super().__init__()
         if order not in BLOCK_ORDERS:
             raise ValueError(f"order must be one of {BLOCK_ORDERS}, got {order!r}")
+        if phase not in APS_PHASES:
+            raise ValueError(f"phase must be one of {APS_PHASES}, got {phase!r}")
+        self.phase = phase
         if group_pool not in GROUP_POOL_MODES:
             raise ValueError(f"group_pool must be one of {GROUP_POOL_MODES}, got {group_pool!r}")
         widths = list(widths)
@@ -303,7 +322,14 @@ class D4InvariantCNN(nn.Module):
     def forward_features(self, x: Tensor) -> Tensor:
         """Group-pooled feature maps: ``(B, C, H, W)`` → ``(B, F, h, w)``, equivariant to the
         input's shifts and D4 transforms."""
-        y = self.features(self.canonical(x))
+        x = self.canonical(x)
+        if self.phase == "norm":
+            y = self.features(x)
+        else:
+            downs = [isinstance(m, APS2d) or (isinstance(m, D4Block) and m[0].aps)
+                     for m in self.features]
+            located = self.canonical.located(x) if isinstance(self.canonical, ShiftCanonical) else x
+            y = forward_at_centroid(self.features, x, located, downs)
         b, c8, h, w = y.shape
         y = y.view(b, c8 // D4_ORDER, D4_ORDER, h, w)
         return y.amax(dim=2) if self.group_pool == "max" else y.mean(dim=2)

@@ -38,8 +38,8 @@ from biocnn.models.layers import (
     DownConv2d,
     GlobalPool2d,
     ShiftCanonical,
-    centroid_phases,
     class_activation_map,
+    forward_at_centroid,
     make_downsample,
 )
 from biocnn.models.registry import register_model
@@ -179,16 +179,7 @@ class InvariantCNN(nn.Module):
                  for m in self.features]
         # the centroid the canonical step centred, if any (the local energy's)
         located = self.canonical.located(x) if isinstance(self.canonical, ShiftCanonical) else x
-        phases = centroid_phases(located, sum(downs))
-        level = 0
-        for m, down in zip(self.features, downs, strict=True):
-            # an odd map passes APS unchanged (after the conv) and takes no level
-            if down and x.shape[-2] % 2 == 0 and x.shape[-1] % 2 == 0:
-                x = m(x, phases[level])
-                level += 1
-            else:
-                x = m(x)
-        return x
+        return forward_at_centroid(self.features, x, located, downs)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.pool(self.forward_features(x)))

@@ -720,7 +720,8 @@ def _first_harmonic(x: Tensor) -> tuple[Tensor, Tensor]:
             angle = 2 * torch.pi * torch.arange(n, device=x.device, dtype=torch.float32) / n
             c, s = profile @ torch.cos(angle), profile @ torch.sin(angle)
             t.append(torch.atan2(s, c) * (n / (2 * torch.pi)))
-            strength.append(torch.hypot(c, s) / profile.abs().sum(1).clamp_min(1e-30))
+            magnitude = (c * c + s * s).sqrt()  # not hypot: it has no ONNX form
+            strength.append(magnitude / profile.abs().sum(1).clamp_min(1e-30))
         return torch.stack(t, 1), torch.stack(strength, 1)
 
 
@@ -754,7 +755,9 @@ def centroid_phases(x: Tensor, levels: int) -> Tensor:
     whole = torch.floor(centroid + 0.5).long()
     rows, cols = whole[:, 0] % h, whole[:, 1] % w  # Python ints: no host-device copy
     level = torch.arange(levels, device=x.device)[:, None]
-    phases = 2 * ((rows >> level) & 1) + ((cols >> level) & 1)
+    bit = 2 ** level  # (floor division and remainder, not shifts: they export to ONNX)
+    phases = 2 * (torch.div(rows, bit, rounding_mode="floor") % 2) + (
+        torch.div(cols, bit, rounding_mode="floor") % 2)
     off = (centroid - torch.floor(centroid) - 0.5).abs()  # distance to a half pixel
     ambiguous = ((off < _CENTROID_TOL) | (strength < _CENTROID_TOL)).any(1)
     return phases.masked_fill(ambiguous, -1)
@@ -762,6 +765,23 @@ def centroid_phases(x: Tensor, levels: int) -> Tensor:
 
 #: Distance to a half pixel, and first-harmonic strength, below which a centroid is ambiguous.
 _CENTROID_TOL = 1e-3
+
+
+def forward_at_centroid(layers: nn.Sequential, x: Tensor, located: Tensor, downs: list[bool]
+                        ) -> Tensor:
+    """Run ``layers`` on ``x``, each layer flagged in ``downs`` (it takes ``(x, phase)``)
+    with the APS phases :func:`centroid_phases` gives for the centroid of ``located``
+    (``x`` itself, or what :class:`ShiftCanonical` centred); an odd map passes APS
+    unchanged and takes no level."""
+    phases = centroid_phases(located, sum(downs))
+    level = 0
+    for m, down in zip(layers, downs, strict=True):
+        if down and x.shape[-2] % 2 == 0 and x.shape[-1] % 2 == 0:
+            x = m(x, phases[level])
+            level += 1
+        else:
+            x = m(x)
+    return x
 
 
 class ShiftCanonical(nn.Module):
