@@ -144,9 +144,10 @@ class CryoTrainConfig(TrainConfig):
                                     "(--stack).", shown="from the header and name")
     model: str = option("invariant_m", "Registered model (biocnn.list_models()).")
     model_kwargs: dict[str, Any] = option(
-        help="JSON object of model options over the model's defaults "
-        "(invariant_m: {\"widths\": [16, 32, 64, 128], \"canonical\": true}, invariant_d4_m: "
-        "{\"canonical\": true}; registered: widths [32, 64, 128, 256], not canonical).",
+        help="JSON object of model options over the model's defaults (invariant_m and "
+        "invariant_d4_m: {\"canonical\": true, \"canonical_blur\": 2.0, \"phase\": "
+        "\"centroid\"}, invariant_m also {\"widths\": [16, 32, 64, 128], \"max_filter\": "
+        "true}; registered: not canonical, phase norm).",
         factory=dict, shown="{}")
     val_fraction: float = option(0.15, "Validation fraction per class.")
     augment: bool = option(True, "Random shift, in-plane rotation and flips.")

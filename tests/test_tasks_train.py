@@ -28,8 +28,10 @@ def test_config_is_a_train_config_with_cryo_defaults() -> None:
     assert isinstance(cfg, TrainConfig)
     assert (cfg.model, cfg.epochs, cfg.patience, cfg.val_fraction, cfg.augment) == (
         "invariant_m", 15, 5, 0.15, True)
-    assert cfg.model_kwargs == {} and MODEL_DEFAULTS["invariant_m"] == {"widths": [16, 32, 64, 128],
-                                                                   "canonical": True}
+    cryo = {"canonical": True, "canonical_blur": 2.0, "phase": "centroid"}
+    assert cfg.model_kwargs == {} and MODEL_DEFAULTS["invariant_d4_m"] == cryo
+    assert MODEL_DEFAULTS["invariant_m"] == {"widths": [16, 32, 64, 128], **cryo,
+                                             "max_filter": True}
     assert cfg.preprocess_config().box is None and cfg.view_spec().slices == "central"
 
 
@@ -37,9 +39,10 @@ def test_shipped_config_resolves() -> None:
     path = Path(__file__).parents[1] / "configs" / "cryo_train.toml"
     cfg = resolve(CryoTrainConfig(), path, {"epochs": 2})
     assert cfg.epochs == 2 and cfg.model == "invariant_m" and cfg.balance_classes
-    assert cfg.model_kwargs == {"widths": [32, 64, 128, 256], "canonical": True}
-    assert build_classifier(cfg.model, 3, 32, cfg.model_kwargs).spec["kwargs"]["widths"] == [
-        32, 64, 128, 256]
+    assert cfg.model_kwargs == {"widths": [32, 64, 128, 256], "canonical": True,
+                                "canonical_blur": 2.0, "phase": "centroid", "max_filter": True}
+    spec = build_classifier(cfg.model, 3, 32, cfg.model_kwargs).spec["kwargs"]
+    assert spec == {"num_classes": 3, "in_chans": 1, **cfg.model_kwargs}
 
 
 def test_resolve_from_toml_and_flags(tmp_path: Path) -> None:
@@ -133,7 +136,8 @@ def test_model_kwargs_lie_over_the_model_defaults(tmp_path: Path) -> None:
     assert ckpt["model_name"] == "invariant_m"
     assert ckpt["model_kwargs"]["widths"] == [16, 32, 64, 128]
     assert ckpt["config"]["model_kwargs"] == {"widths": [16, 32, 64, 128], "canonical": True,
-                                              "dropout": 0.2}
+                                              "canonical_blur": 2.0, "phase": "centroid",
+                                              "max_filter": True, "dropout": 0.2}
 
 
 def test_stack_or_volume_override_reaches_the_views() -> None:

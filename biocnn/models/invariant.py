@@ -165,8 +165,6 @@ class InvariantCNN(nn.Module):
             nn.Dropout(dropout), nn.Linear(prev * self.pool.expansion, num_classes)
         )
         self.num_features = prev
-        if canonical_blur and not canonical:
-            raise ValueError("canonical_blur needs canonical=True")
         self.canonical = ShiftCanonical(canonical_blur) if canonical else nn.Identity()
 
     def forward_features(self, x: Tensor) -> Tensor:
