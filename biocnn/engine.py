@@ -269,8 +269,9 @@ def fit(
     Returns
     -------
     FitResult
-        Per-epoch history, best epoch and accuracy, training time. ``model`` holds the
-        weights of the best validation epoch (the last epoch without validation data).
+        Per-epoch history, best epoch (lowest validation loss) with its accuracy and loss,
+        training time. ``model`` holds the weights of the best epoch (the last epoch
+        without validation data).
 
     Raises
     ------
@@ -325,7 +326,9 @@ def fit(
             torch.set_rng_state(resume["torch_rng"])
             result.history = [dict(row) for row in resume["history"]]
             result.best_epoch, result.best_val_acc = resume["best_epoch"], resume["best_val_acc"]
-            result.best_val_loss = resume.get("best_val_loss", float("nan"))
+            # a state saved before losses chose the epoch: the kept epoch's own loss
+            best_row = result.history[result.best_epoch - 1] if result.best_epoch else {}
+            result.best_val_loss = resume.get("best_val_loss", best_row.get("val_loss", math.nan))
             if resume.get("best_state") is not None:
                 best_state = {k: v.to(device) for k, v in resume["best_state"].items()}
             epochs_without_gain, elapsed = resume["epochs_without_gain"], resume["elapsed"]
@@ -411,14 +414,16 @@ def fit(
                                   num_workers=cfg.num_workers, amp=cfg.amp, standardize=standardize)
                     row.update(val_loss=ev["loss"], val_acc=ev["accuracy"])
                 result.history.append(row)
-                # the best epoch has the lowest validation loss: on a few hundred images the
-                # accuracy moves in coarse steps and ties, and stopping on it ended runs early,
-                # at a high learning rate (BENCHMARKS.md); without validation, the last epoch
+                # lowest loss, not accuracy: a few hundred images make the accuracy tie
                 if "val_loss" in row:
                     improved = (epoch == 1 or row["val_loss"] < result.best_val_loss
                                 or math.isnan(result.best_val_loss))
                 else:
                     improved = True
+                if info.distributed:  # every rank keeps and stops as rank 0 decided
+                    flag = torch.tensor([float(improved)], device=device)
+                    dist.broadcast(flag, src=0)
+                    improved = bool(flag.item())
                 if improved:
                     result.best_epoch = epoch
                     result.best_val_acc = row.get("val_acc", row["train_acc"])

@@ -9,8 +9,10 @@ norm. The training-time kernels pick it with Python-side loops (``.tolist()``) t
 tracer would freeze into a constant phase, so during export every APS site is swapped for
 a graph-friendly form of the same computation: full circular conv, the four component
 norms, ``ArgMax`` and a one-hot weighted sum of the components (multiplying by exact 0/1
-and adding zeros changes no bit of the kept component). :func:`aps_argmax_count` checks
-that the written graph holds one ``ArgMax`` per APS site.
+and adding zeros changes no bit of the kept component). Models with ``phase="centroid"``
+compute the centroid's phases in the graph and use the ``ArgMax`` only where the centroid
+is ambiguous. :func:`aps_argmax_count` checks that the written graph holds one ``ArgMax``
+per APS site.
 
 Example
 -------
@@ -122,7 +124,7 @@ def _aps_sites(model: nn.Module) -> int:
     for m in model.modules():
         if isinstance(m, _layers.APSConv2d | _layers.APS2d):
             n += 1
-        elif isinstance(m, _d4._D4Conv) and m.aps and m.fast:
+        elif isinstance(m, _d4._D4Conv) and m.aps:
             n += 1
     return n
 

@@ -325,5 +325,6 @@ def test_energy_centroid_stays_on_a_noisy_particle_when_content_leaves_the_frame
 
     energy, intensity = error(ShiftCanonical(2.0).located), error(lambda t: t)
     assert energy.max() < 0.5 and energy.median() < 0.05 and intensity.median() > 1
-    with pytest.raises(ValueError, match="canonical_blur"):
-        ShiftCanonical(-1.0)
+    for bad in (-1.0, 0.5, float("nan")):  # under 1.5 px the squares alias
+        with pytest.raises(ValueError, match="canonical_blur"):
+            ShiftCanonical(bad)

@@ -131,14 +131,13 @@ def test_canonical_models_are_invariant_to_sub_pixel_shifts(
 ) -> None:
     """ShiftCanonical first (centroid of the intensity or of the local energy): logits equal
     for any band-limited circular shift, sub-pixel too, combined for the D4 model with any
-    rotation by 90° or flip; APS phases (``invariant``) by norm or from that centroid."""
+    rotation by 90° or flip; APS phases by norm or from that centroid."""
     from biocnn.augment import fourier_shift
     from biocnn.models.d4 import d4_transform
 
     torch.manual_seed(seed)
     model = create_model(name, num_classes=5, widths=(4, 6, 8), canonical=True,
-                         canonical_blur=blur,
-                         **({"phase": phase} if name == "invariant" else {})).eval()
+                         canonical_blur=blur, phase=phase).eval()
     model.head[-1].weight.data.mul_(10)
     x = torch.randn(2, 1, height, width, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
@@ -289,3 +288,30 @@ def test_canonical_models_keep_cams_in_the_input_frame_and_invariance_under_amp(
         with torch.autocast("cpu", dtype=torch.bfloat16):  # the phase is taken in float32
             a, b = model.canonical(x), model.canonical(torch.roll(x, (5, 3), (2, 3)))
     torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["invariant", "invariant_d4"])
+def test_energy_centred_models_sample_every_image_on_one_grid(
+        name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``canonical_blur`` the APS phases come from the energy map the canonical step
+    centred: the bits of the frame centre for every image, not the phases of the centred
+    image's intensity centroid."""
+    from biocnn.models import layers
+
+    seen: list[torch.Tensor] = []
+    original = layers.centroid_phases
+
+    def record(x: torch.Tensor, levels: int) -> torch.Tensor:
+        seen.append(original(x, levels))
+        return seen[-1]
+
+    monkeypatch.setattr(layers, "centroid_phases", record)
+    torch.manual_seed(0)
+    model = create_model(name, widths=(4, 8, 8), canonical=True, canonical_blur=2.0,
+                         phase="centroid").eval()
+    x = torch.randn(16, 1, 28, 28)
+    with torch.no_grad():
+        model(x)
+        intensity = original(model.canonical(x), 2)
+    assert torch.equal(seen[0], torch.tensor([[0] * 16, [3] * 16]))  # 14 = 0b1110
+    assert (intensity != seen[0]).any()

@@ -110,12 +110,12 @@ class _D4Conv(nn.Module, ABC):
     index: Tensor
 
     def __init__(self, in_chans: int, out_chans: int, kernel_size: int, aps: bool, fast: bool,
-                 bias: bool) -> None:
+                 bias: bool, max_filter: bool = False) -> None:
         super().__init__()
         if kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd, got {kernel_size}")
         self.in_chans, self.out_chans, self.kernel_size = in_chans, out_chans, kernel_size
-        self.aps, self.fast = aps, fast
+        self.aps, self.fast, self.max_filter = aps, fast, max_filter and aps
         # one bias per channel, shared by its group copies
         self.bias = nn.Parameter(torch.zeros(out_chans)) if bias else None
 
@@ -127,13 +127,14 @@ class _D4Conv(nn.Module, ABC):
         """``phase (B,)``: the APS component to keep (see :func:`centroid_phases`)."""
         weight = self.expanded_weight()
         bias = None if self.bias is None else self.bias.repeat_interleave(D4_ORDER)
-        if self.aps and self.fast:  # (the ONNX export swaps aps_conv2d for a 3-argument form)
-            return aps_conv2d(x, weight, bias) if phase is None else aps_conv2d(x, weight, bias,
-                                                                                phase)
+        if self.aps and self.fast and not self.max_filter:
+            return aps_conv2d(x, weight, bias, phase)
         p = self.kernel_size // 2
         y = F.conv2d(circular_pad(x, (p, p, p, p)), weight, bias)
         if not self.aps:
             return y
+        if self.max_filter:  # 3x3, centred: unchanged by rotations and flips, unlike 2x2
+            y = F.max_pool2d(circular_pad(y, (1, 1, 1, 1)), 3, stride=1)
         return APS2d()(y) if phase is None else APS2d()(y, phase)
 
     def extra_repr(self) -> str:
@@ -151,8 +152,8 @@ class D4LiftConv2d(_D4Conv):
     """
 
     def __init__(self, in_chans: int, out_chans: int, kernel_size: int = 3, aps: bool = False,
-                 fast: bool = True, bias: bool = False) -> None:
-        super().__init__(in_chans, out_chans, kernel_size, aps, fast, bias)
+                 fast: bool = True, bias: bool = False, max_filter: bool = False) -> None:
+        super().__init__(in_chans, out_chans, kernel_size, aps, fast, bias, max_filter)
         k = kernel_size
         self.weight = nn.Parameter(torch.empty(out_chans, in_chans, k, k))
         nn.init.kaiming_uniform_(self.weight, a=5**0.5)  # nn.Conv2d's default
@@ -174,8 +175,8 @@ class D4GroupConv2d(_D4Conv):
     """
 
     def __init__(self, in_chans: int, out_chans: int, kernel_size: int = 3, aps: bool = False,
-                 fast: bool = True, bias: bool = False) -> None:
-        super().__init__(in_chans, out_chans, kernel_size, aps, fast, bias)
+                 fast: bool = True, bias: bool = False, max_filter: bool = False) -> None:
+        super().__init__(in_chans, out_chans, kernel_size, aps, fast, bias, max_filter)
         k = kernel_size
         self.weight = nn.Parameter(torch.empty(out_chans, in_chans, D4_ORDER, k, k))
         # the fan-in of the expanded conv, C_in * 8 * k^2, as nn.Conv2d would use
@@ -208,9 +209,11 @@ class D4Block(nn.Sequential):
     """
 
     def __init__(self, in_chans: int, out_chans: int, lifting: bool, aps: bool = False,
-                 norm: str = "batch", act: str = "relu", fast: bool = True) -> None:
+                 norm: str = "batch", act: str = "relu", fast: bool = True,
+                 max_filter: bool = False) -> None:
         conv_cls = D4LiftConv2d if lifting else D4GroupConv2d
-        conv = conv_cls(in_chans, out_chans, 3, aps=aps, fast=fast, bias=norm == "none")
+        conv = conv_cls(in_chans, out_chans, 3, aps=aps, fast=fast, bias=norm == "none",
+                        max_filter=max_filter)
         super().__init__(conv, _GroupNorm(norm, out_chans), _act(act))
 
     def forward(self, x: Tensor, phase: Tensor | None = None) -> Tensor:
@@ -259,9 +262,12 @@ class D4InvariantCNN(nn.Module):
         centres if set; see :class:`~biocnn.models.invariant.InvariantCNN`). Both exact.
     canonical_blur
         With ``canonical``: centre the local energy of the image blurred by a Gaussian of
-        this many px, not its intensity (0); steady on zero-mean noisy images such as
-        cryo-EM particles, where content entering or leaving the frame moves the
+        this many px (>= 1.5), not its intensity (0); steady on zero-mean noisy images
+        such as cryo-EM particles, where content entering or leaving the frame moves the
         intensity's centroid by pixels.
+    max_filter
+        A dense 3x3 max filter before each APS in a block (``conv_down_norm``): max-pool
+        semantics, centred so that rotations and flips leave it unchanged.
 
     Shapes: ``(B, C, H, W)`` → ``(B, K)`` for any ``H, W``.
     """
@@ -280,14 +286,17 @@ class D4InvariantCNN(nn.Module):
         order: str = "conv_down_norm",
         fast: bool = True,
         canonical: bool = False,
-        canonical_blur: float = 0.0,
         phase: str = "norm",
+        canonical_blur: float = 0.0,
+        max_filter: bool = False,
     ) -> None:
         super().__init__()
         if order not in BLOCK_ORDERS:
             raise ValueError(f"order must be one of {BLOCK_ORDERS}, got {order!r}")
         if phase not in APS_PHASES:
             raise ValueError(f"phase must be one of {APS_PHASES}, got {phase!r}")
+        if max_filter and order != "conv_down_norm":
+            raise ValueError("max_filter needs order='conv_down_norm' (APS inside the blocks)")
         self.phase = phase
         if group_pool not in GROUP_POOL_MODES:
             raise ValueError(f"group_pool must be one of {GROUP_POOL_MODES}, got {group_pool!r}")
@@ -306,7 +315,7 @@ class D4InvariantCNN(nn.Module):
             for d in range(depth):
                 aps = in_block and i < len(widths) - 1 and d == depth - 1
                 layers.append(D4Block(prev, width, lifting=not layers, aps=aps, norm=norm,
-                                      act=act, fast=fast))
+                                      act=act, fast=fast, max_filter=max_filter))
                 prev = width
         self.features = nn.Sequential(*layers)
         self.group_pool = group_pool

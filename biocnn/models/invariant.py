@@ -95,8 +95,8 @@ class InvariantCNN(nn.Module):
         an image, sub-pixel (band-limited) ones included, gives the same logits.
     canonical_blur
         With ``canonical``: centre the local energy of the image blurred by a Gaussian of
-        this many px, not its intensity (0); steady on zero-mean noisy images such as
-        cryo-EM particles, where content entering or leaving the frame moves the
+        this many px (>= 1.5), not its intensity (0); steady on zero-mean noisy images
+        such as cryo-EM particles, where content entering or leaving the frame moves the
         intensity's centroid by pixels.
     phase
         How ``aps`` picks the kept polyphase component: ``norm`` (largest norm, per map) or

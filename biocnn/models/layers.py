@@ -475,8 +475,6 @@ class APSConv2d(CircularConv2d):
     """
 
     def forward(self, x: Tensor, phase: Tensor | None = None) -> Tensor:
-        if phase is None:  # (the ONNX export swaps aps_conv2d for a three-argument form)
-            return aps_conv2d(x, self.weight, self.bias)
         return aps_conv2d(x, self.weight, self.bias, phase)
 
 
@@ -793,29 +791,35 @@ class ShiftCanonical(nn.Module):
     centre ``N // 2``. Rotations by 90° and flips of the input move the output by at most
     one whole pixel, which the exactly shift-invariant core absorbs (D4 invariance kept).
 
-    ``blur > 0``: the centroid is that of the squared local energy (the fourth power of the
-    image blurred by a periodic Gaussian of ``blur`` px), not of the intensity. On zero-mean
-    noisy images (cryo-EM particles after CTF) the intensity's first harmonic is mostly
-    noise and jumps when content leaves the frame; the energy peaks on the particle and
-    stays put (BENCHMARKS.md).
+    ``blur > 0`` (>= 1.5 px): the centroid is that of the squared local energy,
+    ``(G (G x)^2)^2`` for a periodic Gaussian blur ``G`` of ``blur`` px, not of the
+    intensity. On zero-mean noisy images (cryo-EM particles after CTF) the intensity's first
+    harmonic is mostly noise and jumps when content leaves the frame; the energy peaks on
+    the particle and stays put (README, "Which centroid").
 
     Shapes: ``(B, C, H, W)`` → ``(B, C, H, W)``; channels are summed for the phase.
     """
 
     def __init__(self, blur: float = 0.0) -> None:
         super().__init__()
-        if not (math.isfinite(blur) and blur >= 0):
-            raise ValueError(f"canonical_blur must be >= 0, got {blur!r}")
+        # a narrower blur leaves the squares' spectra past Nyquist: sub-pixel shifts inexact
+        if not (blur == 0 or (math.isfinite(blur) and blur >= 1.5)):
+            raise ValueError(f"canonical_blur must be 0 or >= 1.5 px, got {blur!r}")
         self.blur = float(blur)
+
+    def extra_repr(self) -> str:
+        return f"blur={self.blur:g}"
 
     def shift(self, x: Tensor) -> Tensor:
         """The ``(dy, dx)`` each image is moved by: ``(B, C, H, W)`` → ``(B, 2)`` float32."""
         h, w = x.shape[-2:]
         target = torch.tensor([h // 2, w // 2], device=x.device, dtype=torch.float32)
+        move = target - circular_centroid(self.located(x))
+        if self.blur == 0:  # as models saved before the energy centroid were trained
+            return move
         size = torch.tensor([h, w], device=x.device, dtype=torch.float32)
         # the shortest of the equivalent circular moves: no float ramp of a full period
-        return torch.remainder(target - circular_centroid(self.located(x)) + size / 2,
-                               size) - size / 2
+        return torch.remainder(move + size / 2, size) - size / 2
 
     def located(self, x: Tensor) -> Tensor:
         """What the centroid is taken of: ``x`` or its local energy ``(B, 1, H, W)``."""
@@ -825,10 +829,9 @@ class ShiftCanonical(nn.Module):
             xs = x.detach().float()
             # int(): a traced (exported) model has a fixed size; the matrices are constants
             gy, gx = (_periodic_gaussian(int(n), self.blur).to(x.device) for n in xs.shape[-2:])
+            # each square follows a blur: the map stays (nearly) band-limited
             energy = gy @ (gy @ xs @ gx).square().sum(1, keepdim=True) @ gx
-            # squared again (relative to its mean, a permutation invariant): the particle's
-            # peak outweighs the noise floor, which zero-filled edges change; each square
-            # follows a blur, so the result stays band-limited (exact sub-pixel shifts)
+            # squared again (over its mean): the particle outweighs the noise floor
             energy = (energy / energy.mean((2, 3), keepdim=True).clamp_min(1e-30)).square()
             # its mean holds no position; removed, it leaves float32 room for the harmonic
             return energy - energy.mean((2, 3), keepdim=True)
