@@ -234,3 +234,21 @@ def test_max_filter_keeps_the_3x3_maximum_at_the_kept_phase() -> None:
     torch.testing.assert_close(out[0], dense[0, :, 1::2, 1::2])
     torch.testing.assert_close(out[1], dense[1, :, 0::2, 0::2])
     assert not torch.allclose(out[1], y[1, :, 0::2, 0::2])
+
+
+@pytest.mark.parametrize("phase", [[0, 1, 2, 3, 0, 2], [3] * 6])
+def test_strided_max_filter_equals_the_dense_filter_and_its_gradients(phase: list[int]) -> None:
+    """The fast path (a stride-2 max-pool at the kept phase) gives the reference's values and
+    gradients, for mixed phases and for one phase shared by the batch."""
+    torch.manual_seed(0)
+    for cls, c_in, x_chans in ((D4LiftConv2d, 1, 1), (D4GroupConv2d, 2, 16)):
+        fast = cls(c_in, 3, aps=True, max_filter=True)
+        ref = cls(c_in, 3, aps=True, max_filter=True, fast=False)
+        ref.load_state_dict(fast.state_dict())
+        x = torch.randn(6, x_chans, 10, 12, requires_grad=True)
+        q = torch.tensor(phase)
+        a, b = fast(x, q), ref(x, q)
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        for ga, gb in zip(torch.autograd.grad(a.square().sum(), (x, fast.weight)),
+                          torch.autograd.grad(b.square().sum(), (x, ref.weight)), strict=True):
+            torch.testing.assert_close(ga, gb)

@@ -134,12 +134,35 @@ class _D4Conv(nn.Module, ABC):
         if not self.aps:
             return y
         if self.max_filter:  # 3x3, centred: unchanged by rotations and flips, unlike 2x2
-            y = F.max_pool2d(circular_pad(y, (1, 1, 1, 1)), 3, stride=1)
+            y = circular_pad(y, (1, 1, 1, 1))
+            h, w = x.shape[-2:]
+            if (self.fast and phase is not None and h % 2 == 0 and w % 2 == 0
+                    and bool((phase >= 0).all())):
+                return _strided_max(y, phase)
+            y = F.max_pool2d(y, 3, stride=1)
         return APS2d()(y) if phase is None else APS2d()(y, phase)
 
     def extra_repr(self) -> str:
         return (f"{self.in_chans}, {self.out_chans}, kernel_size={self.kernel_size}, "
                 f"aps={self.aps}, bias={self.bias is not None}")
+
+
+def _strided_max(yp: Tensor, phase: Tensor) -> Tensor:
+    """Component ``phase (B,)`` of the dense 3x3 max filter of ``yp (B, C, H + 2, W + 2)`` (a
+    map padded by one): a stride-2 max-pool from the phase's offset, one per phase present
+    (the dense filter, 4x the outputs, is never formed). Shapes: → ``(B, C, H / 2, W / 2)``."""
+    groups = [(q, (phase == q).nonzero().flatten()) for q in range(4)]
+    groups = [(q, sel) for q, sel in groups if len(sel)]
+    if len(groups) == 1:
+        q = groups[0][0]
+        return F.max_pool2d(yp[:, :, q // 2 :, q % 2 :], 3, stride=2)
+    out = None
+    for q, sel in groups:
+        part = F.max_pool2d(yp[sel][:, :, q // 2 :, q % 2 :], 3, stride=2)
+        out = part.new_zeros((len(yp), *part.shape[1:])) if out is None else out
+        out = out.index_copy(0, sel, part)
+    assert out is not None
+    return out
 
 
 class D4LiftConv2d(_D4Conv):
