@@ -142,12 +142,12 @@ class CryoTrainConfig(TrainConfig):
     project: bool = option(False, "Volumes: also use the projection along the axis.")
     as_volume: bool | None = option(None, "Read 3D files as volumes (--volume) or stacks "
                                     "(--stack).", shown="from the header and name")
-    model: str = option("invariant_m", "Registered model (biocnn.list_models()).")
+    model: str = option("invariant_d4_m", "Registered model (biocnn.list_models()).")
     model_kwargs: dict[str, Any] = option(
-        help="JSON object of model options over the model's defaults (invariant_m and "
-        "invariant_d4_m: {\"canonical\": true, \"canonical_blur\": 2.0, \"phase\": "
-        "\"centroid\"}, invariant_m also {\"widths\": [16, 32, 64, 128], \"max_filter\": "
-        "true}; registered: not canonical, phase norm).",
+        help="JSON object of model options over the model's defaults (invariant_d4_m and "
+        "invariant_m: {\"canonical\": true, \"canonical_blur\": 2.0, \"phase\": "
+        "\"centroid\", \"max_filter\": true}, invariant_m also {\"widths\": [16, 32, 64, "
+        "128]}; registered: not canonical, phase norm, no max filter).",
         factory=dict, shown="{}")
     val_fraction: float = option(0.15, "Validation fraction per class.")
     augment: bool = option(True, "Random shift, in-plane rotation and flips.")

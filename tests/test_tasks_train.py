@@ -27,20 +27,19 @@ def test_config_is_a_train_config_with_cryo_defaults() -> None:
     cfg = CryoTrainConfig()
     assert isinstance(cfg, TrainConfig)
     assert (cfg.model, cfg.epochs, cfg.patience, cfg.val_fraction, cfg.augment) == (
-        "invariant_m", 15, 5, 0.15, True)
-    cryo = {"canonical": True, "canonical_blur": 2.0, "phase": "centroid"}
+        "invariant_d4_m", 15, 5, 0.15, True)
+    cryo = {"canonical": True, "canonical_blur": 2.0, "phase": "centroid", "max_filter": True}
     assert cfg.model_kwargs == {} and MODEL_DEFAULTS["invariant_d4_m"] == cryo
-    assert MODEL_DEFAULTS["invariant_m"] == {"widths": [16, 32, 64, 128], **cryo,
-                                             "max_filter": True}
+    assert MODEL_DEFAULTS["invariant_m"] == {"widths": [16, 32, 64, 128], **cryo}
     assert cfg.preprocess_config().box is None and cfg.view_spec().slices == "central"
 
 
 def test_shipped_config_resolves() -> None:
     path = Path(__file__).parents[1] / "configs" / "cryo_train.toml"
     cfg = resolve(CryoTrainConfig(), path, {"epochs": 2})
-    assert cfg.epochs == 2 and cfg.model == "invariant_m" and cfg.balance_classes
-    assert cfg.model_kwargs == {"widths": [32, 64, 128, 256], "canonical": True,
-                                "canonical_blur": 2.0, "phase": "centroid", "max_filter": True}
+    assert cfg.epochs == 2 and cfg.model == "invariant_d4_m" and cfg.balance_classes
+    assert cfg.model_kwargs == {"canonical": True, "canonical_blur": 2.0, "phase": "centroid",
+                                "max_filter": True}
     spec = build_classifier(cfg.model, 3, 32, cfg.model_kwargs).spec["kwargs"]
     assert spec == {"num_classes": 3, "in_chans": 1, **cfg.model_kwargs}
 
@@ -130,7 +129,7 @@ def test_run_train_needs_data_and_out(tmp_path: Path) -> None:
 def test_model_kwargs_lie_over_the_model_defaults(tmp_path: Path) -> None:
     maps = _folder(tmp_path / "maps")
     cfg = CryoTrainConfig(data=str(maps), out=str(tmp_path / "run"), epochs=1, device="cpu",
-                          progress=False, model_kwargs={"dropout": 0.2})
+                          progress=False, model="invariant_m", model_kwargs={"dropout": 0.2})
     run_train(cfg, log=lambda _: None)
     ckpt = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
     assert ckpt["model_name"] == "invariant_m"

@@ -73,12 +73,12 @@ DEFAULT_SHIFT_FRACTION = 0.08
 #: 140 vs 38 images/s at 64 px on one core) and keeps its 4 exact stages of 2 blocks;
 #: ``canonical`` makes the exact cores invariant to sub-pixel shifts too, centred on the
 #: particle's local energy (``canonical_blur``); APS then samples every image on one grid
-#: (``phase="centroid"``), over a 2x2 max filter (``max_filter``, ``invariant_m``): the
-#: README's side-by-side table.
-_CRYO_CANONICAL = {"canonical": True, "canonical_blur": 2.0, "phase": "centroid"}
+#: (``phase="centroid"``), over a max filter (``max_filter``: 3x3 in the D4 models, 2x2 in
+#: ``invariant_m``): the README's side-by-side table.
+_CRYO = {"canonical": True, "canonical_blur": 2.0, "phase": "centroid", "max_filter": True}
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
-    "invariant_m": {"widths": [16, 32, 64, 128], **_CRYO_CANONICAL, "max_filter": True},
-    "invariant_d4_m": dict(_CRYO_CANONICAL),
+    "invariant_d4_m": dict(_CRYO),
+    "invariant_m": {"widths": [16, 32, 64, 128], **_CRYO},
 }
 
 
