@@ -92,6 +92,12 @@ def _export_aps2d(self: _layers.APS2d, x: Tensor, phase: Tensor | None = None) -
     return _select_component(x, phase)
 
 
+def _export_strided_max(yp: Tensor, phase: Tensor) -> Tensor:
+    """Graph-friendly ``biocnn.models.d4._strided_max`` (same output): the dense 3x3 max
+    filter of the padded map, then the component at ``phase`` (norms where it is ``-1``)."""
+    return _select_component(F.max_pool2d(yp, 3, stride=1), phase)
+
+
 def _export_global_pool(self: _layers.GlobalPool2d, x: Tensor) -> Tensor:
     """Graph-friendly :class:`biocnn.models.layers.GlobalPool2d` (no autograd.Function)."""
     flat = x.flatten(2)
@@ -107,15 +113,16 @@ def _export_global_pool(self: _layers.GlobalPool2d, x: Tensor) -> Tensor:
 def _graph_friendly_layers() -> Iterator[None]:
     """Swap the APS kernels and the global pool for traceable forms while exporting."""
     saved = (_layers.aps_conv2d, _d4.aps_conv2d, _layers.APS2d.forward,
-             _layers.GlobalPool2d.forward)
+             _layers.GlobalPool2d.forward, _d4._strided_max)
     _layers.aps_conv2d = _d4.aps_conv2d = _export_aps_conv2d
     _layers.APS2d.forward = _export_aps2d  # type: ignore[method-assign]
     _layers.GlobalPool2d.forward = _export_global_pool  # type: ignore[method-assign]
+    _d4._strided_max = _export_strided_max
     try:
         yield
     finally:
         (_layers.aps_conv2d, _d4.aps_conv2d, _layers.APS2d.forward,
-         _layers.GlobalPool2d.forward) = saved
+         _layers.GlobalPool2d.forward, _d4._strided_max) = saved
 
 
 def _aps_sites(model: nn.Module) -> int:

@@ -64,6 +64,8 @@ def _first_aps_phases(model: torch.nn.Module, x: torch.Tensor) -> list[int]:
     ("invariant", [4, 8, 8], {"canonical": True, "canonical_blur": 2.0, "phase": "centroid"}),
     ("invariant_d4", [2, 4], {"canonical": True, "canonical_blur": 2.0, "phase": "centroid"}),
     ("invariant_d4", [2, 4], {"max_filter": True}),  # 3x3 max filter, then an inline APS2d
+    ("invariant_d4", [2, 4], {"canonical": True, "canonical_blur": 2.0, "phase": "centroid",
+                              "max_filter": True}),  # biocnn train's default: strided max
 ])
 def test_onnx_matches_torch_and_keeps_aps_phase(tmp_path: Path, name: str, widths: list[int],
                                                 kw: dict) -> None:
