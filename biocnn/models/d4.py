@@ -41,6 +41,7 @@ from biocnn.models.layers import (
     ShiftCanonical,
     _act,
     _norm,
+    _phase_groups,
     aps_conv2d,
     circular_pad,
     class_activation_map,
@@ -151,8 +152,7 @@ def _strided_max(yp: Tensor, phase: Tensor) -> Tensor:
     """Component ``phase (B,)`` of the dense 3x3 max filter of ``yp (B, C, H + 2, W + 2)`` (a
     map padded by one): a stride-2 max-pool from the phase's offset, one per phase present
     (the dense filter, 4x the outputs, is never formed). Shapes: → ``(B, C, H / 2, W / 2)``."""
-    groups = [(q, (phase == q).nonzero().flatten()) for q in range(4)]
-    groups = [(q, sel) for q, sel in groups if len(sel)]
+    groups = _phase_groups(phase)
     assert sum(len(sel) for _, sel in groups) == len(yp), "phases must be 0-3"
     if len(groups) == 1:
         q = groups[0][0]
@@ -285,10 +285,8 @@ class D4InvariantCNN(nn.Module):
         ``centroid`` (a grid anchored at the input's centroid, the one ``canonical``
         centres if set; see :class:`~biocnn.models.invariant.InvariantCNN`). Both exact.
     canonical_blur
-        With ``canonical``: centre the local energy of the image blurred by a Gaussian of
-        this many px (>= 1.5), not its intensity (0); steady on zero-mean noisy images
-        such as cryo-EM particles, where content entering or leaving the frame moves the
-        intensity's centroid by pixels.
+        With ``canonical``: centre the local energy, not the intensity (0); see
+        :class:`~biocnn.models.invariant.InvariantCNN`.
     max_filter
         A dense 3x3 max filter before each APS in a block (``conv_down_norm``): max-pool
         semantics, centred so that rotations and flips leave it unchanged.
@@ -359,8 +357,7 @@ class D4InvariantCNN(nn.Module):
         else:
             downs = [isinstance(m, APS2d) or (isinstance(m, D4Block) and m[0].aps)
                      for m in self.features]
-            located = self.canonical.located(x) if isinstance(self.canonical, ShiftCanonical) else x
-            y = forward_at_centroid(self.features, x, located, downs)
+            y = forward_at_centroid(self.features, x, self.canonical, downs)
         b, c8, h, w = y.shape
         y = y.view(b, c8 // D4_ORDER, D4_ORDER, h, w)
         return y.amax(dim=2) if self.group_pool == "max" else y.mean(dim=2)

@@ -175,9 +175,7 @@ class InvariantCNN(nn.Module):
         downs = [isinstance(m, APS2d) or (isinstance(m, ConvBlock)
                                           and isinstance(m[0], DownConv2d | APSConv2d))
                  for m in self.features]
-        # the centroid the canonical step centred, if any (the local energy's)
-        located = self.canonical.located(x) if isinstance(self.canonical, ShiftCanonical) else x
-        return forward_at_centroid(self.features, x, located, downs)
+        return forward_at_centroid(self.features, x, self.canonical, downs)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.pool(self.forward_features(x)))

@@ -765,12 +765,13 @@ def centroid_phases(x: Tensor, levels: int) -> Tensor:
 _CENTROID_TOL = 1e-3
 
 
-def forward_at_centroid(layers: nn.Sequential, x: Tensor, located: Tensor, downs: list[bool]
-                        ) -> Tensor:
-    """Run ``layers`` on ``x``, each layer flagged in ``downs`` (it takes ``(x, phase)``)
-    with the APS phases :func:`centroid_phases` gives for the centroid of ``located``
-    (``x`` itself, or what :class:`ShiftCanonical` centred); an odd map passes APS
-    unchanged and takes no level."""
+def forward_at_centroid(layers: nn.Sequential, x: Tensor, canonical: nn.Module,
+                        downs: list[bool]) -> Tensor:
+    """Run ``layers`` on ``x`` (the output of ``canonical``), each layer flagged in ``downs``
+    (it takes ``(x, phase)``) with the APS phases :func:`centroid_phases` gives for the
+    centroid ``canonical`` centres (of ``x`` itself unless it is a :class:`ShiftCanonical`
+    with a blur: of the local energy); an odd map passes APS unchanged and takes no level."""
+    located = canonical.located(x) if isinstance(canonical, ShiftCanonical) else x
     phases = centroid_phases(located, sum(downs))
     level = 0
     for m, down in zip(layers, downs, strict=True):
