@@ -9,8 +9,11 @@ Usage
 -----
     python bench/step_vs_ref.py --ref 164d313                  # invariant_m @ 128 px, 2 threads
     python bench/step_vs_ref.py --ref 164d313 --size 64 --threads 1 --rounds 5
+    python bench/step_vs_ref.py --ref 83d4490 --model invariant --size 28 --batch 128 \
+        --steps 40 --channels-last --classes 10 --name step_vs_ref_mnist \
+        --kwargs '{"widths": [32, 64, 128], "depths": [1, 1, 2], "max_filter": true, "phase": "centroid"}'
 
-Writes ``bench/results/step_vs_ref.json``.
+Writes ``bench/results/<--name>.json`` (default ``step_vs_ref``).
 """
 
 from __future__ import annotations
@@ -40,9 +43,10 @@ except ImportError:  # older trees
 from biocnn.models import create_model
 g = torch.Generator().manual_seed(0)
 n = {batch} * {steps}
-data = TensorData(torch.randn(n, 1, {size}, {size}, generator=g), torch.randint(0, 4, (n,), generator=g))
-model = create_model("{model}", num_classes=4, widths={widths})
-cfg = TrainConfig(epochs=2, batch_size={batch}, device="cpu", progress=False, bn_recalibrate=0)
+data = TensorData(torch.randn(n, 1, {size}, {size}, generator=g), torch.randint(0, {classes}, (n,), generator=g))
+model = create_model("{model}", num_classes={classes}, **{{"widths": {widths}, **json.loads({kwargs!r})}})
+cfg = TrainConfig(epochs=2, batch_size={batch}, device="cpu", progress=False, bn_recalibrate=0,
+                  channels_last={channels_last})
 print(json.dumps(fit(model, data, None, cfg).history[-1]["images_per_s"]))
 """
 
@@ -65,6 +69,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--steps", type=int, default=8, help="steps per epoch")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--classes", type=int, default=4)
+    p.add_argument("--kwargs", default="{}", help="model options as JSON (override --widths)")
+    p.add_argument("--channels-last", action="store_true", help="train channels-last (as the MNIST baseline)")
+    p.add_argument("--name", default="step_vs_ref", help="results file name")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="biocnn-ref-") as tmp:
         ref = Path(tmp) / "ref"
@@ -87,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 [("this", f"{spread(series['this'])['median']:.1f}", f"{ratio['median']:.3f}"),
                  (args.ref, f"{spread(series['ref'])['median']:.1f}", "")])
     payload = {"args": vars(args), "series": series, "ratio": ratio}
-    save_results("step_vs_ref", payload)
+    save_results(args.name, payload)
     console.print(json.dumps(ratio))
     return payload
 

@@ -258,7 +258,7 @@ def _predictor(model: nn.Module, device: torch.device) -> Predict:
     def predict(images: np.ndarray | Tensor) -> np.ndarray:
         x = images if isinstance(images, Tensor) else _to_tensor(images)
         # CPUs run small batches faster (activations stay in cache); GPUs want big ones
-        batch = 256 if device.type == "cpu" else 1024
+        batch = 128 if device.type == "cpu" else 1024
         return predict_logits(model, x, batch_size=batch, device=device).argmax(1).numpy()
 
     return predict

@@ -114,8 +114,9 @@ def test_exact_invariance_to_shifts_rotations_and_flips(
             ref = model(x)
             assert (ref[0] - ref[1]).abs().max() > 1e-3  # not a constant function
             for g, xg in zip(ELEMENTS, moved, strict=True):
-                # rtol: float32 rounding of logits in the hundreds (exact in float64)
-                torch.testing.assert_close(model(xg), ref, atol=1e-4, rtol=1e-6, msg=f"g={g}")
+                # rtol: float32 rounding of logits in the hundreds, ~1e-6 relative seen (1e-13
+                # in float64); a broken equivariance moves them by 1e-2 or more
+                torch.testing.assert_close(model(xg), ref, atol=1e-4, rtol=1e-5, msg=f"g={g}")
 
 
 def test_cryo_variant_is_exactly_invariant_on_a_power_of_two_box() -> None:

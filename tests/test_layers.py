@@ -58,16 +58,24 @@ def test_aps_is_equivariant_up_to_a_shift(shift: tuple[int, int]) -> None:
 def test_aps_keeps_a_given_phase(max_filter: bool) -> None:
     """A phase per sample overrides the norm: component (i, j) of the (max-filtered) map,
     with and without gradients."""
-    x = torch.randn(4, 3, 8, 6, requires_grad=True)
-    phase = torch.tensor([0, 1, 2, 3])
-    y = APS2d(max_filter=max_filter)(x, phase)
-    src = MaxPoolStride1()(x) if max_filter else x
-    ref = torch.stack([src[b, :, q // 2 :: 2, q % 2 :: 2] for b, q in enumerate(phase.tolist())])
-    torch.testing.assert_close(y, ref)
-    g = torch.randn_like(y)
-    torch.testing.assert_close(torch.autograd.grad(y, x, g)[0], torch.autograd.grad(ref, x, g)[0])
-    with torch.no_grad():
-        torch.testing.assert_close(APS2d(max_filter=max_filter)(x, phase), y)
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(4, 3, 8, 6).contiguous(memory_format=fmt).requires_grad_(True)
+        phase = torch.tensor([0, 1, 2, 3])
+        y = APS2d(max_filter=max_filter)(x, phase)
+        src = MaxPoolStride1()(x) if max_filter else x
+        ref = torch.stack([src[b, :, q // 2 :: 2, q % 2 :: 2] for b, q in enumerate(phase.tolist())])
+        torch.testing.assert_close(y, ref)
+        g = torch.randn_like(y)
+        torch.testing.assert_close(torch.autograd.grad(y, x, g)[0], torch.autograd.grad(ref, x, g)[0])
+        with torch.no_grad():
+            torch.testing.assert_close(APS2d(max_filter=max_filter)(x, phase), y)
+        # -1 (an ambiguous centroid): that sample keeps its component of largest norm
+        mixed = torch.tensor([-1, 1, -1, 3])
+        by_norm = APS2d(max_filter=max_filter)(x)
+        expect = torch.where((mixed < 0).view(-1, 1, 1, 1), by_norm, ref)
+        torch.testing.assert_close(APS2d(max_filter=max_filter)(x, mixed), expect)
+        with torch.no_grad():
+            torch.testing.assert_close(APS2d(max_filter=max_filter)(x, mixed), expect)
 
 
 def test_aps_passes_odd_sizes_through() -> None:
@@ -153,12 +161,14 @@ def test_make_downsample_rejects_unknown() -> None:
 def test_circular_pad_matches_torch_forward_and_backward(
     pad: tuple[int, int, int, int], h: int, w: int
 ) -> None:
-    x = torch.randn(2, 3, h, w, dtype=torch.float64, requires_grad=True)
-    ref = F.pad(x, pad, mode="circular")
-    out = circular_pad(x, pad)
-    assert torch.equal(out, ref)
-    g = torch.randn_like(ref)
-    torch.testing.assert_close(torch.autograd.grad(out, x, g)[0], torch.autograd.grad(ref, x, g)[0])
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(2, 3, h, w, dtype=torch.float64).contiguous(memory_format=fmt).requires_grad_(True)
+        ref = F.pad(x, pad, mode="circular")
+        out = circular_pad(x, pad)
+        assert torch.equal(out, ref)
+        assert out.is_contiguous(memory_format=fmt)  # channels-last stays channels-last
+        g = torch.randn_like(ref)
+        torch.testing.assert_close(torch.autograd.grad(out, x, g)[0], torch.autograd.grad(ref, x, g)[0])
 
 
 @pytest.mark.parametrize(
@@ -221,29 +231,37 @@ def test_conv_block_with_blurred_aps_keeps_the_keys_of_plain_aps() -> None:
 
 
 @pytest.mark.parametrize("mode", ["avg", "max", "avgmax"])
-def test_global_pool_gradient_matches_autograd(mode: str) -> None:
-    x = torch.randn(3, 4, 5, 6, dtype=torch.float64, requires_grad=True)
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_global_pool_gradient_matches_autograd(mode: str, fmt: torch.memory_format) -> None:
+    x = torch.randn(3, 4, 5, 6, dtype=torch.float64).contiguous(memory_format=fmt).requires_grad_(True)
     parts = {"avg": [x.mean((2, 3))], "max": [x.amax((2, 3))],
              "avgmax": [x.mean((2, 3)), x.amax((2, 3))]}[mode]
     ref = torch.cat(parts, dim=1)
     out = GlobalPool2d(mode)(x)
     torch.testing.assert_close(out, ref)
     g = torch.randn_like(out)
-    torch.testing.assert_close(torch.autograd.grad(out, x, g)[0], torch.autograd.grad(ref, x, g)[0])
+    grad = torch.autograd.grad(out, x, g)[0]
+    torch.testing.assert_close(grad, torch.autograd.grad(ref, x, g)[0])
+    assert mode == "avg" or grad.is_contiguous(memory_format=fmt)  # avg: a broadcast view
 
 
-def test_phase_windows_grouped_and_gather_paths_agree() -> None:
+@pytest.mark.parametrize("window", [(9, 7), (10, 8)])  # a 3x3 conv's windows, a max filter's
+def test_phase_windows_grouped_and_gather_paths_agree(window: tuple[int, int]) -> None:
     """The CPU (a copy per phase group) and GPU (one gather / scatter) paths of APSConv2d's
-    window crop give the same windows and the same adjoint."""
-    xp = torch.randn(6, 3, 11, 9)
-    phase = torch.tensor([0, 3, 1, 2, 3, 0])
-    windows = _crop_windows(xp, phase, 9, 7, grouped=True)
-    torch.testing.assert_close(_crop_windows(xp, phase, 9, 7, grouped=False), windows)
-    assert torch.equal(windows[1], xp[1, :, 1:10, 1:8])
-    g = torch.randn_like(windows)
-    back = _uncrop_windows(g, phase, xp.shape, grouped=True)
-    torch.testing.assert_close(_uncrop_windows(g, phase, xp.shape, grouped=False), back)
-    torch.testing.assert_close((back * xp).sum(), (g * windows).sum())  # adjoint
+    and the max filter's window crop give the same windows and the same adjoint."""
+    h, w = window
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        xp = torch.randn(6, 3, 11, 9).contiguous(memory_format=fmt)
+        phase = torch.tensor([0, 3, 1, 2, 3, 0])
+        windows = _crop_windows(xp, phase, h, w, grouped=True)
+        assert windows.is_contiguous(memory_format=fmt)
+        torch.testing.assert_close(_crop_windows(xp, phase, h, w, grouped=False), windows)
+        assert torch.equal(windows[1], xp[1, :, 1 : h + 1, 1 : w + 1])
+        g = torch.randn_like(windows)
+        back = _uncrop_windows(g, phase, xp.shape, grouped=True)
+        assert back.is_contiguous(memory_format=fmt)
+        torch.testing.assert_close(_uncrop_windows(g, phase, xp.shape, grouped=False), back)
+        torch.testing.assert_close((back * xp).sum(), (g * windows).sum())  # adjoint
 
 
 @pytest.mark.parametrize(("cin", "bias"), [(1, False), (4, True)])

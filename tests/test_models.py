@@ -53,6 +53,38 @@ def test_every_registered_model(name: str, chans: int) -> None:
             torch.testing.assert_close(rebuilt(x), model(x))
 
 
+@pytest.mark.parametrize("name", list_models())
+def test_channels_last_computes_the_same(name: str) -> None:
+    """A channels-last input and 4-D weights (``--channels-last``, the MNIST baseline): the
+    same logits and gradients as the default layout, in training and inference, and the
+    input gradient keeps the layout (a mixed one makes the norm and ReLU backward slow)."""
+    import copy
+
+    torch.manual_seed(0)
+    for size in (28, 30):
+        model = _build(name, size, 3)
+        cl = copy.deepcopy(model)
+        for p in cl.parameters():
+            if p.dim() == 4:  # as the engine: the group convs' 5-D weights stay as they are
+                p.data = p.data.contiguous(memory_format=torch.channels_last)
+        x = torch.randn(4, 3, size, size)
+        xc = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+        torch.manual_seed(1)  # the same dropout masks
+        out = model(x.requires_grad_(True))
+        torch.manual_seed(1)
+        out_cl = cl(xc)
+        torch.testing.assert_close(out_cl, out, rtol=1e-4, atol=1e-4)
+        g = torch.randn_like(out)
+        grads = torch.autograd.grad(out, [x, *model.parameters()], g)
+        grads_cl = torch.autograd.grad(out_cl, [xc, *cl.parameters()], g)
+        for a, b in zip(grads_cl, grads, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+        model.eval()
+        cl.eval()
+        with torch.no_grad():
+            torch.testing.assert_close(cl(xc), model(x), rtol=1e-4, atol=1e-4)
+
+
 def test_lenet_matches_mxnet_parameter_count() -> None:
     model = create_model("lenet_fc", num_classes=10, in_chans=1, img_size=28)
     assert sum(p.numel() for p in model.parameters()) == 431_080
@@ -93,13 +125,14 @@ def test_invariant_head_sees_no_position() -> None:
     centroid=st.booleans(),
     max_filter=st.booleans(),
     order=st.sampled_from(["conv_down_norm", "conv_norm_down"]),
+    channels_last=st.booleans(),
 )
 def test_exact_circular_shift_invariance(
     seed: int, size: int, width: int, chans: int, dy: int, dx: int, pool: str,
-    centroid: bool, max_filter: bool, order: str,
+    centroid: bool, max_filter: bool, order: str, channels_last: bool,
 ) -> None:
     """circular padding + APS (phases by norm or by the centroid, with or without the max
-    filter) + global pooling: logits equal for every circular shift."""
+    filter) + global pooling, in either memory layout: logits equal for every circular shift."""
     torch.manual_seed(seed)
     kw = {"phase": "centroid", "order": order} if centroid else {}
     model = create_model("invariant", num_classes=7, in_chans=chans, widths=(8, 16, 16), pool=pool,
@@ -107,6 +140,9 @@ def test_exact_circular_shift_invariance(
     model.eval()
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(2, chans, size, width, generator=gen)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         a = model(x)
         b = model(torch.roll(x, shifts=(dy, dx), dims=(2, 3)))

@@ -351,7 +351,7 @@ class D4InvariantCNN(nn.Module):
     def forward_features(self, x: Tensor) -> Tensor:
         """Group-pooled feature maps: ``(B, C, H, W)`` → ``(B, F, h, w)``, equivariant to the
         input's shifts and D4 transforms."""
-        x = self.canonical(x)
+        x = self.canonical(x).contiguous()  # group maps are viewed per D4 element: NCHW only
         if self.phase == "norm":
             y = self.features(x)
         else:

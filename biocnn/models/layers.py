@@ -70,7 +70,7 @@ class _CircularPad(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, pad: tuple[int, int, int, int]) -> Tensor:
         ctx.pad = pad
-        return F.pad(x, pad, mode="circular")
+        return _circular_pad(x, pad)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -92,10 +92,29 @@ class _CircularPad(torch.autograd.Function):
 
 
 def circular_pad(x: Tensor, pad: tuple[int, int, int, int]) -> Tensor:
-    """Pad ``(B, C, H, W)`` circularly by ``(left, right, top, bottom)`` (each ``<= W, H``)."""
+    """Pad ``(B, C, H, W)`` circularly by ``(left, right, top, bottom)`` (each ``<= W, H``),
+    keeping a channels-last input channels-last."""
     if x.requires_grad and torch.is_grad_enabled():
         return _CircularPad.apply(x, pad)
-    return F.pad(x, pad, mode="circular")
+    return _circular_pad(x, pad)
+
+
+def _channels_last(x: Tensor) -> bool:
+    """``x (B, C, H, W)`` is laid out channels-last (and not also plain contiguous)."""
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def _layout(x: Tensor) -> torch.memory_format:
+    return torch.channels_last if _channels_last(x) else torch.contiguous_format
+
+
+def _circular_pad(x: Tensor, pad: tuple[int, int, int, int]) -> Tensor:
+    if not _channels_last(x):
+        return F.pad(x, pad, mode="circular")
+    # F.pad returns NCHW, which every following conv and pool converts back (2-10x slower
+    # there); padding the (B, 1, H, W, C) view pads in place of the layout instead
+    nhwc = x.permute(0, 2, 3, 1).unsqueeze(1)
+    return F.pad(nhwc, (0, 0, *pad), mode="circular").squeeze(1).permute(0, 3, 1, 2)
 
 
 def _pad(x: Tensor, pad: tuple[int, int, int, int], mode: str) -> Tensor:
@@ -202,12 +221,19 @@ class APS2d(nn.Module):
         """Even ``H, W``: the max-filtered component at ``phase`` or of largest norm."""
         h, w = x.shape[-2:]
         xp = _pad(x, (0, 1, 0, 1), self.max_filter.padding)
-        if not (torch.is_grad_enabled() and x.requires_grad):
-            return _max_components(xp, h, w, phase=phase)[1]
-        if phase is None or bool((phase < 0).any()):
+        grad = torch.is_grad_enabled() and x.requires_grad
+        if phase is None and not grad:  # phases and their components in one pass
+            return _max_components(xp, h, w)[1]
+        if phase is None:
             with torch.no_grad():
-                phase = _max_components(xp, h, w, keep=False, phase=phase)[0]
-        return F.max_pool2d(_Windows.apply(xp, phase, h, w), 2)
+                phase = _max_components(xp, h, w, keep=False)[0]
+        elif bool((phase < 0).any()):  # ambiguous centroids: the largest norm, for them only
+            with torch.no_grad():
+                ambiguous = (phase < 0).nonzero().flatten()
+                phase = phase.index_put((ambiguous,), _max_components(xp[ambiguous], h, w, keep=False)[0])
+        if grad:
+            return F.max_pool2d(_Windows.apply(xp, phase, h, w), 2)
+        return F.max_pool2d(_crop_windows(xp, phase, h, w, xp.device.type == "cpu"), 2)
 
 
 class _Windows(torch.autograd.Function):
@@ -302,9 +328,10 @@ def _phase_groups(phase: Tensor) -> list[tuple[int, Tensor]]:
 def _crop_windows(xp: Tensor, phase: Tensor, h: int, w: int, grouped: bool) -> Tensor:
     """``(B, C, h, w)``: per sample, the window of ``xp (B, C, H_p, W_p)`` at its phase."""
     if grouped:  # one copy per phase group: cheapest on a CPU
-        out = xp.new_empty((len(xp), xp.shape[1], h, w))
+        out = torch.empty((len(xp), xp.shape[1], h, w), dtype=xp.dtype, device=xp.device,
+                          memory_format=_layout(xp))
         for q, sel in _phase_groups(phase):
-            out.index_copy_(0, sel, xp[:, :, q // 2 : q // 2 + h, q % 2 : q % 2 + w].index_select(0, sel))
+            out[sel] = xp[sel, :, q // 2 : q // 2 + h, q % 2 : q % 2 + w]
         return out
     b, c = xp.shape[:2]  # one gather kernel, no host-device sync: for GPUs
     sb, sc, sh, sw = xp.stride()
@@ -315,12 +342,18 @@ def _crop_windows(xp: Tensor, phase: Tensor, h: int, w: int, grouped: bool) -> T
 def _uncrop_windows(g: Tensor, phase: Tensor, shape: torch.Size, grouped: bool) -> Tensor:
     """Adjoint of :func:`_crop_windows`: ``g (B, C, h, w)`` placed into zeros of ``shape``."""
     h, w = g.shape[-2:]
+    grad = torch.empty(shape, dtype=g.dtype, device=g.device, memory_format=_layout(g))
+    if grouped and tuple(shape[-2:]) == (h + 1, w + 1):
+        # the copies below overwrite all but row h - h i and column w - w j of a window at
+        # (i, j): zero only the edges
+        for edge in (grad[:, :, 0], grad[:, :, h], grad[..., 0], grad[..., w]):
+            edge.zero_()
+    else:
+        grad.zero_()
     if grouped:  # one copy per phase group
-        grad = g.new_zeros(shape)
         for q, sel in _phase_groups(phase):
             grad[:, :, q // 2 : q // 2 + h, q % 2 : q % 2 + w].index_copy_(0, sel, g.index_select(0, sel))
         return grad
-    grad = g.new_zeros(shape)
     for q in range(4):  # masked adds: no host-device sync
         i, j = divmod(q, 2)
         grad[:, :, i : i + h, j : j + w] += g * (phase == q).view(-1, 1, 1, 1).to(g.dtype)
@@ -545,31 +578,40 @@ class _GlobalPool(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, avg: bool, mx: bool) -> Tensor:
-        flat = x.flatten(2)
+        # positions on dim 1 of a (B, HW, C) view of a channels-last map: its gradient
+        # keeps the layout (an NCHW one makes the norm and ReLU backward 10x slower)
+        cl = _channels_last(x)
+        flat, dim = (x.permute(0, 2, 3, 1).flatten(1, 2), 1) if cl else (x.flatten(2), 2)
         outs = []
         if avg:
-            outs.append(flat.mean(dim=2))
+            outs.append(flat.mean(dim=dim))
         if mx:
-            peak, where = flat.max(dim=2)
+            peak, where = flat.max(dim=dim)
             outs.append(peak)
             ctx.save_for_backward(where)
-        ctx.shape, ctx.avg, ctx.mx = x.shape, avg, mx
+        ctx.shape, ctx.avg, ctx.mx, ctx.cl = x.shape, avg, mx, cl
         return torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None, None]:
         b, c, h, w = ctx.shape
+        dim = 1 if ctx.cl else 2
+        flat_shape = (b, h * w, c) if ctx.cl else (b, c, h * w)
+
+        def unflatten(grad: Tensor) -> Tensor:
+            return grad.view(b, h, w, c).permute(0, 3, 1, 2) if ctx.cl else grad.view(b, c, h, w)
+
         if ctx.avg:
-            share = (g[:, :c] / (h * w)).unsqueeze(2).expand(b, c, h * w)
+            share = (g[:, :c] / (h * w)).unsqueeze(dim).expand(flat_shape)
             if not ctx.mx:
-                return share.view(b, c, h, w), None, None
+                return unflatten(share), None, None
             grad = share.contiguous()
         else:
-            grad = g.new_zeros(b, c, h * w)
+            grad = g.new_zeros(flat_shape)
         (where,) = ctx.saved_tensors
-        grad.scatter_add_(2, where.unsqueeze(2), g[:, -c:].unsqueeze(2))
-        return grad.view(b, c, h, w), None, None
+        grad.scatter_add_(dim, where.unsqueeze(dim), g[:, -c:].unsqueeze(dim))
+        return unflatten(grad), None, None
 
 
 class GlobalPool2d(nn.Module):
