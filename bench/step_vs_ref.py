@@ -43,7 +43,8 @@ except ImportError:  # older trees
 from biocnn.models import create_model
 g = torch.Generator().manual_seed(0)
 n = {batch} * {steps}
-data = TensorData(torch.randn(n, 1, {size}, {size}, generator=g), torch.randint(0, {classes}, (n,), generator=g))
+data = TensorData(torch.randn(n, 1, {size}, {size}, generator=g),
+                  torch.randint(0, {classes}, (n,), generator=g))
 model = create_model("{model}", num_classes={classes}, **{{"widths": {widths}, **json.loads({kwargs!r})}})
 cfg = TrainConfig(epochs=2, batch_size={batch}, device="cpu", progress=False, bn_recalibrate=0,
                   channels_last={channels_last})
