@@ -45,7 +45,9 @@ g = torch.Generator().manual_seed(0)
 n = {batch} * {steps}
 data = TensorData(torch.randn(n, 1, {size}, {size}, generator=g),
                   torch.randint(0, {classes}, (n,), generator=g))
-model = create_model("{model}", num_classes={classes}, **{{"widths": {widths}, **json.loads({kwargs!r})}})
+widths = json.loads({widths!r})
+model = create_model("{model}", num_classes={classes},
+                     **{{**({{"widths": widths}} if widths else {{}}), **json.loads({kwargs!r})}})
 cfg = TrainConfig(epochs=2, batch_size={batch}, device="cpu", progress=False, bn_recalibrate=0,
                   channels_last={channels_last})
 print(json.dumps(fit(model, data, None, cfg).history[-1]["images_per_s"]))
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ref", required=True, help="git commit to compare with")
     p.add_argument("--model", default="invariant_m")
-    p.add_argument("--widths", default="[16, 32, 64, 128]")
+    p.add_argument("--widths", default="[16, 32, 64, 128]", help="JSON list; null: the model's own")
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=8, help="steps per epoch")

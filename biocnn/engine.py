@@ -179,11 +179,20 @@ def _prepare(device: torch.device, standardize: nn.Module | None,
         x = x.to(device, non_blocking=True).float()
         if standardize is not None:
             x = standardize(x)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+        return _as_channels_last(x) if channels_last else x
 
     return prepare
+
+
+def _as_channels_last(t: Tensor) -> Tensor:
+    """``(N, C, H, W)`` with channels-last strides, also where ``C`` or ``H W`` is 1: there
+    ``contiguous(memory_format=channels_last)`` keeps the NCHW strides, and a convolution
+    given such a weight and input writes NCHW (max-pool, norm and ReLU after it then run
+    their NCHW kernels: 2-10x slower on CPUs)."""
+    n, c, h, w = t.shape
+    if t.stride() == (c * h * w, 1, w * c, c):
+        return t
+    return torch.empty_like(t, memory_format=torch.channels_last).copy_(t)
 
 
 class TrainingInterrupted(Exception):  # noqa: N818  a stop the user asked for, not an error
@@ -290,7 +299,7 @@ def fit(
         if cfg.channels_last:  # 4-D weights only: group convolutions keep 5-D ones
             for p in model.parameters():
                 if p.dim() == 4:
-                    p.data = p.data.contiguous(memory_format=torch.channels_last)
+                    p.data = _as_channels_last(p.data)
         net: nn.Module = model
         if info.distributed:
             net = nn.parallel.DistributedDataParallel(
