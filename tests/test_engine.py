@@ -210,6 +210,23 @@ def test_channels_last_with_5d_group_weights() -> None:
     assert len(result.history) == 1 and math.isfinite(result.history[0]["train_loss"])
 
 
+@pytest.mark.parametrize("name", ["invariant", "lenet_fc"])
+def test_channels_last_reaches_one_channel_convolutions(name: str) -> None:
+    """A one-channel input's conv weight gets channels-last strides (``contiguous`` keeps
+    the NCHW ones, as both layouts match), so the first conv writes channels-last and the
+    pooling and norms after it run their fast kernels; the model still trains."""
+    torch.manual_seed(0)
+    kw = {"img_size": 16} if name == "lenet_fc" else {"widths": (4, 8)}
+    model = create_model(name, num_classes=2, in_chans=1, **kw)
+    cfg = TrainConfig(epochs=1, batch_size=16, device="cpu", progress=False, channels_last=True,
+                      bn_recalibrate=0)
+    assert math.isfinite(fit(model, _bars(n=32, size=16), None, cfg).history[0]["train_loss"])
+    first = next(p for p in model.parameters() if p.dim() == 4)
+    assert first.shape[1] == 1 and first.stride()[1] == 1
+    y = torch.nn.functional.conv2d(torch.randn(2, 1, 16, 16), first)
+    assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
+
+
 _FAULTS = """
 import resource, torch
 from biocnn.runtime import reuse_freed_memory

@@ -250,18 +250,24 @@ def test_phase_windows_grouped_and_gather_paths_agree(window: tuple[int, int]) -
     """The CPU (a copy per phase group) and GPU (one gather / scatter) paths of APSConv2d's
     and the max filter's window crop give the same windows and the same adjoint."""
     h, w = window
-    for fmt in (torch.contiguous_format, torch.channels_last):
-        xp = torch.randn(6, 3, 11, 9).contiguous(memory_format=fmt)
-        phase = torch.tensor([0, 3, 1, 2, 3, 0])
-        windows = _crop_windows(xp, phase, h, w, grouped=True)
-        assert windows.is_contiguous(memory_format=fmt)
-        torch.testing.assert_close(_crop_windows(xp, phase, h, w, grouped=False), windows)
-        assert torch.equal(windows[1], xp[1, :, 1 : h + 1, 1 : w + 1])
-        g = torch.randn_like(windows)
-        back = _uncrop_windows(g, phase, xp.shape, grouped=True)
-        assert back.is_contiguous(memory_format=fmt)
-        torch.testing.assert_close(_uncrop_windows(g, phase, xp.shape, grouped=False), back)
-        torch.testing.assert_close((back * xp).sum(), (g * windows).sum())  # adjoint
+    torch.use_deterministic_algorithms(True)  # torch.empty fills NaN: a missed element shows
+    try:
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            xp = torch.randn(6, 3, 11, 9).contiguous(memory_format=fmt)
+            phase = torch.tensor([0, 3, 1, 2, 3, 0])
+            windows = _crop_windows(xp, phase, h, w, grouped=True)
+            assert windows.is_contiguous(memory_format=fmt)
+            torch.testing.assert_close(_crop_windows(xp, phase, h, w, grouped=False), windows)
+            assert torch.equal(windows[1], xp[1, :, 1 : h + 1, 1 : w + 1])
+            g = torch.randn_like(windows)
+            back = _uncrop_windows(g, phase, xp.shape, grouped=True)
+            assert back.is_contiguous(memory_format=fmt)
+            torch.testing.assert_close(_uncrop_windows(g, phase, xp.shape, grouped=False), back)
+            torch.testing.assert_close((back * xp).sum(), (g * windows).sum())  # adjoint
+    finally:
+        torch.use_deterministic_algorithms(False)
+    with pytest.raises(ValueError, match="0..3"):  # an unresolved -1 would leave rows unset
+        _crop_windows(xp, torch.tensor([0, -1, 1, 2, 3, 0]), h, w, grouped=True)
 
 
 @pytest.mark.parametrize(("cin", "bias"), [(1, False), (4, True)])

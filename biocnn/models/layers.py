@@ -70,7 +70,7 @@ class _CircularPad(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, pad: tuple[int, int, int, int]) -> Tensor:
         ctx.pad = pad
-        return _circular_pad(x, pad)
+        return _circular_pad(x, pad).detach()  # channels-last: not a view (in-place ops work)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -111,8 +111,8 @@ def _layout(x: Tensor) -> torch.memory_format:
 def _circular_pad(x: Tensor, pad: tuple[int, int, int, int]) -> Tensor:
     if not _channels_last(x):
         return F.pad(x, pad, mode="circular")
-    # F.pad returns NCHW, which every following conv and pool converts back (2-10x slower
-    # there); padding the (B, 1, H, W, C) view pads in place of the layout instead
+    # F.pad returns NCHW, which every following conv and pool converts back (max-pool,
+    # norm and ReLU are 2-12x slower on NCHW); padding the (B, 1, H, W, C) view keeps it
     nhwc = x.permute(0, 2, 3, 1).unsqueeze(1)
     return F.pad(nhwc, (0, 0, *pad), mode="circular").squeeze(1).permute(0, 3, 1, 2)
 
@@ -180,9 +180,10 @@ class APS2d(nn.Module):
     and a global pool after it is exactly invariant.
 
     With ``max_filter`` the components are those of the input's dense 2x2 max filter
-    (max-pool semantics, still exact); the kept one is then computed with gradients as a
-    stride-2 max-pool of the input's window at its phase, not from the dense filter, whose
-    stride-1 pooling is slow on CPUs. ``max_filter`` excludes ``filt_size > 1``.
+    (max-pool semantics, still exact); the dense filter only chooses phases by norm, and
+    the kept component is a stride-2 max-pool of the input's window at its phase (with
+    gradients, or given phases; the dense filter's stride-1 pooling is slow on CPUs).
+    ``max_filter`` excludes ``filt_size > 1``.
 
     Maps with an odd height or width cannot be split evenly; they pass through unchanged
     (no downsampling; only the max filter), which keeps the exactness for every input size.
@@ -230,7 +231,8 @@ class APS2d(nn.Module):
         elif bool((phase < 0).any()):  # ambiguous centroids: the largest norm, for them only
             with torch.no_grad():
                 ambiguous = (phase < 0).nonzero().flatten()
-                phase = phase.index_put((ambiguous,), _max_components(xp[ambiguous], h, w, keep=False)[0])
+                by_norm = _max_components(xp[ambiguous], h, w, keep=False)[0]
+                phase = phase.index_put((ambiguous,), by_norm.to(phase.dtype))
         if grad:
             return F.max_pool2d(_Windows.apply(xp, phase, h, w), 2)
         return F.max_pool2d(_crop_windows(xp, phase, h, w, xp.device.type == "cpu"), 2)
@@ -280,16 +282,15 @@ def _component_norms(comps: Tensor) -> Tensor:
     return rows.view(b, 2, w2, 2).sum(dim=2).reshape(b, 4)
 
 
-def _max_components(xp: Tensor, h: int, w: int, keep: bool = True, phase: Tensor | None = None
-                    ) -> tuple[Tensor, Tensor | None]:
-    """Phases ``(B,)`` (largest norm, or ``phase`` as given) and, with ``keep``, kept
-    components ``(B, C, h / 2, w / 2)`` of the dense 2x2 max filter of ``xp (B, C, h + 1,
-    w + 1)``, padded right and bottom by one; a cache-sized slice of the batch at a time."""
+def _max_components(xp: Tensor, h: int, w: int, keep: bool = True) -> tuple[Tensor, Tensor | None]:
+    """Phases ``(B,)`` of largest norm and, with ``keep``, kept components ``(B, C, h / 2,
+    w / 2)`` of the dense 2x2 max filter of ``xp (B, C, h + 1, w + 1)``, padded right and
+    bottom by one; a cache-sized slice of the batch at a time."""
     def comps(part: slice) -> Tensor:
         rows = torch.maximum(xp[part, :, :-1, :], xp[part, :, 1:, :])
         return torch.maximum(rows[..., :-1], rows[..., 1:])
 
-    return _sliced_pick(comps, len(xp), xp.shape[1] * h * w * xp.element_size(), phase, keep)
+    return _sliced_pick(comps, len(xp), xp.shape[1] * h * w * xp.element_size(), None, keep)
 
 
 def _sliced_pick(comps_of: Callable[[slice], Tensor], n: int, sample_bytes: int,
@@ -312,16 +313,20 @@ def _sliced_pick(comps_of: Callable[[slice], Tensor], n: int, sample_bytes: int,
         elif bool((kept < 0).any()):  # ambiguous: the largest norm
             kept.copy_(_resolve(kept, _component_norms(comps).argmax(dim=1)))
         if keep:
-            if out is None:  # dtype of the maps (autocast)
-                out = maps.new_empty((n, c, h // 2, w // 2))
+            if out is None:  # dtype (autocast) and layout of the maps
+                out = torch.empty((n, c, h // 2, w // 2), dtype=maps.dtype, device=maps.device,
+                                  memory_format=_layout(maps))
             out[s : s + step] = _pick_component(comps, kept)
     assert phases is not None  # at least one sample
     return phases, out
 
 
 def _phase_groups(phase: Tensor) -> list[tuple[int, Tensor]]:
-    """``(phase, indices)`` of the samples at each phase present (a host sync)."""
+    """``(phase, indices)`` of the samples at each phase present (a host sync); every
+    sample must have one of the four (``-1`` is resolved before)."""
     groups = [(q, (phase == q).nonzero().flatten()) for q in range(4)]
+    if sum(len(sel) for _, sel in groups) != len(phase):  # else uninitialised rows would pass
+        raise ValueError("APS phases must be in 0..3")
     return [(q, sel) for q, sel in groups if len(sel)]
 
 
