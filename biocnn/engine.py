@@ -188,7 +188,7 @@ def _as_channels_last(t: Tensor) -> Tensor:
     """``(N, C, H, W)`` with channels-last strides, also where ``C`` or ``H W`` is 1: there
     ``contiguous(memory_format=channels_last)`` keeps the NCHW strides, and a convolution
     given such a weight and input writes NCHW (max-pool, norm and ReLU after it then run
-    their NCHW kernels: 2-10x slower on CPUs)."""
+    their slower NCHW kernels; BENCHMARKS.md)."""
     n, c, h, w = t.shape
     if t.stride() == (c * h * w, 1, w * c, c):
         return t

@@ -157,10 +157,10 @@ def _strided_max(yp: Tensor, phase: Tensor) -> Tensor:
         q = groups[0][0]
         return F.max_pool2d(yp[:, :, q // 2 :, q % 2 :], 3, stride=2)
     out = None
-    for q, sel in groups:
+    for q, sel in groups:  # the groups cover every sample: each row is written once
         part = F.max_pool2d(yp[sel][:, :, q // 2 :, q % 2 :], 3, stride=2)
-        out = part.new_zeros((len(yp), *part.shape[1:])) if out is None else out
-        out = out.index_copy(0, sel, part)
+        out = part.new_empty((len(yp), *part.shape[1:])) if out is None else out
+        out.index_copy_(0, sel, part)
     assert out is not None
     return out
 

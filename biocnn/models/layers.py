@@ -112,7 +112,7 @@ def _circular_pad(x: Tensor, pad: tuple[int, int, int, int]) -> Tensor:
     if not _channels_last(x):
         return F.pad(x, pad, mode="circular")
     # F.pad returns NCHW, which every following conv and pool converts back (max-pool,
-    # norm and ReLU are 2-12x slower on NCHW); padding the (B, 1, H, W, C) view keeps it
+    # norm and ReLU are much slower on NCHW); padding the (B, 1, H, W, C) view keeps it
     nhwc = x.permute(0, 2, 3, 1).unsqueeze(1)
     return F.pad(nhwc, (0, 0, *pad), mode="circular").squeeze(1).permute(0, 3, 1, 2)
 
@@ -584,7 +584,7 @@ class _GlobalPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, avg: bool, mx: bool) -> Tensor:
         # positions on dim 1 of a (B, HW, C) view of a channels-last map: its gradient
-        # keeps the layout (an NCHW one makes the norm and ReLU backward 10x slower)
+        # keeps the layout (an NCHW one sends the norm and ReLU backward to slow kernels)
         cl = _channels_last(x)
         flat, dim = (x.permute(0, 2, 3, 1).flatten(1, 2), 1) if cl else (x.flatten(2), 2)
         outs = []
